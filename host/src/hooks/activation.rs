@@ -1,0 +1,482 @@
+//! The host side of an activation handed to a hook: typed, ranged access to a
+//! tch tensor's memory, with an undo journal that makes a call's edits
+//! transactional.
+//!
+//! A CPU tensor that is contiguous is accessed in place; anything else (a
+//! strided view, a CUDA tensor) is first copied into a contiguous CPU staging
+//! tensor, and written back only when the call commits.
+
+use half::{bf16, f16};
+use tch::{Device, Kind, Tensor};
+
+use super::slice::{self, DimRange, Resolved};
+
+/// Element type of an activation, as in the WIT `dtype` enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    pub fn from_kind(kind: Kind) -> Option<Self> {
+        match kind {
+            Kind::Float => Some(DType::F32),
+            Kind::Half => Some(DType::F16),
+            Kind::BFloat16 => Some(DType::BF16),
+            _ => None,
+        }
+    }
+
+    pub fn kind(self) -> Kind {
+        match self {
+            DType::F32 => Kind::Float,
+            DType::F16 => Kind::Half,
+            DType::BF16 => Kind::BFloat16,
+        }
+    }
+}
+
+/// What an edit did to the values, for the non-finite policy.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EditStats {
+    /// Non-finite values (NaN, ±inf) written by this call.
+    pub non_finite: u64,
+}
+
+/// A rejected access; the message goes back to the plugin as `invalid-argument`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessError(pub String);
+
+impl From<slice::SliceError> for AccessError {
+    fn from(e: slice::SliceError) -> Self {
+        AccessError(e.0)
+    }
+}
+
+type AResult<T> = Result<T, AccessError>;
+
+/// Ranged access to one activation during one hook call.
+pub struct ActivationBuf {
+    /// The caller's tensor (shares storage with the model's activation).
+    target: Tensor,
+    /// Contiguous CPU copy when `target` cannot be accessed in place.
+    staging: Option<Tensor>,
+    base: *mut u8,
+    shape: Vec<usize>,
+    numel: usize,
+    dtype: DType,
+    writable: bool,
+    /// Bytes overwritten so far: (byte offset, previous contents).
+    journal: Vec<(usize, Vec<u8>)>,
+    dirty: bool,
+    check_finite: bool,
+    pub stats: EditStats,
+}
+
+// SAFETY: `base` points into the storage of `target` (or `staging`), both owned
+// here; the buffer is only ever used by the thread running the hook call.
+unsafe impl Send for ActivationBuf {}
+
+impl ActivationBuf {
+    /// Wrap `tensor` for one call. `writable` follows the plugin's declared
+    /// access; `check_finite` counts non-finite values written.
+    pub fn new(tensor: &Tensor, writable: bool, check_finite: bool) -> Result<Self, String> {
+        let dtype = DType::from_kind(tensor.kind()).ok_or_else(|| {
+            format!(
+                "dtype {:?} is not supported by hooks (f32, f16, bf16 are)",
+                tensor.kind()
+            )
+        })?;
+        let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
+        let numel: usize = shape.iter().product();
+        let in_place = tensor.device() == Device::Cpu && tensor.is_contiguous();
+        let (staging, base) = if in_place {
+            (None, tensor.data_ptr() as *mut u8)
+        } else {
+            let s = tensor.to_device(Device::Cpu).contiguous();
+            // `to_device` + `contiguous` may return the same storage for a CPU
+            // tensor that is already contiguous; here it never is.
+            let s = if s.data_ptr() == tensor.data_ptr() {
+                s.copy()
+            } else {
+                s
+            };
+            let p = s.data_ptr() as *mut u8;
+            (Some(s), p)
+        };
+        Ok(ActivationBuf {
+            target: tensor.shallow_clone(),
+            staging,
+            base,
+            shape,
+            numel,
+            dtype,
+            writable,
+            journal: Vec::new(),
+            dirty: false,
+            check_finite,
+            stats: EditStats::default(),
+        })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn numel(&self) -> usize {
+        self.numel
+    }
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// The tensor the hook is looking at, on CPU (for host-side copies such as
+    /// `emit-activation`).
+    pub fn cpu_view(&self) -> Tensor {
+        match &self.staging {
+            Some(s) => s.shallow_clone(),
+            None => self.target.shallow_clone(),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.numel == 0 {
+            return &[];
+        }
+        // SAFETY: base points at numel * size bytes of initialised storage.
+        unsafe { std::slice::from_raw_parts(self.base, self.numel * self.dtype.size()) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        if self.numel == 0 {
+            return &mut [];
+        }
+        // SAFETY: as above, and we hold the only access during the call.
+        unsafe { std::slice::from_raw_parts_mut(self.base, self.numel * self.dtype.size()) }
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> AResult<(usize, usize)> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.numel as u64)
+            .ok_or_else(|| {
+                AccessError(format!(
+                    "range [{offset}, {offset}+{len}) is out of bounds for a tensor of {} elements",
+                    self.numel
+                ))
+            })?;
+        Ok((offset as usize, (end - offset) as usize))
+    }
+
+    fn check_writable(&self) -> AResult<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(AccessError(
+                "the activation is read-only: the plugin did not declare `edits` at init".into(),
+            ))
+        }
+    }
+
+    pub fn resolve(&self, s: &[DimRange]) -> AResult<Resolved> {
+        Ok(slice::resolve(&self.shape, s)?)
+    }
+
+    // ---- reads -------------------------------------------------------------
+
+    /// Raw native-dtype bytes of elements `[offset, offset+len)`.
+    pub fn read_bytes(&self, offset: u64, len: u64) -> AResult<Vec<u8>> {
+        let (off, n) = self.check_range(offset, len)?;
+        let es = self.dtype.size();
+        Ok(self.bytes()[off * es..(off + n) * es].to_vec())
+    }
+
+    /// Elements `[offset, offset+len)` as f32.
+    pub fn read_f32(&self, offset: u64, len: u64) -> AResult<Vec<f32>> {
+        let (off, n) = self.check_range(offset, len)?;
+        let mut out = Vec::with_capacity(n);
+        self.extend_f32(off, n, 1, &mut out);
+        Ok(out)
+    }
+
+    /// A strided slice as f32, row-major over the slice.
+    pub fn read_slice(&self, s: &[DimRange]) -> AResult<Vec<f32>> {
+        let r = self.resolve(s)?;
+        let mut out = Vec::with_capacity(r.numel());
+        r.for_each_row::<()>(|off, n, st| {
+            self.extend_f32(off, n, st, &mut out);
+            Ok(())
+        })
+        .ok();
+        Ok(out)
+    }
+
+    fn extend_f32(&self, off: usize, n: usize, stride: usize, out: &mut Vec<f32>) {
+        let b = self.bytes();
+        match self.dtype {
+            DType::F32 => {
+                if stride == 1 {
+                    let src = &b[off * 4..(off + n) * 4];
+                    let start = out.len();
+                    out.resize(start + n, 0.0);
+                    // SAFETY: same length, f32 has no invalid bit patterns.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            src.as_ptr(),
+                            out.as_mut_ptr().add(start) as *mut u8,
+                            n * 4,
+                        )
+                    };
+                } else {
+                    out.extend((0..n).map(|i| {
+                        let p = (off + i * stride) * 4;
+                        f32::from_le_bytes([b[p], b[p + 1], b[p + 2], b[p + 3]])
+                    }));
+                }
+            }
+            DType::F16 => out.extend((0..n).map(|i| {
+                let p = (off + i * stride) * 2;
+                f16::from_le_bytes([b[p], b[p + 1]]).to_f32()
+            })),
+            DType::BF16 => out.extend((0..n).map(|i| {
+                let p = (off + i * stride) * 2;
+                bf16::from_le_bytes([b[p], b[p + 1]]).to_f32()
+            })),
+        }
+    }
+
+    // ---- writes ------------------------------------------------------------
+
+    /// Save the bytes of elements `[off, off+n)` to the journal before they
+    /// are overwritten (only needed for in-place access: a staging copy is
+    /// simply discarded on rollback).
+    fn journal(&mut self, off: usize, n: usize) {
+        self.dirty = true;
+        if self.staging.is_some() || n == 0 {
+            return;
+        }
+        let es = self.dtype.size();
+        let saved = self.bytes()[off * es..(off + n) * es].to_vec();
+        self.journal.push((off * es, saved));
+    }
+
+    /// Journal every row of a resolved slice (one record spanning each run).
+    fn journal_slice(&mut self, r: &Resolved) {
+        if let Some(start) = r.contiguous_block() {
+            self.journal(start, r.numel());
+            return;
+        }
+        let mut rows = Vec::new();
+        r.for_each_row::<()>(|off, n, st| {
+            rows.push((off, (n - 1) * st + 1));
+            Ok(())
+        })
+        .ok();
+        for (off, span) in rows {
+            self.journal(off, span);
+        }
+    }
+
+    fn count_non_finite(&mut self, values: impl Iterator<Item = f32>) {
+        if self.check_finite {
+            self.stats.non_finite += values.filter(|v| !v.is_finite()).count() as u64;
+        }
+    }
+
+    fn store(&mut self, idx: usize, v: f32) {
+        let dtype = self.dtype;
+        let b = self.bytes_mut();
+        match dtype {
+            DType::F32 => b[idx * 4..idx * 4 + 4].copy_from_slice(&v.to_le_bytes()),
+            DType::F16 => b[idx * 2..idx * 2 + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes()),
+            DType::BF16 => {
+                b[idx * 2..idx * 2 + 2].copy_from_slice(&bf16::from_f32(v).to_le_bytes())
+            }
+        }
+    }
+
+    fn load(&self, idx: usize) -> f32 {
+        let b = self.bytes();
+        match self.dtype {
+            DType::F32 => {
+                f32::from_le_bytes([b[idx * 4], b[idx * 4 + 1], b[idx * 4 + 2], b[idx * 4 + 3]])
+            }
+            DType::F16 => f16::from_le_bytes([b[idx * 2], b[idx * 2 + 1]]).to_f32(),
+            DType::BF16 => bf16::from_le_bytes([b[idx * 2], b[idx * 2 + 1]]).to_f32(),
+        }
+    }
+
+    /// Overwrite elements starting at `offset` with `values`.
+    pub fn write_f32(&mut self, offset: u64, values: &[f32]) -> AResult<()> {
+        self.check_writable()?;
+        let (off, n) = self.check_range(offset, values.len() as u64)?;
+        self.journal(off, n);
+        self.count_non_finite(values.iter().copied());
+        if self.dtype == DType::F32 {
+            let dst = &mut self.bytes_mut()[off * 4..(off + n) * 4];
+            // SAFETY: same length; plain bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(values.as_ptr() as *const u8, dst.as_mut_ptr(), n * 4)
+            };
+        } else {
+            for (i, &v) in values.iter().enumerate() {
+                self.store(off + i, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Overwrite elements starting at `offset` with native-dtype bytes.
+    pub fn write_bytes(&mut self, offset: u64, bytes: &[u8]) -> AResult<()> {
+        self.check_writable()?;
+        let es = self.dtype.size();
+        if bytes.len() % es != 0 {
+            return Err(AccessError(format!(
+                "{} bytes is not a whole number of {:?} elements ({es} bytes each)",
+                bytes.len(),
+                self.dtype
+            )));
+        }
+        let (off, n) = self.check_range(offset, (bytes.len() / es) as u64)?;
+        self.journal(off, n);
+        if self.check_finite {
+            let vals: Vec<f32> = match self.dtype {
+                DType::F32 => bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                DType::F16 => bytes
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                DType::BF16 => bytes
+                    .chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            };
+            self.count_non_finite(vals.into_iter());
+        }
+        self.bytes_mut()[off * es..(off + n) * es].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Overwrite a strided slice with `values` (row-major over the slice).
+    pub fn write_slice(&mut self, s: &[DimRange], values: &[f32]) -> AResult<()> {
+        self.check_writable()?;
+        let r = self.resolve(s)?;
+        if r.numel() != values.len() {
+            return Err(AccessError(format!(
+                "slice of shape {:?} has {} elements but {} values were given",
+                r.shape(),
+                r.numel(),
+                values.len()
+            )));
+        }
+        self.journal_slice(&r);
+        self.count_non_finite(values.iter().copied());
+        let mut k = 0;
+        r.for_each_row::<()>(|off, n, st| {
+            for i in 0..n {
+                self.store(off + i * st, values[k]);
+                k += 1;
+            }
+            Ok(())
+        })
+        .ok();
+        Ok(())
+    }
+
+    /// Apply `f(old, index_in_row) -> new` to every element of a slice.
+    fn map_slice(&mut self, s: &[DimRange], mut f: impl FnMut(f32, usize) -> f32) -> AResult<()> {
+        self.check_writable()?;
+        let r = self.resolve(s)?;
+        self.journal_slice(&r);
+        let mut non_finite = 0u64;
+        let check = self.check_finite;
+        r.for_each_row::<()>(|off, n, st| {
+            for i in 0..n {
+                let idx = off + i * st;
+                let v = f(self.load(idx), i);
+                if check && !v.is_finite() {
+                    non_finite += 1;
+                }
+                self.store(idx, v);
+            }
+            Ok(())
+        })
+        .ok();
+        self.stats.non_finite += non_finite;
+        Ok(())
+    }
+
+    pub fn fill(&mut self, s: &[DimRange], value: f32) -> AResult<()> {
+        if self.dtype == DType::F32 && self.writable {
+            // Fast path for contiguous f32 blocks (ablation of a range).
+            let r = self.resolve(s)?;
+            if let Some(start) = r.contiguous_block() {
+                let n = r.numel();
+                self.journal(start, n);
+                if self.check_finite && !value.is_finite() {
+                    self.stats.non_finite += n as u64;
+                }
+                let dst = &mut self.bytes_mut()[start * 4..(start + n) * 4];
+                for c in dst.chunks_exact_mut(4) {
+                    c.copy_from_slice(&value.to_le_bytes());
+                }
+                return Ok(());
+            }
+        }
+        self.map_slice(s, |_, _| value)
+    }
+
+    pub fn scale(&mut self, s: &[DimRange], factor: f32) -> AResult<()> {
+        self.map_slice(s, |v, _| v * factor)
+    }
+
+    pub fn add_vector(&mut self, s: &[DimRange], v: &[f32], alpha: f32) -> AResult<()> {
+        let r = self.resolve(s)?;
+        if r.row_len() != v.len() {
+            return Err(AccessError(format!(
+                "vector has {} elements but the slice's last dimension has {}",
+                v.len(),
+                r.row_len()
+            )));
+        }
+        self.map_slice(s, |x, i| x + alpha * v[i])
+    }
+
+    // ---- transaction -------------------------------------------------------
+
+    /// Make the call's edits visible in the caller's tensor.
+    pub fn commit(mut self) {
+        if self.dirty {
+            if let Some(s) = self.staging.take() {
+                self.target.copy_(&s);
+            }
+        }
+        self.journal.clear();
+    }
+
+    /// Undo every edit made during the call.
+    pub fn rollback(mut self) {
+        let journal = std::mem::take(&mut self.journal);
+        for (byte_off, saved) in journal.into_iter().rev() {
+            self.bytes_mut()[byte_off..byte_off + saved.len()].copy_from_slice(&saved);
+        }
+        self.staging = None;
+    }
+}

@@ -1,0 +1,116 @@
+//! The host-side notion of a hook, shared by WebAssembly plugins and native
+//! Rust hooks: where it is called ([`CallContext`]), what it declares
+//! ([`Access`]) and what a call produces ([`CallReport`]).
+
+use tch::Tensor;
+
+use super::activation::DType;
+use super::error::HookError;
+use super::slice::DimRange;
+
+/// Rank coordinates of a call, as in the WIT `rank-info` record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RankInfo {
+    pub tp_rank: u32,
+    pub tp_size: u32,
+    pub pp_rank: u32,
+    pub pp_size: u32,
+    pub dp_rank: u32,
+    pub dp_size: u32,
+    pub global_rank: u32,
+    pub world_size: u32,
+}
+
+impl RankInfo {
+    /// The one rank of an unsharded run.
+    pub const SINGLE: RankInfo = RankInfo {
+        tp_rank: 0,
+        tp_size: 1,
+        pp_rank: 0,
+        pp_size: 1,
+        dp_rank: 0,
+        dp_size: 1,
+        global_rank: 0,
+        world_size: 1,
+    };
+}
+
+impl Default for RankInfo {
+    fn default() -> Self {
+        RankInfo::SINGLE
+    }
+}
+
+/// Where and when a hook is called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallContext {
+    /// Canonical hook-point name.
+    pub hook_point: String,
+    pub rank: RankInfo,
+    /// Number of forward passes started before this one.
+    pub forward_index: u64,
+}
+
+/// The access a hook declared at registration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Access {
+    /// May write the activation.
+    pub edits: bool,
+    /// Reads only this slice of the activation, if known.
+    pub reads: Option<Vec<DimRange>>,
+}
+
+/// Severity of a message a plugin logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// One tensor a hook emitted, on CPU.
+#[derive(Debug)]
+pub struct Emitted {
+    /// `<hook-point>` or `<hook-point>:<name>`.
+    pub key: String,
+    pub tensor: Tensor,
+}
+
+/// What a successful call produced besides its edit.
+#[derive(Debug, Default)]
+pub struct CallReport {
+    pub emitted: Vec<Emitted>,
+    pub logs: Vec<(LogLevel, String)>,
+    /// Non-finite values the hook wrote (counted when the policy asks).
+    pub non_finite_written: u64,
+    /// Whether the activation was modified.
+    pub edited: bool,
+}
+
+/// Anything that can be called at a hook point. Implemented by
+/// [`super::plugin::WasmHook`] for WebAssembly components; native Rust hooks
+/// implement it directly.
+pub trait Hook: Send + Sync {
+    /// Name used in errors and output keys.
+    fn name(&self) -> &str;
+    /// Access declared at registration.
+    fn access(&self) -> Access;
+    /// Call the hook on `activation`. On error the activation is unchanged.
+    fn call(&self, ctx: &CallContext, activation: &mut Tensor) -> Result<CallReport, HookError>;
+}
+
+/// Output-dictionary key for a tensor emitted under `name` at `hook_point`.
+pub fn output_key(hook_point: &str, name: &str) -> String {
+    if name.is_empty() {
+        hook_point.to_string()
+    } else {
+        format!("{hook_point}:{name}")
+    }
+}
+
+/// Check the dtype of a tensor a hook is about to see.
+pub fn hook_dtype(t: &Tensor) -> Option<DType> {
+    DType::from_kind(t.kind())
+}

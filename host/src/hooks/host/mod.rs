@@ -1,0 +1,11 @@
+//! Host side of the WIT interfaces, one module per interface, implemented on
+//! [`HostState`](super::store::HostState).
+
+mod log;
+mod output;
+mod random;
+mod state;
+mod tensor;
+mod types;
+
+pub(crate) use types::{from_wit_slice, to_wit_dtype};

@@ -1,0 +1,392 @@
+//! One live instance of a plugin (one per registration and rank): its `Store`,
+//! the calls into it under the CPU limit, the transaction around each call,
+//! and the mapping of every failure to a typed [`HookErrorKind`].
+//!
+//! After a trap the instance must not be used again: the caller drops it and
+//! creates a fresh one on next use (plugin state lives outside the store and
+//! survives).
+
+use tch::Tensor;
+use wasmtime::Store;
+use wasmtime::component::Resource;
+
+use super::activation::ActivationBuf;
+use super::artifact::{Plugin, PluginInfo};
+use super::bindings::HookPlugin;
+use super::bindings::wit_types as wit;
+use super::engine::{CpuLimit, NonFinitePolicy};
+use super::error::{HookError, HookErrorKind, PluginError, TrapText};
+use super::hook::{Access, CallContext, CallReport, LogLevel};
+use super::host::{from_wit_slice, to_wit_dtype};
+use super::sandbox::{self, Capture, Denied};
+use super::store::{CallScope, HostState, Limiter, StateMap};
+
+/// A live plugin instance.
+pub struct PluginInstance {
+    store: Store<HostState>,
+    bindings: HookPlugin,
+    plugin: String,
+    rank: u32,
+    /// The hook point named in errors raised outside a call (init, metadata).
+    context: String,
+    cpu: CpuLimit,
+    deadline_ticks: u64,
+    policy: NonFinitePolicy,
+}
+
+impl From<wit::HookError> for PluginError {
+    fn from(e: wit::HookError) -> Self {
+        match e {
+            wit::HookError::InvalidConfig(m) => PluginError::InvalidConfig(m),
+            wit::HookError::InvalidArgument(m) => PluginError::InvalidArgument(m),
+            wit::HookError::Unsupported(m) => PluginError::Unsupported(m),
+            wit::HookError::LimitExceeded(m) => PluginError::LimitExceeded(m),
+            wit::HookError::Failed(m) => PluginError::Failed(m),
+        }
+    }
+}
+
+impl PluginInstance {
+    /// Instantiate `plugin` for `rank`, with `state` as its persistent state.
+    /// `context` names the hook point (or phase) in errors.
+    pub fn new(
+        plugin: &Plugin,
+        context: String,
+        rank: u32,
+        state: StateMap,
+    ) -> Result<Self, HookError> {
+        let rt = &plugin.runtime;
+        let capture = Capture::default();
+        let seed = stream_seed(rt.config.seed, &plugin.hash, "wasi", 0);
+        let err = |kind| HookError {
+            plugin: plugin.info.name.clone(),
+            hook_point: context.clone(),
+            rank,
+            kind,
+        };
+        let wasi = sandbox::wasi_ctx(&rt.config.grants, seed, &capture).map_err(|e| {
+            err(HookErrorKind::Instantiate {
+                message: format!("{e:#}"),
+            })
+        })?;
+        let data = HostState {
+            wasi,
+            table: wasmtime::component::ResourceTable::new(),
+            limiter: Limiter {
+                max_memory_bytes: rt.config.max_memory_bytes,
+                max_table_elements: rt.config.max_table_elements,
+                memory_hit: false,
+                table_hit: false,
+            },
+            limits: rt.limits.clone(),
+            state,
+            call: CallScope::new(&context, seed),
+            denied: None,
+            stdio: capture,
+        };
+        let mut store = Store::new(&rt.engine, data);
+        store.limiter(|s| &mut s.limiter);
+        let name = if plugin.info.name.is_empty() {
+            "<unnamed>".to_string()
+        } else {
+            plugin.info.name.clone()
+        };
+        let cpu = rt.config.cpu;
+        let deadline_ticks = rt.deadline_ticks();
+        arm(&mut store, cpu, deadline_ticks);
+        // Instantiation runs guest code (start functions): limits are already armed.
+        match plugin.pre.instantiate(&mut store) {
+            Ok(bindings) => Ok(PluginInstance {
+                store,
+                bindings,
+                plugin: name,
+                rank,
+                context,
+                cpu,
+                deadline_ticks,
+                policy: rt.config.non_finite,
+            }),
+            Err(e) => {
+                let kind = match classify(&store, cpu, &e) {
+                    HookErrorKind::Trap { message } => HookErrorKind::Instantiate { message },
+                    k => k,
+                };
+                Err(HookError {
+                    plugin: name,
+                    hook_point: context,
+                    rank,
+                    kind,
+                })
+            }
+        }
+    }
+
+    fn error(&self, kind: HookErrorKind) -> HookError {
+        HookError {
+            plugin: self.plugin.clone(),
+            hook_point: self.context.clone(),
+            rank: self.rank,
+            kind,
+        }
+    }
+
+    fn arm(&mut self) {
+        arm(&mut self.store, self.cpu, self.deadline_ticks);
+    }
+
+    fn classify(&self, e: &wasmtime::Error) -> HookErrorKind {
+        classify(&self.store, self.cpu, e)
+    }
+
+    /// The plugin's self-description.
+    pub fn metadata(&mut self) -> Result<PluginInfo, HookError> {
+        self.arm();
+        let r = self
+            .bindings
+            .flexmodel_hook_plugin()
+            .call_metadata(&mut self.store);
+        match r {
+            Ok(i) => Ok(PluginInfo {
+                name: i.name,
+                version: i.version,
+                description: i.description,
+                hook_points: i.hook_points,
+                edits: i.edits,
+            }),
+            Err(e) => Err(self.error(self.classify(&e))),
+        }
+    }
+
+    /// Initialise with the user's configuration; returns the declared access.
+    /// Errors are returned with `broken = true` when the instance trapped.
+    pub fn init(&mut self, config: &str) -> Result<Access, (HookError, bool)> {
+        self.arm();
+        let r = self
+            .bindings
+            .flexmodel_hook_plugin()
+            .call_init(&mut self.store, config);
+        match r {
+            Ok(Ok(a)) => Ok(Access {
+                edits: a.edits,
+                reads: a.reads.map(|s| from_wit_slice(&s)),
+            }),
+            Ok(Err(e)) => Err((self.error(HookErrorKind::Plugin(e.into())), false)),
+            Err(e) => Err((self.error(self.classify(&e)), true)),
+        }
+    }
+
+    /// Call the plugin's forward hook on `tensor`. On success the edit is
+    /// committed and the call's outputs, logs and state writes are returned /
+    /// applied; on any failure all of them are discarded and the tensor is
+    /// exactly as before. The `bool` in the error says the instance trapped
+    /// and must be dropped.
+    pub fn call(
+        &mut self,
+        ctx: &CallContext,
+        tensor: &mut Tensor,
+        access: &Access,
+        seed: u64,
+    ) -> Result<CallReport, (HookError, bool)> {
+        self.context = ctx.hook_point.clone();
+        let check_finite = self.policy != NonFinitePolicy::Allow;
+        let buf = ActivationBuf::new(tensor, access.edits, check_finite)
+            .map_err(|message| (self.error(HookErrorKind::BadActivation { message }), false))?;
+        let wit_ctx = wit::CallContext {
+            hook_point: ctx.hook_point.clone(),
+            shape: buf.shape().iter().map(|&d| d as u64).collect(),
+            dtype: to_wit_dtype(buf.dtype()),
+            rank: wit::RankInfo {
+                tp_rank: ctx.rank.tp_rank,
+                tp_size: ctx.rank.tp_size,
+                pp_rank: ctx.rank.pp_rank,
+                pp_size: ctx.rank.pp_size,
+                dp_rank: ctx.rank.dp_rank,
+                dp_size: ctx.rank.dp_size,
+                global_rank: ctx.rank.global_rank,
+                world_size: ctx.rank.world_size,
+            },
+            forward_index: ctx.forward_index,
+        };
+        self.arm();
+        self.store.data_mut().call = CallScope::new(&ctx.hook_point, seed);
+        let res = self.store.data_mut().table.push(buf).map_err(|e| {
+            (
+                self.error(HookErrorKind::Trap {
+                    message: e.to_string(),
+                }),
+                false,
+            )
+        })?;
+        let borrow = Resource::<ActivationBuf>::new_borrow(res.rep());
+        let r = self.bindings.flexmodel_hook_plugin().call_on_forward(
+            &mut self.store,
+            &wit_ctx,
+            borrow,
+        );
+
+        // Take the activation back out of the table whatever happened.
+        let buf = match self.store.data_mut().table.delete(res) {
+            Ok(b) => b,
+            Err(e) => {
+                // Cannot happen (the host owns the handle); treat as a broken instance.
+                return Err((
+                    self.error(HookErrorKind::Trap {
+                        message: e.to_string(),
+                    }),
+                    true,
+                ));
+            }
+        };
+        let scope = std::mem::replace(&mut self.store.data_mut().call, CallScope::new("", 0));
+        let fail = |this: &Self, buf: ActivationBuf, kind, broken| {
+            buf.rollback();
+            Err((this.error(kind), broken))
+        };
+        match r {
+            Err(e) => {
+                let kind = self.classify(&e);
+                fail(self, buf, kind, true)
+            }
+            Ok(Err(e)) => fail(self, buf, HookErrorKind::Plugin(e.into()), false),
+            Ok(Ok(())) => {
+                if let Some(msg) = scope.output_refused {
+                    return fail(
+                        self,
+                        buf,
+                        HookErrorKind::Plugin(PluginError::LimitExceeded(msg)),
+                        false,
+                    );
+                }
+                let non_finite = buf.stats.non_finite;
+                if non_finite > 0 && self.policy == NonFinitePolicy::Reject {
+                    return fail(
+                        self,
+                        buf,
+                        HookErrorKind::NonFinite { count: non_finite },
+                        false,
+                    );
+                }
+                let edited = buf.is_dirty();
+                buf.commit();
+                // Apply state writes.
+                {
+                    let mut st = self.store.data().state.lock();
+                    for (k, v) in scope.state_writes {
+                        match v {
+                            Some(v) => {
+                                st.insert(k, v);
+                            }
+                            None => {
+                                st.remove(&k);
+                            }
+                        }
+                    }
+                }
+                let mut logs = scope.logs;
+                if scope.logs_dropped > 0 {
+                    logs.push((
+                        LogLevel::Warn,
+                        format!("{} further log message(s) dropped", scope.logs_dropped),
+                    ));
+                }
+                if non_finite > 0 {
+                    logs.push((
+                        LogLevel::Warn,
+                        format!("wrote {non_finite} non-finite value(s)"),
+                    ));
+                }
+                Ok(CallReport {
+                    emitted: scope.emitted,
+                    logs,
+                    non_finite_written: non_finite,
+                    edited,
+                })
+            }
+        }
+    }
+}
+
+/// Seed of a deterministic stream: identical on every rank for the same
+/// (user seed, plugin, purpose, counter).
+pub(crate) fn stream_seed(seed: u64, plugin_hash: &str, purpose: &str, counter: u64) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(seed.to_le_bytes());
+    h.update(plugin_hash.as_bytes());
+    h.update([0]);
+    h.update(purpose.as_bytes());
+    h.update([0]);
+    h.update(counter.to_le_bytes());
+    let d = h.finalize();
+    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// Turn a wasmtime error from a guest call into a typed kind.
+fn classify(store: &Store<HostState>, cpu: CpuLimit, e: &wasmtime::Error) -> HookErrorKind {
+    let d = store.data();
+    if let Some(cap) = e
+        .downcast_ref::<Denied>()
+        .map(|d| d.0.clone())
+        .or_else(|| d.denied.clone())
+    {
+        return HookErrorKind::CapabilityDenied { capability: cap };
+    }
+    if d.limiter.memory_hit {
+        return HookErrorKind::MemoryLimit {
+            limit_bytes: d.limiter.max_memory_bytes as u64,
+        };
+    }
+    if d.limiter.table_hit {
+        return HookErrorKind::ResourceLimit(format!(
+            "table grew beyond {} elements",
+            d.limiter.max_table_elements
+        ));
+    }
+    let printed = d.stdio.text();
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => {
+            let budget = match cpu {
+                CpuLimit::Fuel(n) => n,
+                _ => 0,
+            };
+            HookErrorKind::OutOfFuel { budget }
+        }
+        Some(wasmtime::Trap::Interrupt) => HookErrorKind::DeadlineExceeded {
+            limit: match cpu {
+                CpuLimit::Deadline(d) => d,
+                _ => Default::default(),
+            },
+        },
+        Some(wasmtime::Trap::StackOverflow) => HookErrorKind::StackOverflow,
+        Some(wasmtime::Trap::UnreachableCodeReached)
+            if printed.contains("panicked") || printed.contains("Traceback") =>
+        {
+            HookErrorKind::Panic {
+                message: printed.trim().to_string(),
+            }
+        }
+        _ => {
+            let mut message = TrapText(e).to_string();
+            if !printed.trim().is_empty() {
+                message.push_str(&format!("; guest output: {}", printed.trim()));
+            }
+            HookErrorKind::Trap { message }
+        }
+    }
+}
+
+/// Reset per-call limits and flags before entering the guest.
+fn arm(store: &mut Store<HostState>, cpu: CpuLimit, deadline_ticks: u64) {
+    match cpu {
+        CpuLimit::Fuel(n) => {
+            let _ = store.set_fuel(n);
+        }
+        CpuLimit::Deadline(_) => store.set_epoch_deadline(deadline_ticks),
+        CpuLimit::Unlimited => {}
+    }
+    let d = store.data_mut();
+    d.limiter.memory_hit = false;
+    d.limiter.table_hit = false;
+    d.denied = None;
+    d.stdio.clear();
+}

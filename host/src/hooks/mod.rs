@@ -1,0 +1,33 @@
+//! The hook runtime: HookFunctions compiled to WebAssembly components, loaded
+//! with wasmtime and called sandboxed on activation tensors.
+//!
+//! - [`engine`]: the configured runtime (engine, linker, compile cache, limits).
+//! - [`artifact`]: a validated, compiled plugin and its self-description.
+//! - [`plugin`]: a plugin registered with a configuration, one instance per rank.
+//! - [`instance`]: one live instance and the transaction around each call.
+//! - [`activation`]: host-side ranged access to a tensor, with an undo journal.
+//! - [`host`]: the host side of each WIT interface.
+//! - [`sandbox`]: WASI with nothing granted; denied capabilities trap.
+
+pub mod activation;
+pub mod artifact;
+mod bindings;
+pub mod engine;
+pub mod error;
+pub mod hook;
+mod host;
+pub mod instance;
+pub mod plugin;
+pub mod sandbox;
+pub mod slice;
+mod store;
+
+pub use activation::DType;
+pub use artifact::{Plugin, PluginInfo, WIT_VERSION};
+pub use engine::{CpuLimit, NonFinitePolicy, Runtime, RuntimeConfig};
+pub use error::{HookError, HookErrorKind, LoadError, PluginError};
+pub use hook::{Access, CallContext, CallReport, Emitted, Hook, LogLevel, RankInfo};
+pub use plugin::WasmHook;
+pub use sandbox::Grants;
+pub use slice::DimRange;
+pub use store::CallLimits;

@@ -1,0 +1,139 @@
+//! A deliberately misbehaving HookFunction for the sandbox tests. The
+//! configuration picks the misbehaviour: `{"mode": "loop"}` etc. Every mode
+//! first writes to the activation (when it may), so the tests can check that
+//! the host undoes partial edits.
+
+use flexmodel_hook_sdk::prelude::*;
+
+#[derive(serde::Deserialize)]
+struct Config {
+    mode: String,
+    #[serde(default)]
+    bytes: usize,
+    /// `counter` mode: panic when the counter reaches this value.
+    #[serde(default)]
+    panic_at: u64,
+}
+
+struct Hostile(Config);
+
+/// Unbounded recursion on the wasm call stack.
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    std::hint::black_box(recurse(std::hint::black_box(n + 1))) ^ n
+}
+
+/// Unbounded recursion with big locals, which exhausts the guest's own
+/// (linear-memory) shadow stack first.
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse_shadow(n: u64, buf: &mut [u8; 512]) -> u64 {
+    buf[(n % 512) as usize] = n as u8;
+    let mut local = [0u8; 512];
+    local.copy_from_slice(buf);
+    recurse_shadow(n + 1, &mut local) + local[0] as u64
+}
+
+impl HookFunction for Hostile {
+    fn info() -> Info {
+        Info::new("hostile", "0.1.0", "Misbehaves on purpose (sandbox tests)").edits()
+    }
+
+    fn init(config: &str) -> Result<Self> {
+        let c: Config = parse_config(config)?;
+        if c.mode == "trap-in-init" {
+            panic!("init exploded");
+        }
+        Ok(Hostile(c))
+    }
+
+    fn access(&self) -> Access {
+        Access::edits()
+    }
+
+    fn forward(&mut self, _ctx: &Context, act: &mut Activation<'_>) -> Result<()> {
+        let n = act.numel();
+        // A partial edit first: must be undone by the host when we fail.
+        if !matches!(self.0.mode.as_str(), "counter" | "env") {
+            act.fill(&Slice::all(), 1234.5)?;
+        }
+        match self.0.mode.as_str() {
+            "loop" => {
+                let mut x: u64 = 1;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            "memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 16 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recurse" => {
+                std::hint::black_box(recurse(0));
+                Ok(())
+            }
+            "recurse-shadow" => {
+                let mut b = [0u8; 512];
+                std::hint::black_box(recurse_shadow(0, &mut b));
+                Ok(())
+            }
+            "file" => {
+                let s = std::fs::read_to_string("/etc/passwd")
+                    .map_err(|e| Error::failed(e.to_string()))?;
+                emit("leak", &[s.len()], &vec![0.0; s.len()])
+            }
+            "env" => {
+                // Emits how many variables it can see, and their bytes.
+                let v: Vec<(String, String)> = std::env::vars().collect();
+                let bytes: usize = v.iter().map(|(k, x)| k.len() + x.len()).sum();
+                emit("env", &[2], &[v.len() as f32, bytes as f32])
+            }
+            "clock" => {
+                let t = std::time::SystemTime::now();
+                std::hint::black_box(t);
+                Ok(())
+            }
+            "monotonic" => {
+                let t = std::time::Instant::now();
+                std::hint::black_box(t);
+                Ok(())
+            }
+            "network" => {
+                let s = std::net::TcpStream::connect("127.0.0.1:9")
+                    .map_err(|e| Error::failed(e.to_string()))?;
+                drop(s);
+                Ok(())
+            }
+            "panic" => panic!("hostile plugin panicked on purpose"),
+            "wrong-length" => act.write_slice(&Slice::all(), &vec![0.0; n + 1]),
+            "out-of-range" => act.write(n - 1, &[1.0, 2.0]),
+            "bad-slice" => act.fill(&Slice::new(vec![Dim::index(1_000_000)]), 0.0),
+            "error" => Err(Error::failed("hostile plugin failed on purpose")),
+            "nan" => act.write(0, &[f32::NAN, f32::INFINITY]),
+            "big-output" => emit("big", &[self.0.bytes / 4], &vec![0.5; self.0.bytes / 4]),
+            "ignore-big-output" => {
+                let _ = emit("big", &[self.0.bytes / 4], &vec![0.5; self.0.bytes / 4]);
+                Ok(())
+            }
+            "counter" => {
+                let c: u64 = state::get_json("calls")?.unwrap_or(0) + 1;
+                state::set_json("calls", &c)?;
+                if c == self.0.panic_at {
+                    panic!("counter reached {c}");
+                }
+                emit("calls", &[1], &[c as f32])
+            }
+            "state-then-error" => {
+                state::set("poison", b"x")?;
+                Err(Error::failed("after writing state"))
+            }
+            _ => Err(Error::config(format!("unknown mode {:?}", self.0.mode))),
+        }
+    }
+}
+
+export_hook!(Hostile);
