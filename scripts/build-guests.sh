@@ -3,10 +3,11 @@
 #   plugins/*            (Rust, wasm32-wasip2)  -> <name>.wasm
 #   plugins/scale-py     (Python, componentize-py) -> scale-py.wasm
 #   tests/guests/*       (hostile, bench, other-world, old-version) -> <name>.wasm
-# Needs: rustup target wasm32-wasip2; .venv with componentize-py (scripts/setup.sh).
+# Needs: rustup target wasm32-wasip2; the venv with componentize-py (scripts/setup.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+source scripts/env.sh
 out=artifacts/wasm
 mkdir -p "$out"
 
@@ -20,11 +21,11 @@ cargo build --quiet --release --target wasm32-wasip2 "${pkgs[@]}"
 for g in "${rust_guests[@]}"; do
   name=$(basename "$g")
   crate=$(sed -n 's/^name = "\(.*\)"/\1/p' "$g/Cargo.toml" | head -1 | tr - _)
-  cp "target/wasm32-wasip2/release/$crate.wasm" "$out/$name.wasm"
+  cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/$crate.wasm" "$out/$name.wasm"
 done
 
 # Python plugin (second guest language): only rebuilt when its inputs change.
-py=${COMPONENTIZE_PY:-.venv/bin/componentize-py}
+py=$COMPONENTIZE_PY
 if [ -x "$py" ]; then
   stamp="$out/scale-py.inputs"
   sum=$(cat wit/hook.wit plugins/scale-py/*.py | sha256sum | cut -d' ' -f1)

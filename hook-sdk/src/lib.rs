@@ -388,8 +388,24 @@ impl<'a> Activation<'a> {
         let mut off = 0;
         while off < n {
             let len = CHUNK.min(n - off);
-            let v = self.read(off, len)?;
-            f(off, &v)?;
+            if self.dtype == DType::F32 {
+                // Native bytes are the fastest read (one copy); view them as f32.
+                let b = self.read_bytes(off, len)?;
+                // SAFETY: any 4 bytes are a valid f32; `align_to` handles alignment.
+                let (head, body, tail) = unsafe { b.align_to::<f32>() };
+                if head.is_empty() && tail.is_empty() {
+                    f(off, body)?;
+                } else {
+                    let v: Vec<f32> = b
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    f(off, &v)?;
+                }
+            } else {
+                let v = self.read(off, len)?;
+                f(off, &v)?;
+            }
             off += len;
         }
         Ok(())
@@ -397,6 +413,17 @@ impl<'a> Activation<'a> {
 
     /// Overwrite elements starting at `offset`.
     pub fn write(&mut self, offset: usize, values: &[f32]) -> Result<()> {
+        if self.dtype == DType::F32 {
+            // Same bytes, faster path (the host copies them once, in place).
+            // SAFETY: f32 has no padding; the byte view covers exactly `values`.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    values.as_ptr() as *const u8,
+                    std::mem::size_of_val(values),
+                )
+            };
+            return self.write_bytes(offset, bytes);
+        }
         Ok(self.raw.write(offset as u64, values)?)
     }
     /// Overwrite elements starting at `offset` with native-dtype bytes.

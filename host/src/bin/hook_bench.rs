@@ -1,1 +1,382 @@
-fn main() {}
+//! Hook-runtime benchmark. Writes its section of BENCHMARKS.md.
+//!
+//! ```text
+//! hook-bench [--artifacts DIR] [--out BENCHMARKS.md] [--quick]
+//! ```
+//!
+//! Measures, in one run on one machine:
+//! - fixed per-call overhead of a WASM hook (and of a native Rust hook);
+//! - moving 4 KiB … 64 MiB of activation into and out of a guest through the
+//!   tensor resource (64 KiB chunks), as a ratio to a plain memcpy of the same
+//!   bytes measured in the same run;
+//! - instantiation time of a precompiled plugin (pooling allocator);
+//! - fuel vs epoch-deadline cost on a tight loop, vs no limit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use flexmodel::hooks::instance::PluginInstance;
+use flexmodel::hooks::{
+    Access, CallContext, CallReport, CpuLimit, Hook, HookError, RankInfo, Runtime, RuntimeConfig,
+    WasmHook,
+};
+use tch::{Kind, Tensor};
+
+struct Args {
+    artifacts: PathBuf,
+    out: Option<PathBuf>,
+    quick: bool,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        artifacts: PathBuf::from("artifacts/wasm"),
+        out: None,
+        quick: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--artifacts" => a.artifacts = it.next().context("--artifacts needs a folder")?.into(),
+            "--out" => a.out = Some(it.next().context("--out needs a file")?.into()),
+            "--quick" => a.quick = true,
+            "-h" | "--help" => {
+                println!("hook-bench [--artifacts DIR] [--out BENCHMARKS.md] [--quick]");
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(a)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Median of `reps` timings of `f`, after `warm` untimed runs.
+fn time<F: FnMut()>(warm: usize, reps: usize, mut f: F) -> Duration {
+    for _ in 0..warm {
+        f();
+    }
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect(),
+    )
+}
+
+fn ctx() -> CallContext {
+    CallContext {
+        hook_point: "bench".into(),
+        rank: RankInfo::SINGLE,
+        forward_index: 0,
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn gbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+fn size_label(b: usize) -> String {
+    if b >= 1 << 20 {
+        format!("{} MiB", b >> 20)
+    } else {
+        format!("{} KiB", b >> 10)
+    }
+}
+
+struct NativeNoop;
+impl Hook for NativeNoop {
+    fn name(&self) -> &str {
+        "native-noop"
+    }
+    fn access(&self) -> Access {
+        Access::default()
+    }
+    fn call(&self, _: &CallContext, _: &mut Tensor) -> Result<CallReport, HookError> {
+        Ok(CallReport::default())
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1048576.0)
+        .unwrap_or(0.0);
+    format!("{cpu}, {cores} cores, {mem_gib:.0} GiB RAM")
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let load = |rt: &Arc<Runtime>, name: &str| -> Result<Arc<flexmodel::hooks::Plugin>> {
+        let p = args.artifacts.join(format!("{name}.wasm"));
+        rt.load_file(&p)
+            .with_context(|| format!("loading {} (run scripts/build-guests.sh)", p.display()))
+    };
+    tch::set_num_threads(1);
+    let mut md = String::new();
+    let started = chrono_like_now();
+    md.push_str(&format!(
+        "## Hook runtime (issue 2) — `hook-bench`\n\nMachine: {}. Run: {started}. Single host thread; \
+         timings are medians. Reproduce: `scripts/bench.sh` (or `target/release/hook-bench --out BENCHMARKS.md`).\n\n",
+        machine()
+    ));
+
+    // ---- per-call overhead --------------------------------------------------
+    let rt = Runtime::new(RuntimeConfig::default())?;
+    let bench = load(&rt, "bench")?;
+    let noop = WasmHook::new(bench.clone(), r#"{"mode":"noop"}"#)?;
+    let mut tiny = Tensor::zeros([1], (Kind::Float, tch::Device::Cpu));
+    let calls = if args.quick { 2_000 } else { 20_000 };
+    let per_call = |h: &dyn Hook, t: &mut Tensor| -> Duration {
+        let c = ctx();
+        let batch = 100;
+        time(5, calls / batch, || {
+            for _ in 0..batch {
+                h.call(&c, t).expect("call");
+            }
+        }) / batch as u32
+    };
+    let wasm_call = per_call(&noop, &mut tiny);
+    let native_call = per_call(&NativeNoop, &mut tiny);
+    let scale = WasmHook::new(load(&rt, "scale")?, r#"{"factor":1.0}"#)?;
+    let mut small = Tensor::zeros([4, 128, 768], (Kind::Float, tch::Device::Cpu));
+    let scale_call = per_call(&scale, &mut small);
+    md.push_str("### Per-call overhead\n\n| hook | time per call |\n|---|---|\n");
+    md.push_str(&format!(
+        "| WASM `bench` noop (fuel limit on), 1-element activation | {:.2} µs |\n",
+        us(wasm_call)
+    ));
+    md.push_str(&format!(
+        "| native Rust `Hook` noop (same call path, no sandbox) | {:.3} µs |\n",
+        us(native_call)
+    ));
+    md.push_str(&format!(
+        "| WASM `scale` ×1.0 on a 4×128×768 f32 activation (1.5 MiB, host-side bulk op + undo journal) | {:.1} µs |\n\n",
+        us(scale_call)
+    ));
+
+    // ---- data movement ------------------------------------------------------
+    let chunks = [64usize << 10, 256 << 10];
+    let mk = |mode: &str, chunk: usize| {
+        WasmHook::new(
+            bench.clone(),
+            &format!(r#"{{"mode":"{mode}","chunk":{chunk}}}"#),
+        )
+    };
+    let readers = [mk("read-chunks", chunks[0])?, mk("read-chunks", chunks[1])?];
+    let writers = [
+        mk("write-chunks", chunks[0])?,
+        mk("write-chunks", chunks[1])?,
+    ];
+    md.push_str(
+        "### Moving activation bytes through the tensor resource\n\n\
+         `into guest`: the guest reads the whole f32 activation with `read-bytes` in chunks of 64 KiB or \
+         256 KiB; `out of guest`: it overwrites the whole activation with `write-bytes` in the same \
+         chunks (this includes the undo journal that makes the edit transactional, and the commit). \
+         Each cell is one whole hook call. Ratio = memcpy time / hook call time for the same bytes \
+         (≥ 1: faster than memcpy); memcpy is `copy_from_slice` between two pre-faulted buffers, \
+         measured in the same run.\n\n\
+         | size | memcpy | into, 64 KiB | ratio | into, 256 KiB | ratio | out, 64 KiB | ratio | out, 256 KiB | ratio |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let sizes: &[usize] = if args.quick {
+        &[4 << 10, 1 << 20, 16 << 20]
+    } else {
+        &[4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20]
+    };
+    // (bytes, best ratio into, best ratio out)
+    let mut ratios = Vec::new();
+    for &bytes in sizes {
+        let reps = if bytes >= 16 << 20 {
+            15
+        } else if bytes >= 1 << 20 {
+            100
+        } else {
+            500
+        };
+        let src = vec![1u8; bytes];
+        let mut dst = vec![2u8; bytes];
+        let t_memcpy = time(3, reps, || {
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&dst);
+        });
+        let mut act = Tensor::ones([(bytes / 4) as i64], (Kind::Float, tch::Device::Cpu));
+        let c = ctx();
+        let mut cells = Vec::new();
+        let (mut best_in, mut best_out) = (0f64, 0f64);
+        for (hooks, best) in [(&readers, &mut best_in), (&writers, &mut best_out)] {
+            for h in hooks.iter() {
+                let t = time(3, reps, || {
+                    h.call(&c, &mut act).expect("bench call");
+                });
+                let r = t_memcpy.as_secs_f64() / t.as_secs_f64();
+                *best = best.max(r);
+                cells.push(format!(
+                    "{:.1} µs ({:.1} GB/s) | {:.2}×",
+                    us(t),
+                    gbps(bytes, t),
+                    r
+                ));
+            }
+        }
+        ratios.push((bytes, best_in, best_out));
+        md.push_str(&format!(
+            "| {} | {:.1} µs ({:.1} GB/s) | {} |\n",
+            size_label(bytes),
+            us(t_memcpy),
+            gbps(bytes, t_memcpy),
+            cells.join(" | ")
+        ));
+    }
+    md.push('\n');
+
+    // ---- instantiation ------------------------------------------------------
+    md.push_str("### Instantiation of a precompiled plugin (pooling allocator, `InstancePre`)\n\n| plugin | component size | instantiate |\n|---|---|---|\n");
+    for name in ["scale", "retrieve", "scale-py"] {
+        let p = load(&rt, name)?;
+        let size = std::fs::metadata(args.artifacts.join(format!("{name}.wasm")))?.len();
+        let reps = if name.ends_with("-py") { 50 } else { 500 };
+        let t = time(5, reps, || {
+            let i = PluginInstance::new(&p, "bench".into(), 0, Default::default())
+                .expect("instantiate");
+            std::hint::black_box(i);
+        });
+        md.push_str(&format!(
+            "| `{name}` | {:.0} KiB | {:.1} µs |\n",
+            size as f64 / 1024.0,
+            us(t)
+        ));
+    }
+    md.push('\n');
+
+    // ---- fuel vs epoch --------------------------------------------------------
+    let iters: u64 = if args.quick { 20_000_000 } else { 200_000_000 };
+    let passes: u64 = if args.quick { 200 } else { 2_000 };
+    let loops = [
+        (
+            format!("{iters} dependent multiply-adds"),
+            format!(r#"{{"mode":"spin","iters":{iters}}}"#),
+        ),
+        (
+            format!("{passes} passes of a byte sum over 64 KiB"),
+            format!(r#"{{"mode":"sum","iters":{passes}}}"#),
+        ),
+    ];
+    md.push_str(
+        "### CPU limits on tight loops
+
+| loop | no limit | fuel | vs no limit | epoch deadline | vs no limit |
+|---|---|---|---|---|---|
+",
+    );
+    for (what, cfg) in &loops {
+        let mut t = Vec::new();
+        for cpu in [
+            CpuLimit::Unlimited,
+            CpuLimit::Fuel(u64::MAX / 4),
+            CpuLimit::Deadline(Duration::from_secs(600)),
+        ] {
+            let rt = Runtime::new(RuntimeConfig {
+                cpu,
+                ..RuntimeConfig::default()
+            })?;
+            let h = WasmHook::new(load(&rt, "bench")?, cfg)?;
+            t.push(
+                time(1, 5, || {
+                    h.call(&ctx(), &mut tiny).expect("loop");
+                })
+                .as_secs_f64(),
+            );
+        }
+        md.push_str(&format!(
+            "| {what} | {:.1} ms | {:.1} ms | {:.2}× | {:.1} ms | {:.2}× |\n",
+            t[0] * 1e3,
+            t[1] * 1e3,
+            t[1] / t[0],
+            t[2] * 1e3,
+            t[2] / t[0]
+        ));
+    }
+    md.push('\n');
+
+    // ---- targets ----------------------------------------------------------------
+    md.push_str("### Against the targets of issue 2\n\n");
+    for (bytes, ri, ro) in ratios.iter().filter(|(b, _, _)| *b >= 1 << 20) {
+        md.push_str(&format!(
+            "- {}: into guest {:.2}× memcpy, out of guest {:.2}× memcpy (best chunk size; target ≥ 0.8×): {} / {}\n",
+            size_label(*bytes),
+            ri,
+            ro,
+            if *ri >= 0.8 { "met" } else { "NOT met" },
+            if *ro >= 0.8 { "met" } else { "NOT met" }
+        ));
+    }
+    md.push('\n');
+
+    print!("{md}");
+    if let Some(out) = &args.out {
+        write_section(out, "hook-bench", &md)?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+/// UTC timestamp without a date-time dependency (from `date -u`).
+fn chrono_like_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Replace (or append) the section between `<!-- NAME:begin -->` and
+/// `<!-- NAME:end -->` in `path`, keeping the rest of the file.
+fn write_section(path: &PathBuf, name: &str, body: &str) -> Result<()> {
+    let begin = format!("<!-- {name}:begin -->");
+    let end = format!("<!-- {name}:end -->");
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n".to_string());
+    let block = format!("{begin}\n{body}{end}\n");
+    let new = match (old.find(&begin), old.find(&end)) {
+        (Some(a), Some(b)) if b > a => format!(
+            "{}{}{}",
+            &old[..a],
+            block,
+            &old[b + end.len()..].trim_start_matches('\n')
+        ),
+        _ => format!("{}\n{}", old.trim_end(), format!("\n{block}")),
+    };
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}

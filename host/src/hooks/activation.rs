@@ -75,8 +75,8 @@ pub struct ActivationBuf {
     numel: usize,
     dtype: DType,
     writable: bool,
-    /// Bytes overwritten so far: (byte offset, previous contents).
-    journal: Vec<(usize, Vec<u8>)>,
+    /// Undo journal: previous contents of overwritten byte ranges.
+    journal: Journal,
     dirty: bool,
     check_finite: bool,
     pub stats: EditStats,
@@ -88,8 +88,15 @@ unsafe impl Send for ActivationBuf {}
 
 impl ActivationBuf {
     /// Wrap `tensor` for one call. `writable` follows the plugin's declared
-    /// access; `check_finite` counts non-finite values written.
-    pub fn new(tensor: &Tensor, writable: bool, check_finite: bool) -> Result<Self, String> {
+    /// access; `check_finite` counts non-finite values written. `journal` is
+    /// a (reused) undo journal, handed back by `commit`/`rollback`.
+    pub fn new(
+        tensor: &Tensor,
+        writable: bool,
+        check_finite: bool,
+        mut journal: Journal,
+    ) -> Result<Self, String> {
+        journal.clear();
         let dtype = DType::from_kind(tensor.kind()).ok_or_else(|| {
             format!(
                 "dtype {:?} is not supported by hooks (f32, f16, bf16 are)",
@@ -121,7 +128,7 @@ impl ActivationBuf {
             numel,
             dtype,
             writable,
-            journal: Vec::new(),
+            journal,
             dirty: false,
             check_finite,
             stats: EditStats::default(),
@@ -205,6 +212,24 @@ impl ActivationBuf {
         Ok(self.bytes()[off * es..(off + n) * es].to_vec())
     }
 
+    /// Pointer to and length of the native bytes of elements
+    /// `[offset, offset+len)`, valid until the buffer is next written or dropped.
+    pub(crate) fn raw_bytes(&self, offset: u64, len: u64) -> AResult<(*const u8, usize)> {
+        let (off, n) = self.check_range(offset, len)?;
+        let es = self.dtype.size();
+        // SAFETY: in bounds (checked above).
+        Ok((unsafe { self.base.add(off * es) } as *const u8, n * es))
+    }
+
+    /// The activation as f32 elements, when it is f32 and suitably aligned.
+    fn f32s_mut(&mut self) -> Option<&mut [f32]> {
+        if self.dtype != DType::F32 || (self.base as usize) % 4 != 0 || self.numel == 0 {
+            return None;
+        }
+        // SAFETY: as above; exclusive access during the call.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base as *mut f32, self.numel) })
+    }
+
     /// Elements `[offset, offset+len)` as f32.
     pub fn read_f32(&self, offset: u64, len: u64) -> AResult<Vec<f32>> {
         let (off, n) = self.check_range(offset, len)?;
@@ -270,8 +295,12 @@ impl ActivationBuf {
             return;
         }
         let es = self.dtype.size();
-        let saved = self.bytes()[off * es..(off + n) * es].to_vec();
-        self.journal.push((off * es, saved));
+        let (start, end) = (off * es, (off + n) * es);
+        // SAFETY: base..base+numel*es is the activation; the journal's arena is
+        // a separate allocation.
+        let src = unsafe { std::slice::from_raw_parts(self.base.add(start), end - start) };
+        let stream = self.numel * es >= STREAM_TENSOR_MIN;
+        self.journal.save(start, src, stream);
     }
 
     /// Journal every row of a resolved slice (one record spanning each run).
@@ -338,6 +367,47 @@ impl ActivationBuf {
             }
         }
         Ok(())
+    }
+
+    /// Check and journal a write of `nbytes` native bytes at element
+    /// `offset`; returns where to copy them. The caller copies the bytes and
+    /// then reports non-finite values with [`Self::count_non_finite_bytes`].
+    pub(crate) fn prepare_write_bytes(&mut self, offset: u64, nbytes: usize) -> AResult<*mut u8> {
+        self.check_writable()?;
+        let es = self.dtype.size();
+        if nbytes % es != 0 {
+            return Err(AccessError(format!(
+                "{nbytes} bytes is not a whole number of {:?} elements ({es} bytes each)",
+                self.dtype
+            )));
+        }
+        let (off, n) = self.check_range(offset, (nbytes / es) as u64)?;
+        self.journal(off, n);
+        // SAFETY: in bounds (checked above).
+        Ok(unsafe { self.base.add(off * es) })
+    }
+
+    /// Count non-finite values in native-dtype `bytes` just written (when the
+    /// policy asks).
+    pub(crate) fn count_non_finite_bytes(&mut self, bytes: &[u8]) {
+        if !self.check_finite {
+            return;
+        }
+        let n = match self.dtype {
+            DType::F32 => bytes
+                .chunks_exact(4)
+                .filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
+                .count(),
+            DType::F16 => bytes
+                .chunks_exact(2)
+                .filter(|c| !f16::from_le_bytes([c[0], c[1]]).is_finite())
+                .count(),
+            DType::BF16 => bytes
+                .chunks_exact(2)
+                .filter(|c| !bf16::from_le_bytes([c[0], c[1]]).is_finite())
+                .count(),
+        };
+        self.stats.non_finite += n as u64;
     }
 
     /// Overwrite elements starting at `offset` with native-dtype bytes.
@@ -407,6 +477,30 @@ impl ActivationBuf {
         self.journal_slice(&r);
         let mut non_finite = 0u64;
         let check = self.check_finite;
+        if let Some(data) = self.f32s_mut() {
+            // f32 fast path: typed rows, no per-element dtype dispatch.
+            r.for_each_row::<()>(|off, n, st| {
+                if st == 1 {
+                    let row = &mut data[off..off + n];
+                    for (i, x) in row.iter_mut().enumerate() {
+                        *x = f(*x, i);
+                    }
+                    if check {
+                        non_finite += row.iter().filter(|x| !x.is_finite()).count() as u64;
+                    }
+                } else {
+                    for i in 0..n {
+                        let x = &mut data[off + i * st];
+                        *x = f(*x, i);
+                        non_finite += u64::from(check && !x.is_finite());
+                    }
+                }
+                Ok(())
+            })
+            .ok();
+            self.stats.non_finite += non_finite;
+            return Ok(());
+        }
         r.for_each_row::<()>(|off, n, st| {
             for i in 0..n {
                 let idx = off + i * st;
@@ -461,22 +555,114 @@ impl ActivationBuf {
 
     // ---- transaction -------------------------------------------------------
 
-    /// Make the call's edits visible in the caller's tensor.
-    pub fn commit(mut self) {
+    /// Make the call's edits visible in the caller's tensor. Returns the
+    /// journal for reuse.
+    pub fn commit(mut self) -> Journal {
         if self.dirty {
             if let Some(s) = self.staging.take() {
                 self.target.copy_(&s);
             }
         }
-        self.journal.clear();
+        std::mem::take(&mut self.journal)
     }
 
-    /// Undo every edit made during the call.
-    pub fn rollback(mut self) {
+    /// Undo every edit made during the call. Returns the journal for reuse.
+    pub fn rollback(mut self) -> Journal {
         let journal = std::mem::take(&mut self.journal);
-        for (byte_off, saved) in journal.into_iter().rev() {
-            self.bytes_mut()[byte_off..byte_off + saved.len()].copy_from_slice(&saved);
+        for (byte_off, saved) in journal.entries() {
+            self.bytes_mut()[byte_off..byte_off + saved.len()].copy_from_slice(saved);
         }
         self.staging = None;
+        journal
+    }
+}
+
+/// Saves at least this large, of activations at least `STREAM_TENSOR_MIN`
+/// bytes, use non-temporal stores (smaller ones stay in cache).
+const STREAM_MIN: usize = 16 * 1024;
+const STREAM_TENSOR_MIN: usize = 8 << 20;
+
+/// Copy `n` bytes from `src` to `dst` (non-overlapping), with non-temporal
+/// stores where the CPU has them.
+///
+/// # Safety
+/// `src` must be valid for `n` reads and `dst` for `n` writes; no overlap.
+unsafe fn stream_copy(src: *const u8, dst: *mut u8, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+        // Unaligned head with a plain copy, then 16-byte aligned streaming stores.
+        let head = dst.align_offset(16).min(n);
+        std::ptr::copy_nonoverlapping(src, dst, head);
+        let body = (n - head) / 64 * 64;
+        let (mut s, mut d) = (src.add(head), dst.add(head));
+        let end = d.add(body);
+        while d < end {
+            let a = _mm_loadu_si128(s as *const __m128i);
+            let b = _mm_loadu_si128(s.add(16) as *const __m128i);
+            let c = _mm_loadu_si128(s.add(32) as *const __m128i);
+            let e = _mm_loadu_si128(s.add(48) as *const __m128i);
+            _mm_stream_si128(d as *mut __m128i, a);
+            _mm_stream_si128(d.add(16) as *mut __m128i, b);
+            _mm_stream_si128(d.add(32) as *mut __m128i, c);
+            _mm_stream_si128(d.add(48) as *mut __m128i, e);
+            s = s.add(64);
+            d = d.add(64);
+        }
+        _mm_sfence();
+        std::ptr::copy_nonoverlapping(s, d, n - head - body);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe {
+        std::ptr::copy_nonoverlapping(src, dst, n);
+    }
+}
+
+/// Undo journal: saved byte ranges in one arena, reused across calls so that
+/// large edits do not page-fault fresh memory every call.
+#[derive(Default)]
+pub struct Journal {
+    arena: Vec<u8>,
+    /// (byte offset in the activation, start in the arena, length).
+    ranges: Vec<(usize, usize, usize)>,
+}
+
+impl Journal {
+    fn clear(&mut self) {
+        self.arena.clear();
+        self.ranges.clear();
+        // Do not hold on to more than 256 MiB between calls.
+        if self.arena.capacity() > 256 << 20 {
+            self.arena = Vec::new();
+        }
+    }
+
+    /// Save `bytes` (previously at `byte_off`). `stream`: the activation is
+    /// too large to stay in cache, so bypass the cache for the journal.
+    fn save(&mut self, byte_off: usize, bytes: &[u8], stream: bool) {
+        self.ranges.push((byte_off, self.arena.len(), bytes.len()));
+        if !stream || bytes.len() < STREAM_MIN {
+            self.arena.extend_from_slice(bytes);
+            return;
+        }
+        // Large saves: the journal is written once and read back only on
+        // rollback, so write it with non-temporal stores (no read-for-ownership
+        // of the arena, no eviction of the activation from cache).
+        let at = self.arena.len();
+        self.arena.reserve(bytes.len());
+        // SAFETY: `reserve` made room for `bytes.len()` more bytes; the copy
+        // initialises exactly that range before `set_len`.
+        unsafe {
+            stream_copy(bytes.as_ptr(), self.arena.as_mut_ptr().add(at), bytes.len());
+            self.arena.set_len(at + bytes.len());
+        }
+    }
+
+    /// Saved ranges, most recent first (the order to undo them in).
+    fn entries(&self) -> impl Iterator<Item = (usize, &[u8])> {
+        self.ranges
+            .iter()
+            .rev()
+            .map(|&(off, at, len)| (off, &self.arena[at..at + len]))
     }
 }

@@ -10,4 +10,4 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
-pub use flexmodel::hook::types as wit_types;
+pub use self::flexmodel::hook::types as wit_types;

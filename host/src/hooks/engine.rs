@@ -169,6 +169,15 @@ impl Runtime {
         sandbox::add_wasi(&mut linker, &config.grants).map_err(rt_err)?;
         HookPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(rt_err)?;
+        super::host::add_zero_copy_bytes(
+            &mut linker,
+            &format!(
+                "{}/tensor@{}",
+                super::artifact::WIT_PACKAGE,
+                super::artifact::WIT_VERSION
+            ),
+        )
+        .map_err(rt_err)?;
 
         let ticker = match config.cpu {
             CpuLimit::Deadline(_) => {

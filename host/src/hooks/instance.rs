@@ -10,7 +10,7 @@ use tch::Tensor;
 use wasmtime::Store;
 use wasmtime::component::Resource;
 
-use super::activation::ActivationBuf;
+use super::activation::{ActivationBuf, Journal};
 use super::artifact::{Plugin, PluginInfo};
 use super::bindings::HookPlugin;
 use super::bindings::wit_types as wit;
@@ -32,6 +32,8 @@ pub struct PluginInstance {
     cpu: CpuLimit,
     deadline_ticks: u64,
     policy: NonFinitePolicy,
+    /// Undo journal reused across calls.
+    journal: Journal,
 }
 
 impl From<wit::HookError> for PluginError {
@@ -105,6 +107,7 @@ impl PluginInstance {
                 cpu,
                 deadline_ticks,
                 policy: rt.config.non_finite,
+                journal: Journal::default(),
             }),
             Err(e) => {
                 let kind = match classify(&store, cpu, &e) {
@@ -189,7 +192,8 @@ impl PluginInstance {
     ) -> Result<CallReport, (HookError, bool)> {
         self.context = ctx.hook_point.clone();
         let check_finite = self.policy != NonFinitePolicy::Allow;
-        let buf = ActivationBuf::new(tensor, access.edits, check_finite)
+        let journal = std::mem::take(&mut self.journal);
+        let buf = ActivationBuf::new(tensor, access.edits, check_finite, journal)
             .map_err(|message| (self.error(HookErrorKind::BadActivation { message }), false))?;
         let wit_ctx = wit::CallContext {
             hook_point: ctx.hook_point.clone(),
@@ -238,8 +242,8 @@ impl PluginInstance {
             }
         };
         let scope = std::mem::replace(&mut self.store.data_mut().call, CallScope::new("", 0));
-        let fail = |this: &Self, buf: ActivationBuf, kind, broken| {
-            buf.rollback();
+        let fail = |this: &mut Self, buf: ActivationBuf, kind, broken| {
+            this.journal = buf.rollback();
             Err((this.error(kind), broken))
         };
         match r {
@@ -267,7 +271,7 @@ impl PluginInstance {
                     );
                 }
                 let edited = buf.is_dirty();
-                buf.commit();
+                self.journal = buf.commit();
                 // Apply state writes.
                 {
                     let mut st = self.store.data().state.lock();
@@ -306,19 +310,27 @@ impl PluginInstance {
     }
 }
 
-/// Seed of a deterministic stream: identical on every rank for the same
-/// (user seed, plugin, purpose, counter).
+/// Seed of a deterministic stream: identical on every rank and process for
+/// the same (user seed, plugin, purpose, counter). FNV-1a over the inputs,
+/// finished with SplitMix64: stable across platforms and releases.
 pub(crate) fn stream_seed(seed: u64, plugin_hash: &str, purpose: &str, counter: u64) -> u64 {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(seed.to_le_bytes());
-    h.update(plugin_hash.as_bytes());
-    h.update([0]);
-    h.update(purpose.as_bytes());
-    h.update([0]);
-    h.update(counter.to_le_bytes());
-    let d = h.finalize();
-    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    eat(&seed.to_le_bytes());
+    eat(plugin_hash.as_bytes());
+    eat(purpose.as_bytes());
+    eat(&counter.to_le_bytes());
+    let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Turn a wasmtime error from a guest call into a typed kind.

@@ -45,7 +45,8 @@ pub struct CallScope {
     pub logs_dropped: usize,
     /// Pending state writes (`None` = removal), applied on success.
     pub state_writes: BTreeMap<String, Option<Vec<u8>>>,
-    pub rng: StdRng,
+    seed: u64,
+    rng: Option<StdRng>,
 }
 
 impl CallScope {
@@ -58,8 +59,15 @@ impl CallScope {
             logs: Vec::new(),
             logs_dropped: 0,
             state_writes: BTreeMap::new(),
-            rng: StdRng::seed_from_u64(seed),
+            seed,
+            rng: None,
         }
+    }
+
+    /// The call's random stream, seeded on first use.
+    pub fn rng(&mut self) -> &mut StdRng {
+        let seed = self.seed;
+        self.rng.get_or_insert_with(|| StdRng::seed_from_u64(seed))
     }
 }
 

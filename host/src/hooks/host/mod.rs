@@ -8,4 +8,5 @@ mod state;
 mod tensor;
 mod types;
 
+pub(crate) use tensor::add_zero_copy_bytes;
 pub(crate) use types::{from_wit_slice, to_wit_dtype};

@@ -12,12 +12,12 @@ const MAX_N: u32 = 1 << 24;
 
 impl Host for HostState {
     fn next_u64(&mut self) -> wasmtime::Result<u64> {
-        Ok(self.call.rng.random::<u64>())
+        Ok(self.call.rng().random::<u64>())
     }
 
     fn uniform(&mut self, n: u32) -> wasmtime::Result<Vec<f32>> {
         let n = n.min(MAX_N);
-        Ok((0..n).map(|_| self.call.rng.random::<f32>()).collect())
+        Ok((0..n).map(|_| self.call.rng().random::<f32>()).collect())
     }
 
     fn normal(&mut self, n: u32) -> wasmtime::Result<Vec<f32>> {
@@ -25,8 +25,8 @@ impl Host for HostState {
         let n = n.min(MAX_N) as usize;
         let mut out = Vec::with_capacity(n + 1);
         while out.len() < n {
-            let u1: f64 = 1.0 - self.call.rng.random::<f64>(); // (0, 1]
-            let u2: f64 = self.call.rng.random::<f64>();
+            let u1: f64 = 1.0 - self.call.rng().random::<f64>(); // (0, 1]
+            let u2: f64 = self.call.rng().random::<f64>();
             let r = (-2.0 * u1.ln()).sqrt();
             let t = 2.0 * std::f64::consts::PI * u2;
             out.push((r * t.cos()) as f32);

@@ -152,3 +152,84 @@ impl HostActivation for HostState {
         Ok(())
     }
 }
+
+/// Native-dtype bytes of a range of the activation, lowered into the guest
+/// straight from tensor memory (one copy instead of two).
+struct TensorBytes {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: only constructed and consumed within one host call, on the thread
+// that owns the activation; the memory is not written meanwhile.
+unsafe impl Send for TensorBytes {}
+
+impl AsRef<[u8]> for TensorBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: points at `len` initialised bytes of the activation (see above).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// Replace the generated `read-bytes` and `write-bytes` with versions that
+/// copy once between guest memory and tensor memory (the generated ones go
+/// through an intermediate `Vec`). Same WIT signatures, same checks:
+/// - `read-bytes` returns a `bytes::Bytes` over the tensor's memory, which
+///   wasmtime lowers straight into the guest's `list<u8>`;
+/// - `write-bytes` takes the guest's list in place (`WasmList<u8>`) and copies
+///   it into the tensor after journaling the old bytes.
+pub(crate) fn add_zero_copy_bytes(
+    linker: &mut wasmtime::component::Linker<HostState>,
+    tensor_interface: &str,
+) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    linker.instance(tensor_interface)?.func_wrap(
+        "[method]activation.read-bytes",
+        |store: wasmtime::StoreContextMut<'_, HostState>,
+         (a, offset, len): (Resource<ActivationBuf>, u64, u64)|
+         -> wasmtime::Result<(Result<bytes::Bytes, HookError>,)> {
+            let b = store.data().table.get(&a)?;
+            Ok((b
+                .raw_bytes(offset, len)
+                .map(|(ptr, len)| bytes::Bytes::from_owner(TensorBytes { ptr, len }))
+                .map_err(Into::into),))
+        },
+    )?;
+    linker.instance(tensor_interface)?.func_wrap(
+        "[method]activation.write-bytes",
+        |mut store: wasmtime::StoreContextMut<'_, HostState>,
+         (a, offset, list): (
+            Resource<ActivationBuf>,
+            u64,
+            wasmtime::component::WasmList<u8>,
+        )|
+         -> wasmtime::Result<(Result<(), HookError>,)> {
+            let len = list.len();
+            let dst = match store
+                .data_mut()
+                .table
+                .get_mut(&a)?
+                .prepare_write_bytes(offset, len)
+            {
+                Ok(p) => p,
+                Err(e) => return Ok((Err(e.into()),)),
+            };
+            let src = list.as_le_slice(&store);
+            // SAFETY: `dst` points at `len` bytes of tensor memory (checked and
+            // journaled above), which does not overlap guest memory.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, len) };
+            let check = store.data().limits.check_finite;
+            if check {
+                let copy = list.as_le_slice(&store).to_vec();
+                store
+                    .data_mut()
+                    .table
+                    .get_mut(&a)?
+                    .count_non_finite_bytes(&copy);
+            }
+            Ok((Ok(()),))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}

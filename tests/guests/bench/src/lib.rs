@@ -1,9 +1,10 @@
 //! Benchmark guest: `{"mode": ...}` picks what a call does.
 //! - `noop`: nothing (per-call overhead);
-//! - `read-chunks`: read the whole activation as native bytes in 64 KiB
-//!   chunks into guest memory, touching every chunk;
-//! - `write-chunks`: write the whole activation from guest memory in 64 KiB chunks;
-//! - `spin`: a tight loop of `iters` iterations (fuel vs epoch cost);
+//! - `read-chunks`: read the whole activation as native bytes in `chunk`-byte
+//!   pieces (default 64 KiB) into guest memory, touching every piece;
+//! - `write-chunks`: write the whole activation from guest memory in `chunk`-byte pieces;
+//! - `spin`: a tight loop of `iters` dependent multiply-adds (fuel vs epoch cost);
+//! - `sum`: `iters` passes of a byte sum over a 64 KiB guest buffer;
 //! - `random`: emit draws from the host-seeded random stream;
 //! - `try-write`: write although the access is read-only (must fail);
 //! - `log`: log one message.
@@ -15,6 +16,13 @@ struct Config {
     mode: String,
     #[serde(default)]
     iters: u64,
+    /// Chunk size in bytes for `read-chunks` / `write-chunks` (default 64 KiB).
+    #[serde(default = "default_chunk")]
+    chunk: usize,
+}
+
+fn default_chunk() -> usize {
+    64 * 1024
 }
 
 struct Bench {
@@ -23,17 +31,20 @@ struct Bench {
     checksum: u64,
 }
 
-const CHUNK_BYTES: usize = 64 * 1024;
-
 impl HookFunction for Bench {
     fn info() -> Info {
         Info::new("bench", "0.1.0", "Benchmark and state-test guest").edits()
     }
 
     fn init(config: &str) -> Result<Self> {
+        let cfg: Config = parse_config(config)?;
+        if cfg.chunk < 4 || cfg.chunk > 64 << 20 {
+            return Err(Error::config("chunk must be 4 B .. 64 MiB"));
+        }
+        let buf = vec![7u8; cfg.chunk];
         Ok(Bench {
-            cfg: parse_config(config)?,
-            buf: vec![7u8; CHUNK_BYTES],
+            cfg,
+            buf,
             checksum: 0,
         })
     }
@@ -48,7 +59,7 @@ impl HookFunction for Bench {
     fn forward(&mut self, ctx: &Context, act: &mut Activation<'_>) -> Result<()> {
         let es = ctx.dtype.size();
         let n = act.numel();
-        let per = CHUNK_BYTES / es;
+        let per = self.cfg.chunk / es;
         match self.cfg.mode.as_str() {
             "noop" => Ok(()),
             "read-chunks" => {
@@ -79,6 +90,17 @@ impl HookFunction for Bench {
                     x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
                 }
                 self.checksum = x;
+                Ok(())
+            }
+            "sum" => {
+                // `iters` passes of a reduction over a 64 KiB guest buffer.
+                let mut acc: u64 = 0;
+                for _ in 0..self.cfg.iters {
+                    for &b in std::hint::black_box(&self.buf).iter() {
+                        acc = acc.wrapping_add(b as u64);
+                    }
+                }
+                self.checksum = std::hint::black_box(acc);
                 Ok(())
             }
             "random" => {
