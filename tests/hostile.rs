@@ -292,6 +292,24 @@ fn oversized_output_is_capped() {
 }
 
 #[test]
+fn partial_replacement_is_refused() {
+    let e = expect_failure(&small_fuel_runtime(), r#"{"mode": "replace-partial"}"#);
+    assert!(
+        matches!(&e.kind, HookErrorKind::Plugin(PluginError::InvalidArgument(m)) if m.contains("32 of 64 were left unwritten")),
+        "{e}"
+    );
+}
+
+#[test]
+fn failed_replacement_is_discarded() {
+    let e = expect_failure(&small_fuel_runtime(), r#"{"mode": "replace-then-error"}"#);
+    assert!(
+        matches!(&e.kind, HookErrorKind::Plugin(PluginError::Failed(_))),
+        "{e}"
+    );
+}
+
+#[test]
 fn failed_call_leaves_state_untouched() {
     let rt = small_fuel_runtime();
     let h = WasmHook::new(

@@ -141,7 +141,7 @@ fn half_precision_activations_are_supported() {
 #[test]
 fn retrieve_emits_a_slice_without_editing() {
     let h = hook("retrieve", r#"{"slice": [null, -1]}"#);
-    assert!(!h.access().edits);
+    assert!(!h.access().edits());
     assert!(
         h.access().reads.is_some(),
         "retrieve declares the slice it reads"
@@ -421,4 +421,31 @@ fn deadline_mode_uses_epochs() {
     let mut t = orig.copy();
     h.call(&ctx("p"), &mut t).unwrap();
     assert_eq!(max_abs_diff(&t, &(&orig * 2.0)), 0.0);
+}
+
+#[test]
+fn replace_mode_reads_the_original_and_swaps_in_the_result() {
+    let h = hook("hostile", r#"{"mode": "replace-negate"}"#);
+    assert_eq!(h.access().mode, flexmodel::hooks::EditMode::Replace);
+    let orig = randn(&[3, 5, 4]);
+    let mut t = orig.copy();
+    let before = t.shallow_clone();
+    let r = h.call(&ctx("p"), &mut t).unwrap();
+    assert!(r.edited);
+    assert_eq!(max_abs_diff(&t, &(-&orig)), 0.0);
+    assert_eq!(t.size(), orig.size());
+    // The result is a new tensor; the original storage was never written.
+    assert_eq!(max_abs_diff(&before, &orig), 0.0);
+}
+
+#[test]
+fn replace_mode_in_half_precision_and_chunked_writes() {
+    let h = hook("bench", r#"{"mode": "replace-chunks", "chunk": 4096}"#);
+    let mut t = randn(&[3, 1000]).to_kind(Kind::BFloat16);
+    h.call(&ctx("p"), &mut t).unwrap();
+    assert_eq!(t.kind(), Kind::BFloat16);
+    // Every element is the bf16 with bytes 07 07.
+    let want = f32::from_bits(0x0707_0000);
+    let got: Vec<f32> = Vec::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap();
+    assert!(got.iter().all(|&x| x == want));
 }

@@ -16,7 +16,7 @@
 //! impl HookFunction for Scale {
 //!     fn info() -> Info { Info::new("scale", "0.1.0", "multiply the activation by a factor").edits() }
 //!     fn init(config: &str) -> Result<Self> { parse_config(config) }
-//!     fn access(&self) -> Access { Access::edits() }
+//!     fn access(&self) -> Access { Access::edits() }  // in place
 //!     fn forward(&mut self, _ctx: &Context, act: &mut Activation) -> Result<()> {
 //!         act.scale(&Slice::all(), self.factor)
 //!     }
@@ -265,10 +265,25 @@ pub struct Context {
     pub forward_index: u64,
 }
 
+/// How a hook changes the activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EditMode {
+    /// Only reads; writes are refused.
+    #[default]
+    ReadOnly,
+    /// Edits in place: reads see earlier writes; the host undoes the writes
+    /// if the call fails.
+    InPlace,
+    /// Writes a complete replacement: reads see the original, writes build
+    /// the new activation, and every element must be written (or none, to
+    /// leave the activation unchanged). Fastest for rewriting whole tensors.
+    Replace,
+}
+
 /// Access a hook needs, declared at `init`.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
-    pub edits: bool,
+    pub mode: EditMode,
     pub reads: Option<Slice>,
 }
 
@@ -276,14 +291,21 @@ impl Access {
     /// Read-only, may read anything.
     pub fn read_only() -> Access {
         Access {
-            edits: false,
+            mode: EditMode::ReadOnly,
             reads: None,
         }
     }
-    /// May edit.
+    /// Edits in place.
     pub fn edits() -> Access {
         Access {
-            edits: true,
+            mode: EditMode::InPlace,
+            reads: None,
+        }
+    }
+    /// Writes a complete replacement (see [`EditMode::Replace`]).
+    pub fn replaces() -> Access {
+        Access {
+            mode: EditMode::Replace,
             reads: None,
         }
     }
@@ -537,11 +559,13 @@ pub trait HookFunction: Sized + 'static {
     fn info() -> Info;
     /// Build the hook from the user's JSON configuration.
     fn init(config: &str) -> Result<Self>;
-    /// The access this configured hook needs (default: read-only, anything).
+    /// The access this configured hook needs (default: in place if
+    /// `info().edits`, else read-only; may read anything).
     fn access(&self) -> Access {
-        Access {
-            edits: Self::info().edits,
-            reads: None,
+        if Self::info().edits {
+            Access::edits()
+        } else {
+            Access::read_only()
         }
     }
     /// Called at every hook point the hook is registered on.
@@ -571,8 +595,13 @@ pub mod __dispatch {
         let h = H::init(&config)?;
         let a = h.access();
         cell.with(|c| *c.borrow_mut() = Some(h));
+        let mode = match a.mode {
+            EditMode::ReadOnly => wit::EditMode::ReadOnly,
+            EditMode::InPlace => wit::EditMode::InPlace,
+            EditMode::Replace => wit::EditMode::Replace,
+        };
         Ok(wit::Access {
-            edits: a.edits,
+            mode,
             reads: a.reads.map(|s| s.wit()),
         })
     }
@@ -637,8 +666,8 @@ macro_rules! export_hook {
 /// Everything a hook author needs.
 pub mod prelude {
     pub use super::{
-        Access, Activation, Context, DType, Dim, Error, HookFunction, Info, Result, Slice, emit,
-        emit_bytes, export_hook, log, parse_config, random, state,
+        Access, Activation, Context, DType, Dim, EditMode, Error, HookFunction, Info, Result,
+        Slice, emit, emit_bytes, export_hook, log, parse_config, random, state,
     };
 }
 

@@ -63,7 +63,7 @@ class Plugin(wit_world.exports.Plugin):
             _state["via_guest"] = bool(c.get("via_guest", False))
         except (ValueError, KeyError, TypeError) as e:
             raise Err(types.HookError_InvalidConfig(f"{type(e).__name__}: {e}"))
-        return types.Access(edits=True, reads=None)
+        return types.Access(mode=types.EditMode.IN_PLACE, reads=None)
 
     def on_forward(self, ctx: types.CallContext, act) -> None:
         factor = _state["factor"]

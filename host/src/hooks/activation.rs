@@ -64,35 +64,74 @@ impl From<slice::SliceError> for AccessError {
 
 type AResult<T> = Result<T, AccessError>;
 
+/// How a hook changes the activation (WIT `edit-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum EditMode {
+    /// Reads only; writes are refused.
+    #[default]
+    ReadOnly,
+    /// Edits in place; the host journals what it overwrites.
+    InPlace,
+    /// Builds a replacement from the original, writing every element.
+    Replace,
+}
+
+impl EditMode {
+    pub fn writes(self) -> bool {
+        self != EditMode::ReadOnly
+    }
+}
+
+/// What a successful call did to the activation.
+#[derive(Debug)]
+pub enum Committed {
+    /// Not written.
+    Unchanged,
+    /// Edited in place (the caller's tensor holds the result).
+    InPlace,
+    /// A replacement tensor, same shape, dtype and device as the original.
+    Replaced(Tensor),
+}
+
 /// Ranged access to one activation during one hook call.
+///
+/// Reads come from `src`; writes go to `dst`. In place, both are the tensor
+/// (or its staging copy) and overwritten bytes are journaled; in replace mode
+/// `src` is the untouched original and `dst` a new tensor whose written
+/// ranges are tracked, so that a partial replacement is refused.
 pub struct ActivationBuf {
     /// The caller's tensor (shares storage with the model's activation).
     target: Tensor,
     /// Contiguous CPU copy when `target` cannot be accessed in place.
     staging: Option<Tensor>,
-    base: *mut u8,
+    /// The replacement being built (replace mode).
+    out: Option<Tensor>,
+    src: *mut u8,
+    dst: *mut u8,
     shape: Vec<usize>,
     numel: usize,
     dtype: DType,
-    writable: bool,
-    /// Undo journal: previous contents of overwritten byte ranges.
+    mode: EditMode,
+    /// Undo journal (in place): previous contents of overwritten byte ranges.
     journal: Journal,
+    /// Written element ranges (replace mode).
+    covered: Vec<(usize, usize)>,
     dirty: bool,
     check_finite: bool,
     pub stats: EditStats,
 }
 
-// SAFETY: `base` points into the storage of `target` (or `staging`), both owned
-// here; the buffer is only ever used by the thread running the hook call.
+// SAFETY: `src`/`dst` point into the storage of tensors owned here (`target`,
+// `staging`, `out`); the buffer is only used by the thread running the call.
 unsafe impl Send for ActivationBuf {}
 
 impl ActivationBuf {
-    /// Wrap `tensor` for one call. `writable` follows the plugin's declared
-    /// access; `check_finite` counts non-finite values written. `journal` is
-    /// a (reused) undo journal, handed back by `commit`/`rollback`.
+    /// Wrap `tensor` for one call in the plugin's declared `mode`;
+    /// `check_finite` counts non-finite values written. `journal` is a
+    /// (reused) undo journal, handed back by `commit`/`rollback`.
     pub fn new(
         tensor: &Tensor,
-        writable: bool,
+        mode: EditMode,
         check_finite: bool,
         mut journal: Journal,
     ) -> Result<Self, String> {
@@ -103,15 +142,15 @@ impl ActivationBuf {
                 tensor.kind()
             )
         })?;
-        let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
+        let size = tensor.size();
+        let shape: Vec<usize> = size.iter().map(|&d| d as usize).collect();
         let numel: usize = shape.iter().product();
-        let in_place = tensor.device() == Device::Cpu && tensor.is_contiguous();
-        let (staging, base) = if in_place {
+        let direct = tensor.device() == Device::Cpu && tensor.is_contiguous();
+        let (staging, src) = if direct {
             (None, tensor.data_ptr() as *mut u8)
         } else {
             let s = tensor.to_device(Device::Cpu).contiguous();
-            // `to_device` + `contiguous` may return the same storage for a CPU
-            // tensor that is already contiguous; here it never is.
+            // Never share storage with the caller's tensor.
             let s = if s.data_ptr() == tensor.data_ptr() {
                 s.copy()
             } else {
@@ -120,15 +159,27 @@ impl ActivationBuf {
             let p = s.data_ptr() as *mut u8;
             (Some(s), p)
         };
+        let (out, dst) = match mode {
+            EditMode::Replace => {
+                let o = Tensor::empty(&size, (dtype.kind(), Device::Cpu));
+                let p = o.data_ptr() as *mut u8;
+                (Some(o), p)
+            }
+            EditMode::InPlace => (None, src),
+            EditMode::ReadOnly => (None, std::ptr::null_mut()),
+        };
         Ok(ActivationBuf {
             target: tensor.shallow_clone(),
             staging,
-            base,
+            out,
+            src,
+            dst,
             shape,
             numel,
             dtype,
-            writable,
+            mode,
             journal,
+            covered: Vec::new(),
             dirty: false,
             check_finite,
             stats: EditStats::default(),
@@ -144,14 +195,17 @@ impl ActivationBuf {
     pub fn numel(&self) -> usize {
         self.numel
     }
+    pub fn mode(&self) -> EditMode {
+        self.mode
+    }
     pub fn writable(&self) -> bool {
-        self.writable
+        self.mode.writes()
     }
     pub fn is_dirty(&self) -> bool {
         self.dirty
     }
 
-    /// The tensor the hook is looking at, on CPU (for host-side copies such as
+    /// What the hook reads, as a CPU tensor (for host-side copies such as
     /// `emit-activation`).
     pub fn cpu_view(&self) -> Tensor {
         match &self.staging {
@@ -160,20 +214,26 @@ impl ActivationBuf {
         }
     }
 
+    fn nbytes(&self) -> usize {
+        self.numel * self.dtype.size()
+    }
+
     fn bytes(&self) -> &[u8] {
         if self.numel == 0 {
             return &[];
         }
-        // SAFETY: base points at numel * size bytes of initialised storage.
-        unsafe { std::slice::from_raw_parts(self.base, self.numel * self.dtype.size()) }
+        // SAFETY: src points at numel * size bytes of initialised storage.
+        unsafe { std::slice::from_raw_parts(self.src, self.nbytes()) }
     }
 
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        if self.numel == 0 {
+    /// The bytes writes go to. Only called after `check_writable`.
+    fn dst_bytes(&mut self) -> &mut [u8] {
+        if self.numel == 0 || self.dst.is_null() {
             return &mut [];
         }
-        // SAFETY: as above, and we hold the only access during the call.
-        unsafe { std::slice::from_raw_parts_mut(self.base, self.numel * self.dtype.size()) }
+        // SAFETY: dst points at numel * size bytes of storage owned here; we
+        // hold the only access during the call.
+        unsafe { std::slice::from_raw_parts_mut(self.dst, self.nbytes()) }
     }
 
     fn check_range(&self, offset: u64, len: u64) -> AResult<(usize, usize)> {
@@ -190,11 +250,12 @@ impl ActivationBuf {
     }
 
     fn check_writable(&self) -> AResult<()> {
-        if self.writable {
+        if self.mode.writes() {
             Ok(())
         } else {
             Err(AccessError(
-                "the activation is read-only: the plugin did not declare `edits` at init".into(),
+                "the activation is read-only: the plugin declared edit mode `read-only` at init"
+                    .into(),
             ))
         }
     }
@@ -218,16 +279,7 @@ impl ActivationBuf {
         let (off, n) = self.check_range(offset, len)?;
         let es = self.dtype.size();
         // SAFETY: in bounds (checked above).
-        Ok((unsafe { self.base.add(off * es) } as *const u8, n * es))
-    }
-
-    /// The activation as f32 elements, when it is f32 and suitably aligned.
-    fn f32s_mut(&mut self) -> Option<&mut [f32]> {
-        if self.dtype != DType::F32 || (self.base as usize) % 4 != 0 || self.numel == 0 {
-            return None;
-        }
-        // SAFETY: as above; exclusive access during the call.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.base as *mut f32, self.numel) })
+        Ok((unsafe { self.src.add(off * es) } as *const u8, n * es))
     }
 
     /// Elements `[offset, offset+len)` as f32.
@@ -253,88 +305,20 @@ impl ActivationBuf {
     fn extend_f32(&self, off: usize, n: usize, stride: usize, out: &mut Vec<f32>) {
         let b = self.bytes();
         match self.dtype {
-            DType::F32 => {
-                if stride == 1 {
-                    let src = &b[off * 4..(off + n) * 4];
-                    let start = out.len();
-                    out.resize(start + n, 0.0);
-                    // SAFETY: same length, f32 has no invalid bit patterns.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            src.as_ptr(),
-                            out.as_mut_ptr().add(start) as *mut u8,
-                            n * 4,
-                        )
-                    };
-                } else {
-                    out.extend((0..n).map(|i| {
-                        let p = (off + i * stride) * 4;
-                        f32::from_le_bytes([b[p], b[p + 1], b[p + 2], b[p + 3]])
-                    }));
-                }
+            DType::F32 if stride == 1 => {
+                let src = &b[off * 4..(off + n) * 4];
+                let start = out.len();
+                out.resize(start + n, 0.0);
+                // SAFETY: same length, f32 has no invalid bit patterns.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        src.as_ptr(),
+                        out.as_mut_ptr().add(start) as *mut u8,
+                        n * 4,
+                    )
+                };
             }
-            DType::F16 => out.extend((0..n).map(|i| {
-                let p = (off + i * stride) * 2;
-                f16::from_le_bytes([b[p], b[p + 1]]).to_f32()
-            })),
-            DType::BF16 => out.extend((0..n).map(|i| {
-                let p = (off + i * stride) * 2;
-                bf16::from_le_bytes([b[p], b[p + 1]]).to_f32()
-            })),
-        }
-    }
-
-    // ---- writes ------------------------------------------------------------
-
-    /// Save the bytes of elements `[off, off+n)` to the journal before they
-    /// are overwritten (only needed for in-place access: a staging copy is
-    /// simply discarded on rollback).
-    fn journal(&mut self, off: usize, n: usize) {
-        self.dirty = true;
-        if self.staging.is_some() || n == 0 {
-            return;
-        }
-        let es = self.dtype.size();
-        let (start, end) = (off * es, (off + n) * es);
-        // SAFETY: base..base+numel*es is the activation; the journal's arena is
-        // a separate allocation.
-        let src = unsafe { std::slice::from_raw_parts(self.base.add(start), end - start) };
-        let stream = self.numel * es >= STREAM_TENSOR_MIN;
-        self.journal.save(start, src, stream);
-    }
-
-    /// Journal every row of a resolved slice (one record spanning each run).
-    fn journal_slice(&mut self, r: &Resolved) {
-        if let Some(start) = r.contiguous_block() {
-            self.journal(start, r.numel());
-            return;
-        }
-        let mut rows = Vec::new();
-        r.for_each_row::<()>(|off, n, st| {
-            rows.push((off, (n - 1) * st + 1));
-            Ok(())
-        })
-        .ok();
-        for (off, span) in rows {
-            self.journal(off, span);
-        }
-    }
-
-    fn count_non_finite(&mut self, values: impl Iterator<Item = f32>) {
-        if self.check_finite {
-            self.stats.non_finite += values.filter(|v| !v.is_finite()).count() as u64;
-        }
-    }
-
-    fn store(&mut self, idx: usize, v: f32) {
-        let dtype = self.dtype;
-        let b = self.bytes_mut();
-        match dtype {
-            DType::F32 => b[idx * 4..idx * 4 + 4].copy_from_slice(&v.to_le_bytes()),
-            DType::F16 => b[idx * 2..idx * 2 + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes()),
-            DType::BF16 => {
-                b[idx * 2..idx * 2 + 2].copy_from_slice(&bf16::from_f32(v).to_le_bytes())
-            }
+            _ => out.extend((0..n).map(|i| self.load(off + i * stride))),
         }
     }
 
@@ -349,14 +333,86 @@ impl ActivationBuf {
         }
     }
 
+    // ---- writes ------------------------------------------------------------
+
+    /// Before writing elements `[off, off+n)`: journal them (in place) or
+    /// record them as covered (replace).
+    fn record_write(&mut self, off: usize, n: usize) {
+        self.dirty = true;
+        if n == 0 {
+            return;
+        }
+        match self.mode {
+            EditMode::InPlace if self.staging.is_none() => {
+                let es = self.dtype.size();
+                let (start, end) = (off * es, (off + n) * es);
+                // SAFETY: in bounds (callers check); the journal's arena is a
+                // separate allocation.
+                let src = unsafe { std::slice::from_raw_parts(self.src.add(start), end - start) };
+                let stream = self.nbytes() >= STREAM_TENSOR_MIN;
+                self.journal.save(start, src, stream);
+            }
+            // A staging copy is simply discarded on rollback.
+            EditMode::InPlace => {}
+            EditMode::Replace => match self.covered.last_mut() {
+                Some(last) if last.1 == off => last.1 = off + n,
+                _ => self.covered.push((off, off + n)),
+            },
+            EditMode::ReadOnly => {}
+        }
+    }
+
+    /// `record_write` for every element of a resolved slice.
+    fn record_slice(&mut self, r: &Resolved) {
+        if let Some(start) = r.contiguous_block() {
+            self.record_write(start, r.numel());
+            return;
+        }
+        let mut rows = Vec::new();
+        r.for_each_row::<()>(|off, n, st| {
+            rows.push((off, n, st));
+            Ok(())
+        })
+        .ok();
+        for (off, n, st) in rows {
+            if st == 1 || self.mode == EditMode::InPlace {
+                // In place: one journal record spanning the strided row.
+                let span = if st == 1 { n } else { (n - 1) * st + 1 };
+                self.record_write(off, span);
+            } else {
+                for i in 0..n {
+                    self.record_write(off + i * st, 1);
+                }
+            }
+        }
+    }
+
+    fn count_non_finite(&mut self, values: impl Iterator<Item = f32>) {
+        if self.check_finite {
+            self.stats.non_finite += values.filter(|v| !v.is_finite()).count() as u64;
+        }
+    }
+
+    fn store(&mut self, idx: usize, v: f32) {
+        let dtype = self.dtype;
+        let b = self.dst_bytes();
+        match dtype {
+            DType::F32 => b[idx * 4..idx * 4 + 4].copy_from_slice(&v.to_le_bytes()),
+            DType::F16 => b[idx * 2..idx * 2 + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes()),
+            DType::BF16 => {
+                b[idx * 2..idx * 2 + 2].copy_from_slice(&bf16::from_f32(v).to_le_bytes())
+            }
+        }
+    }
+
     /// Overwrite elements starting at `offset` with `values`.
     pub fn write_f32(&mut self, offset: u64, values: &[f32]) -> AResult<()> {
         self.check_writable()?;
         let (off, n) = self.check_range(offset, values.len() as u64)?;
-        self.journal(off, n);
+        self.record_write(off, n);
         self.count_non_finite(values.iter().copied());
         if self.dtype == DType::F32 {
-            let dst = &mut self.bytes_mut()[off * 4..(off + n) * 4];
+            let dst = &mut self.dst_bytes()[off * 4..(off + n) * 4];
             // SAFETY: same length; plain bytes.
             unsafe {
                 std::ptr::copy_nonoverlapping(values.as_ptr() as *const u8, dst.as_mut_ptr(), n * 4)
@@ -369,9 +425,9 @@ impl ActivationBuf {
         Ok(())
     }
 
-    /// Check and journal a write of `nbytes` native bytes at element
-    /// `offset`; returns where to copy them. The caller copies the bytes and
-    /// then reports non-finite values with [`Self::count_non_finite_bytes`].
+    /// Check and record a write of `nbytes` native bytes at element `offset`;
+    /// returns where to copy them. The caller copies the bytes and then
+    /// reports non-finite values with [`Self::count_non_finite_bytes`].
     pub(crate) fn prepare_write_bytes(&mut self, offset: u64, nbytes: usize) -> AResult<*mut u8> {
         self.check_writable()?;
         let es = self.dtype.size();
@@ -382,9 +438,9 @@ impl ActivationBuf {
             )));
         }
         let (off, n) = self.check_range(offset, (nbytes / es) as u64)?;
-        self.journal(off, n);
+        self.record_write(off, n);
         // SAFETY: in bounds (checked above).
-        Ok(unsafe { self.base.add(off * es) })
+        Ok(unsafe { self.dst.add(off * es) })
     }
 
     /// Count non-finite values in native-dtype `bytes` just written (when the
@@ -412,35 +468,11 @@ impl ActivationBuf {
 
     /// Overwrite elements starting at `offset` with native-dtype bytes.
     pub fn write_bytes(&mut self, offset: u64, bytes: &[u8]) -> AResult<()> {
-        self.check_writable()?;
-        let es = self.dtype.size();
-        if bytes.len() % es != 0 {
-            return Err(AccessError(format!(
-                "{} bytes is not a whole number of {:?} elements ({es} bytes each)",
-                bytes.len(),
-                self.dtype
-            )));
-        }
-        let (off, n) = self.check_range(offset, (bytes.len() / es) as u64)?;
-        self.journal(off, n);
-        if self.check_finite {
-            let vals: Vec<f32> = match self.dtype {
-                DType::F32 => bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                DType::F16 => bytes
-                    .chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                DType::BF16 => bytes
-                    .chunks_exact(2)
-                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-            };
-            self.count_non_finite(vals.into_iter());
-        }
-        self.bytes_mut()[off * es..(off + n) * es].copy_from_slice(bytes);
+        let dst = self.prepare_write_bytes(offset, bytes.len())?;
+        // SAFETY: `dst` has room for `bytes.len()` bytes (checked); no overlap
+        // with a caller-owned slice.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+        self.count_non_finite_bytes(bytes);
         Ok(())
     }
 
@@ -456,7 +488,7 @@ impl ActivationBuf {
                 values.len()
             )));
         }
-        self.journal_slice(&r);
+        self.record_slice(&r);
         self.count_non_finite(values.iter().copied());
         let mut k = 0;
         r.for_each_row::<()>(|off, n, st| {
@@ -470,70 +502,68 @@ impl ActivationBuf {
         Ok(())
     }
 
-    /// Apply `f(old, index_in_row) -> new` to every element of a slice.
+    /// `dst[i] = f(src[i], index_in_row)` for every element of a slice.
     fn map_slice(&mut self, s: &[DimRange], mut f: impl FnMut(f32, usize) -> f32) -> AResult<()> {
         self.check_writable()?;
         let r = self.resolve(s)?;
-        self.journal_slice(&r);
+        self.record_slice(&r);
         let mut non_finite = 0u64;
         let check = self.check_finite;
-        if let Some(data) = self.f32s_mut() {
-            // f32 fast path: typed rows, no per-element dtype dispatch.
+        if self.dtype == DType::F32 && (self.src as usize) % 4 == 0 && (self.dst as usize) % 4 == 0
+        {
+            // f32 fast path: raw typed pointers (src and dst may be the same).
+            let (src, dst) = (self.src as *const f32, self.dst as *mut f32);
+            let aliased = std::ptr::eq(src, dst);
             r.for_each_row::<()>(|off, n, st| {
                 if st == 1 {
-                    let row = &mut data[off..off + n];
-                    for (i, x) in row.iter_mut().enumerate() {
-                        *x = f(*x, i);
+                    // Contiguous row: plain slices, so the loop vectorises.
+                    // SAFETY: [off, off+n) is in bounds of both buffers; when
+                    // they alias only the mutable slice is formed.
+                    let d = unsafe { std::slice::from_raw_parts_mut(dst.add(off), n) };
+                    if aliased {
+                        for (i, x) in d.iter_mut().enumerate() {
+                            *x = f(*x, i);
+                        }
+                    } else {
+                        let s = unsafe { std::slice::from_raw_parts(src.add(off), n) };
+                        for (i, (x, &y)) in d.iter_mut().zip(s).enumerate() {
+                            *x = f(y, i);
+                        }
                     }
                     if check {
-                        non_finite += row.iter().filter(|x| !x.is_finite()).count() as u64;
+                        non_finite += d.iter().filter(|v| !v.is_finite()).count() as u64;
                     }
-                } else {
-                    for i in 0..n {
-                        let x = &mut data[off + i * st];
-                        *x = f(*x, i);
-                        non_finite += u64::from(check && !x.is_finite());
+                    return Ok(());
+                }
+                for i in 0..n {
+                    // SAFETY: off + i * st < numel (resolved slice); both
+                    // buffers hold numel aligned f32 values.
+                    unsafe {
+                        let v = f(*src.add(off + i * st), i);
+                        *dst.add(off + i * st) = v;
+                        non_finite += u64::from(check && !v.is_finite());
                     }
                 }
                 Ok(())
             })
             .ok();
-            self.stats.non_finite += non_finite;
-            return Ok(());
-        }
-        r.for_each_row::<()>(|off, n, st| {
-            for i in 0..n {
-                let idx = off + i * st;
-                let v = f(self.load(idx), i);
-                if check && !v.is_finite() {
-                    non_finite += 1;
+        } else {
+            r.for_each_row::<()>(|off, n, st| {
+                for i in 0..n {
+                    let idx = off + i * st;
+                    let v = f(self.load(idx), i);
+                    non_finite += u64::from(check && !v.is_finite());
+                    self.store(idx, v);
                 }
-                self.store(idx, v);
-            }
-            Ok(())
-        })
-        .ok();
+                Ok(())
+            })
+            .ok();
+        }
         self.stats.non_finite += non_finite;
         Ok(())
     }
 
     pub fn fill(&mut self, s: &[DimRange], value: f32) -> AResult<()> {
-        if self.dtype == DType::F32 && self.writable {
-            // Fast path for contiguous f32 blocks (ablation of a range).
-            let r = self.resolve(s)?;
-            if let Some(start) = r.contiguous_block() {
-                let n = r.numel();
-                self.journal(start, n);
-                if self.check_finite && !value.is_finite() {
-                    self.stats.non_finite += n as u64;
-                }
-                let dst = &mut self.bytes_mut()[start * 4..(start + n) * 4];
-                for c in dst.chunks_exact_mut(4) {
-                    c.copy_from_slice(&value.to_le_bytes());
-                }
-                return Ok(());
-            }
-        }
         self.map_slice(s, |_, _| value)
     }
 
@@ -555,24 +585,75 @@ impl ActivationBuf {
 
     // ---- transaction -------------------------------------------------------
 
-    /// Make the call's edits visible in the caller's tensor. Returns the
-    /// journal for reuse.
-    pub fn commit(mut self) -> Journal {
-        if self.dirty {
-            if let Some(s) = self.staging.take() {
-                self.target.copy_(&s);
+    /// Elements a replacement left unwritten.
+    fn unwritten(&mut self) -> usize {
+        self.covered.sort_unstable();
+        let mut covered = 0usize;
+        let mut end = 0usize;
+        for &(a, b) in &self.covered {
+            let a = a.max(end);
+            if b > a {
+                covered += b - a;
+                end = b;
             }
         }
-        std::mem::take(&mut self.journal)
+        self.numel - covered
+    }
+
+    /// Make the call's edits visible: in place in the caller's tensor, or as a
+    /// replacement tensor. A replacement that left elements unwritten is
+    /// refused (and nothing changes). Returns the journal for reuse.
+    pub fn commit(mut self) -> Result<(Committed, Journal), (AccessError, Journal)> {
+        let journal = std::mem::take(&mut self.journal);
+        if !self.dirty {
+            return Ok((Committed::Unchanged, journal));
+        }
+        match self.mode {
+            EditMode::Replace => {
+                let unwritten = self.unwritten();
+                if unwritten > 0 {
+                    return Err((
+                        AccessError(format!(
+                            "edit mode `replace` must write every element: {unwritten} of {} were left unwritten",
+                            self.numel
+                        )),
+                        journal,
+                    ));
+                }
+                let out = self.out.take().expect("replace mode has an output tensor");
+                let out = if self.target.device() == Device::Cpu {
+                    out
+                } else {
+                    out.to_device(self.target.device())
+                };
+                Ok((Committed::Replaced(out), journal))
+            }
+            _ => {
+                if let Some(s) = self.staging.take() {
+                    self.target.copy_(&s);
+                }
+                Ok((Committed::InPlace, journal))
+            }
+        }
     }
 
     /// Undo every edit made during the call. Returns the journal for reuse.
     pub fn rollback(mut self) -> Journal {
         let journal = std::mem::take(&mut self.journal);
-        for (byte_off, saved) in journal.entries() {
-            self.bytes_mut()[byte_off..byte_off + saved.len()].copy_from_slice(saved);
+        if self.mode == EditMode::InPlace && self.staging.is_none() {
+            let total = self.nbytes();
+            for (byte_off, saved) in journal.entries() {
+                debug_assert!(byte_off + saved.len() <= total);
+                // SAFETY: the journal only holds ranges of this activation.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        saved.as_ptr(),
+                        self.src.add(byte_off),
+                        saved.len(),
+                    )
+                };
+            }
         }
-        self.staging = None;
         journal
     }
 }

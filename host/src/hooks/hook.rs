@@ -4,7 +4,7 @@
 
 use tch::Tensor;
 
-use super::activation::DType;
+use super::activation::{DType, EditMode};
 use super::error::HookError;
 use super::slice::DimRange;
 
@@ -54,10 +54,17 @@ pub struct CallContext {
 /// The access a hook declared at registration.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Access {
-    /// May write the activation.
-    pub edits: bool,
+    /// How it changes the activation.
+    pub mode: EditMode,
     /// Reads only this slice of the activation, if known.
     pub reads: Option<Vec<DimRange>>,
+}
+
+impl Access {
+    /// Whether the hook may change the activation.
+    pub fn edits(&self) -> bool {
+        self.mode.writes()
+    }
 }
 
 /// Severity of a message a plugin logged.
@@ -97,7 +104,9 @@ pub trait Hook: Send + Sync {
     fn name(&self) -> &str;
     /// Access declared at registration.
     fn access(&self) -> Access;
-    /// Call the hook on `activation`. On error the activation is unchanged.
+    /// Call the hook on `activation`. On success `activation` holds the
+    /// result: edited in place, or replaced by a new tensor of the same shape,
+    /// dtype and device (edit mode `replace`). On error it is unchanged.
     fn call(&self, ctx: &CallContext, activation: &mut Tensor) -> Result<CallReport, HookError>;
 }
 

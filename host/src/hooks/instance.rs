@@ -10,7 +10,7 @@ use tch::Tensor;
 use wasmtime::Store;
 use wasmtime::component::Resource;
 
-use super::activation::{ActivationBuf, Journal};
+use super::activation::{ActivationBuf, Committed, EditMode, Journal};
 use super::artifact::{Plugin, PluginInfo};
 use super::bindings::HookPlugin;
 use super::bindings::wit_types as wit;
@@ -170,7 +170,11 @@ impl PluginInstance {
             .call_init(&mut self.store, config);
         match r {
             Ok(Ok(a)) => Ok(Access {
-                edits: a.edits,
+                mode: match a.mode {
+                    wit::EditMode::ReadOnly => EditMode::ReadOnly,
+                    wit::EditMode::InPlace => EditMode::InPlace,
+                    wit::EditMode::Replace => EditMode::Replace,
+                },
                 reads: a.reads.map(|s| from_wit_slice(&s)),
             }),
             Ok(Err(e)) => Err((self.error(HookErrorKind::Plugin(e.into())), false)),
@@ -193,7 +197,7 @@ impl PluginInstance {
         self.context = ctx.hook_point.clone();
         let check_finite = self.policy != NonFinitePolicy::Allow;
         let journal = std::mem::take(&mut self.journal);
-        let buf = ActivationBuf::new(tensor, access.edits, check_finite, journal)
+        let buf = ActivationBuf::new(tensor, access.mode, check_finite, journal)
             .map_err(|message| (self.error(HookErrorKind::BadActivation { message }), false))?;
         let wit_ctx = wit::CallContext {
             hook_point: ctx.hook_point.clone(),
@@ -270,8 +274,26 @@ impl PluginInstance {
                         false,
                     );
                 }
-                let edited = buf.is_dirty();
-                self.journal = buf.commit();
+                let edited = match buf.commit() {
+                    Ok((committed, journal)) => {
+                        self.journal = journal;
+                        match committed {
+                            Committed::Unchanged => false,
+                            Committed::InPlace => true,
+                            Committed::Replaced(t) => {
+                                *tensor = t;
+                                true
+                            }
+                        }
+                    }
+                    Err((e, journal)) => {
+                        self.journal = journal;
+                        return Err((
+                            self.error(HookErrorKind::Plugin(PluginError::InvalidArgument(e.0))),
+                            false,
+                        ));
+                    }
+                };
                 // Apply state writes.
                 {
                     let mut st = self.store.data().state.lock();

@@ -22,7 +22,7 @@ pub mod sandbox;
 pub mod slice;
 mod store;
 
-pub use activation::DType;
+pub use activation::{DType, EditMode};
 pub use artifact::{Plugin, PluginInfo, WIT_VERSION};
 pub use engine::{CpuLimit, NonFinitePolicy, Runtime, RuntimeConfig};
 pub use error::{HookError, HookErrorKind, LoadError, PluginError};

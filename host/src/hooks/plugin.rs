@@ -27,8 +27,9 @@ pub struct WasmHook {
     plugin: Arc<Plugin>,
     config: String,
     access: Access,
-    /// Identity of this registration in random seeds (plugin hash + config).
-    seed_key: String,
+    /// This registration's part of every call's random seed (user seed,
+    /// plugin hash, config), computed once.
+    seed_base: u64,
     slots: Mutex<HashMap<u32, Arc<Mutex<Slot>>>>,
 }
 
@@ -63,7 +64,7 @@ impl WasmHook {
             plugin: plugin.info.name.clone(),
             error: e.kind.to_string(),
         })?;
-        let seed_key = format!("{}:{}", plugin.hash, config);
+        let seed_base = stream_seed(plugin.runtime.config.seed, &plugin.hash, &config, 0);
         // The probe instance becomes rank 0's (usual first caller).
         let slot = Slot {
             state,
@@ -75,7 +76,7 @@ impl WasmHook {
             plugin,
             config,
             access,
-            seed_key,
+            seed_base,
             slots: Mutex::new(slots),
         })
     }
@@ -137,12 +138,7 @@ impl Hook for WasmHook {
             }
             slot.instance = Some(inst);
         }
-        let seed = stream_seed(
-            self.plugin.runtime.config.seed,
-            &self.seed_key,
-            &ctx.hook_point,
-            ctx.forward_index,
-        );
+        let seed = stream_seed(self.seed_base, "", &ctx.hook_point, ctx.forward_index);
         let inst = slot.instance.as_mut().expect("instance was just ensured");
         match inst.call(ctx, activation, &self.access, seed) {
             Ok(report) => Ok(report),

@@ -2,7 +2,8 @@
 //! - `noop`: nothing (per-call overhead);
 //! - `read-chunks`: read the whole activation as native bytes in `chunk`-byte
 //!   pieces (default 64 KiB) into guest memory, touching every piece;
-//! - `write-chunks`: write the whole activation from guest memory in `chunk`-byte pieces;
+//! - `write-chunks`: overwrite the whole activation in place from guest memory in
+//!   `chunk`-byte pieces; `replace-chunks`: the same in edit mode `replace`;
 //! - `spin`: a tight loop of `iters` dependent multiply-adds (fuel vs epoch cost);
 //! - `sum`: `iters` passes of a byte sum over a 64 KiB guest buffer;
 //! - `random`: emit draws from the host-seeded random stream;
@@ -52,6 +53,7 @@ impl HookFunction for Bench {
     fn access(&self) -> Access {
         match self.cfg.mode.as_str() {
             "write-chunks" => Access::edits(),
+            "replace-chunks" => Access::replaces(),
             _ => Access::read_only(),
         }
     }
@@ -75,7 +77,7 @@ impl HookFunction for Bench {
                 std::hint::black_box(self.checksum);
                 Ok(())
             }
-            "write-chunks" => {
+            "write-chunks" | "replace-chunks" => {
                 let mut off = 0;
                 while off < n {
                     let len = per.min(n - off);

@@ -49,13 +49,18 @@ impl HookFunction for Hostile {
     }
 
     fn access(&self) -> Access {
-        Access::edits()
+        if self.0.mode.starts_with("replace") {
+            Access::replaces()
+        } else {
+            Access::edits()
+        }
     }
 
     fn forward(&mut self, _ctx: &Context, act: &mut Activation<'_>) -> Result<()> {
         let n = act.numel();
         // A partial edit first: must be undone by the host when we fail.
-        if !matches!(self.0.mode.as_str(), "counter" | "env") {
+        if !matches!(self.0.mode.as_str(), "counter" | "env") && !self.0.mode.starts_with("replace")
+        {
             act.fill(&Slice::all(), 1234.5)?;
         }
         match self.0.mode.as_str() {
@@ -126,6 +131,22 @@ impl HookFunction for Hostile {
                     panic!("counter reached {c}");
                 }
                 emit("calls", &[1], &[c as f32])
+            }
+            "replace-negate" => {
+                // Reads see the original; writes build the replacement.
+                let v: Vec<f32> = act.read_all()?.iter().map(|x| -x).collect();
+                act.write(0, &v)?;
+                // Still the original after the write:
+                let again = act.read(0, 1)?;
+                if again[0] != -v[0] {
+                    return Err(Error::failed("reads in replace mode must see the original"));
+                }
+                Ok(())
+            }
+            "replace-partial" => act.write(0, &vec![0.0; n / 2]),
+            "replace-then-error" => {
+                act.write(0, &vec![0.0; n])?;
+                Err(Error::failed("failed after writing a full replacement"))
             }
             "state-then-error" => {
                 state::set("poison", b"x")?;
