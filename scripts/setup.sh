@@ -2,7 +2,9 @@
 # One-time setup of a fresh machine, then the built-in example.
 #   - Rust target wasm32-wasip2 (guests);
 #   - lean libtorch (torch==2.13.0 wheel, CPU runtime libs) for tch, cached;
-#   - Python venv with componentize-py (Python guest plugin), cached;
+#   - Python venv with componentize-py (Python guest plugin) and torch +
+#     transformers (reference outputs for the fidelity tests), cached;
+#   - tiny random reference models made with transformers;
 #   - build the host, the guest components, and run the hook demo.
 # Idempotent: a second run only checks and rebuilds what changed.
 set -euo pipefail
@@ -22,11 +24,15 @@ if [ ! -f "$LIBTORCH/lib/libtorch_cpu.so" ]; then
 fi
 ls "$LIBTORCH/lib/libtorch_cpu.so" >/dev/null
 
-step "Python venv with componentize-py (in $FLEXMODEL_VENV)"
-if [ ! -x "$COMPONENTIZE_PY" ]; then
-  python3 -m venv "$FLEXMODEL_VENV"
-  "$FLEXMODEL_VENV/bin/pip" install --quiet componentize-py==0.25.1
+step "Python venv: componentize-py, torch, transformers (in $FLEXMODEL_VENV)"
+[ -x "$FLEXMODEL_VENV/bin/python" ] || python3 -m venv "$FLEXMODEL_VENV"
+if ! "$FLEXMODEL_VENV/bin/python" -c "import torch, transformers, safetensors, componentize_py" 2>/dev/null; then
+  "$FLEXMODEL_VENV/bin/pip" install --quiet componentize-py==0.25.1 "torch==$TORCH_VERSION" \
+    transformers==5.24.0 safetensors
 fi
+
+step "Reference models (tiny random HF checkpoints + transformers outputs)"
+scripts/make-models.sh
 
 step "Build host and guest components"
 cargo build --release -p flexmodel --bins --examples

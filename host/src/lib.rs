@@ -5,3 +5,4 @@
 //! distributed engine and the CLI arrive with later issues.
 
 pub mod hooks;
+pub mod models;

@@ -1,0 +1,34 @@
+//! Errors of checkpoint loading and model execution.
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid {file}: {message}")]
+    Config { file: String, message: String },
+    #[error("unsupported architecture {0:?} (supported: GPT-2 `gpt2`)")]
+    UnsupportedArchitecture(String),
+    #[error("checkpoint is missing tensor `{name}` (needed by {needed_by})")]
+    MissingTensor { name: String, needed_by: String },
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    BadShape {
+        name: String,
+        found: Vec<i64>,
+        expected: Vec<i64>,
+    },
+    #[error("unsupported dtype {0}")]
+    UnsupportedDtype(String),
+    #[error("invalid safetensors file {path}: {message}")]
+    Safetensors { path: String, message: String },
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// A hook failed (the hook layer's error, boxed: models do not depend on it).
+    #[error(transparent)]
+    Hook(Box<dyn std::error::Error + Send + Sync>),
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}

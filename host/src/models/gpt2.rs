@@ -1,0 +1,394 @@
+//! GPT-2, as `transformers`' `modeling_gpt2.py` (eager attention), with hook
+//! points. Weight names as in the checkpoint (`transformer.h.{i}.attn.c_attn.weight`,
+//! Conv1D weights stored `[in, out]`); checkpoints without the `transformer.`
+//! prefix load too.
+//!
+//! Hook points of block `i` (`P = transformer.h.{i}`), in forward order:
+//! `P.hook_resid_pre` (block input), `P.ln_1`, `P.attn.c_attn`,
+//! `P.attn.hook_q` / `hook_k` / `hook_v` (`[batch, pos, head, d_head]`),
+//! `P.attn.hook_pattern` (post-softmax, `[batch, head, query, key]`),
+//! `P.attn.hook_z` (`[batch, pos, head, d_head]`), `P.attn.c_proj`, `P.attn`
+//! (attention output), `P.hook_resid_mid`, `P.ln_2`, `P.mlp.c_fc`, `P.mlp.act`
+//! (MLP hidden activation), `P.mlp.c_proj`, `P.mlp`, `P` (block output).
+//! Around the blocks: `transformer.wte`, `transformer.wpe`, `transformer.drop`,
+//! `transformer.ln_f`, `lm_head` (logits).
+
+use serde::Deserialize;
+use tch::{Device, Kind, Tensor};
+
+use super::error::ModelError;
+use super::hook_site::{HookSite, fire};
+use super::points::PointInfo;
+use super::weights::Weights;
+
+/// `config.json` of a GPT-2 checkpoint.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gpt2Config {
+    pub vocab_size: i64,
+    #[serde(alias = "max_position_embeddings")]
+    pub n_positions: i64,
+    #[serde(alias = "hidden_size")]
+    pub n_embd: i64,
+    #[serde(alias = "num_hidden_layers")]
+    pub n_layer: i64,
+    #[serde(alias = "num_attention_heads")]
+    pub n_head: i64,
+    #[serde(default)]
+    pub n_inner: Option<i64>,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "default_act")]
+    pub activation_function: String,
+    #[serde(default = "yes")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_act() -> String {
+    "gelu_new".into()
+}
+fn yes() -> bool {
+    true
+}
+
+struct Linear {
+    /// `[in, out]` as stored by Conv1D.
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.matmul(&self.w) + &self.b
+    }
+}
+
+struct LayerNorm {
+    w: Tensor,
+    b: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let d = *x.size().last().unwrap_or(&0);
+        x.layer_norm([d], Some(&self.w), Some(&self.b), self.eps, false)
+    }
+}
+
+/// Canonical names of one block's hook points, built once.
+struct BlockNames {
+    resid_pre: String,
+    ln_1: String,
+    c_attn: String,
+    q: String,
+    k: String,
+    v: String,
+    pattern: String,
+    z: String,
+    attn_c_proj: String,
+    attn: String,
+    resid_mid: String,
+    ln_2: String,
+    c_fc: String,
+    act: String,
+    mlp_c_proj: String,
+    mlp: String,
+    block: String,
+}
+
+impl BlockNames {
+    fn new(i: i64) -> Self {
+        let p = format!("transformer.h.{i}");
+        BlockNames {
+            resid_pre: format!("{p}.hook_resid_pre"),
+            ln_1: format!("{p}.ln_1"),
+            c_attn: format!("{p}.attn.c_attn"),
+            q: format!("{p}.attn.hook_q"),
+            k: format!("{p}.attn.hook_k"),
+            v: format!("{p}.attn.hook_v"),
+            pattern: format!("{p}.attn.hook_pattern"),
+            z: format!("{p}.attn.hook_z"),
+            attn_c_proj: format!("{p}.attn.c_proj"),
+            attn: format!("{p}.attn"),
+            resid_mid: format!("{p}.hook_resid_mid"),
+            ln_2: format!("{p}.ln_2"),
+            c_fc: format!("{p}.mlp.c_fc"),
+            act: format!("{p}.mlp.act"),
+            mlp_c_proj: format!("{p}.mlp.c_proj"),
+            mlp: format!("{p}.mlp"),
+            block: p,
+        }
+    }
+}
+
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Linear,
+    attn_c_proj: Linear,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    mlp_c_proj: Linear,
+    names: BlockNames,
+    scaling: f64,
+}
+
+/// A loaded GPT-2.
+pub struct Gpt2 {
+    pub config: Gpt2Config,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    lm_head: Tensor,
+    kind: Kind,
+    device: Device,
+}
+
+impl Gpt2 {
+    pub fn load(
+        config: Gpt2Config,
+        w: &Weights,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Gpt2, ModelError> {
+        if config.activation_function != "gelu_new"
+            && config.activation_function != "gelu_pytorch_tanh"
+        {
+            return Err(ModelError::Config {
+                file: "config.json".into(),
+                message: format!(
+                    "GPT-2 activation {:?} is not supported (gelu_new is)",
+                    config.activation_function
+                ),
+            });
+        }
+        if config.n_head <= 0 || config.n_embd % config.n_head != 0 {
+            return Err(ModelError::Config {
+                file: "config.json".into(),
+                message: format!(
+                    "n_embd {} is not divisible by n_head {}",
+                    config.n_embd, config.n_head
+                ),
+            });
+        }
+        let prefix = if w.contains("transformer.wte.weight") {
+            "transformer."
+        } else {
+            ""
+        };
+        let d = config.n_embd;
+        let inner = config.n_inner.unwrap_or(4 * d);
+        let get = |name: &str, shape: &[i64]| {
+            w.get_shaped(&format!("{prefix}{name}"), shape, kind, device, "GPT-2")
+        };
+        let ln = |name: &str| -> Result<LayerNorm, ModelError> {
+            Ok(LayerNorm {
+                w: get(&format!("{name}.weight"), &[d])?,
+                b: get(&format!("{name}.bias"), &[d])?,
+                eps: config.layer_norm_epsilon,
+            })
+        };
+        let lin = |name: &str, i: i64, o: i64| -> Result<Linear, ModelError> {
+            Ok(Linear {
+                w: get(&format!("{name}.weight"), &[i, o])?,
+                b: get(&format!("{name}.bias"), &[o])?,
+            })
+        };
+        let head_dim = d / config.n_head;
+        let mut blocks = Vec::with_capacity(config.n_layer as usize);
+        for i in 0..config.n_layer {
+            let p = format!("h.{i}");
+            let mut scaling = if config.scale_attn_weights {
+                (head_dim as f64).powf(-0.5)
+            } else {
+                1.0
+            };
+            if config.scale_attn_by_inverse_layer_idx {
+                scaling /= (i + 1) as f64;
+            }
+            blocks.push(Block {
+                ln_1: ln(&format!("{p}.ln_1"))?,
+                c_attn: lin(&format!("{p}.attn.c_attn"), d, 3 * d)?,
+                attn_c_proj: lin(&format!("{p}.attn.c_proj"), d, d)?,
+                ln_2: ln(&format!("{p}.ln_2"))?,
+                c_fc: lin(&format!("{p}.mlp.c_fc"), d, inner)?,
+                mlp_c_proj: lin(&format!("{p}.mlp.c_proj"), inner, d)?,
+                names: BlockNames::new(i),
+                scaling,
+            });
+        }
+        let wte = get("wte.weight", &[config.vocab_size, d])?;
+        let lm_head = if !config.tie_word_embeddings && w.contains("lm_head.weight") {
+            w.get_shaped(
+                "lm_head.weight",
+                &[config.vocab_size, d],
+                kind,
+                device,
+                "GPT-2 lm_head",
+            )?
+        } else {
+            wte.shallow_clone()
+        };
+        Ok(Gpt2 {
+            wpe: get("wpe.weight", &[config.n_positions, d])?,
+            wte,
+            ln_f: ln("ln_f")?,
+            lm_head,
+            blocks,
+            config,
+            kind,
+            device,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]` (int64),
+    /// firing every hook point through `hooks`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        hooks: &mut dyn HookSite,
+    ) -> Result<Tensor, ModelError> {
+        let size = input_ids.size();
+        let [b, s] = size[..] else {
+            return Err(ModelError::Input(format!(
+                "input_ids must be [batch, seq], got {size:?}"
+            )));
+        };
+        if s > self.config.n_positions {
+            return Err(ModelError::Input(format!(
+                "sequence of {s} tokens exceeds the model's {} positions",
+                self.config.n_positions
+            )));
+        }
+        let ids = input_ids.to_device(self.device);
+        let (nh, d) = (self.config.n_head, self.config.n_embd);
+        let hd = d / nh;
+        let tok = fire(
+            hooks,
+            "transformer.wte",
+            Tensor::embedding(&self.wte, &ids, -1, false, false),
+        )?;
+        let pos_ids = Tensor::arange(s, (Kind::Int64, self.device)).unsqueeze(0);
+        let pos = fire(
+            hooks,
+            "transformer.wpe",
+            Tensor::embedding(&self.wpe, &pos_ids, -1, false, false),
+        )?;
+        let mut x = fire(hooks, "transformer.drop", tok + pos)?;
+        // Causal mask, additive, as HF builds it.
+        let mask = Tensor::ones([s, s], (Kind::Bool, self.device))
+            .tril(0)
+            .logical_not();
+        for blk in &self.blocks {
+            let n = &blk.names;
+            let resid_pre = fire(hooks, &n.resid_pre, x)?;
+            let h = fire(hooks, &n.ln_1, blk.ln_1.forward(&resid_pre))?;
+            let qkv = fire(hooks, &n.c_attn, blk.c_attn.forward(&h))?;
+            let parts = qkv.split(d, 2);
+            let q = fire(hooks, &n.q, parts[0].view([b, s, nh, hd]))?;
+            let k = fire(hooks, &n.k, parts[1].view([b, s, nh, hd]))?;
+            let v = fire(hooks, &n.v, parts[2].view([b, s, nh, hd]))?;
+            let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
+            let scores = q.matmul(&k.transpose(-1, -2)) * blk.scaling;
+            let scores = scores.masked_fill(&mask, f64::from(f32::MIN));
+            let pattern = fire(
+                hooks,
+                &n.pattern,
+                scores.softmax(-1, Kind::Float).to_kind(v.kind()),
+            )?;
+            let z = fire(hooks, &n.z, pattern.matmul(&v).transpose(1, 2))?;
+            let attn = fire(
+                hooks,
+                &n.attn_c_proj,
+                blk.attn_c_proj.forward(&z.reshape([b, s, d])),
+            )?;
+            let attn = fire(hooks, &n.attn, attn)?;
+            let resid_mid = fire(hooks, &n.resid_mid, resid_pre + attn)?;
+            let h = fire(hooks, &n.ln_2, blk.ln_2.forward(&resid_mid))?;
+            let h = fire(hooks, &n.c_fc, blk.c_fc.forward(&h))?;
+            let h = fire(hooks, &n.act, h.gelu("tanh"))?;
+            let h = fire(hooks, &n.mlp_c_proj, blk.mlp_c_proj.forward(&h))?;
+            let mlp = fire(hooks, &n.mlp, h)?;
+            x = fire(hooks, &n.block, resid_mid + mlp)?;
+        }
+        let x = fire(hooks, "transformer.ln_f", self.ln_f.forward(&x))?;
+        fire(hooks, "lm_head", x.matmul(&self.lm_head.tr()))
+    }
+
+    /// Every hook point with its shape for `batch` × `seq` tokens, in forward
+    /// order, with its TransformerLens-style alias.
+    pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
+        let c = &self.config;
+        let (d, nh) = (c.n_embd, c.n_head);
+        let hd = d / nh;
+        let inner = c.n_inner.unwrap_or(4 * d);
+        let bsd = vec![batch, seq, d];
+        let mut v = vec![
+            PointInfo::new("transformer.wte", bsd.clone(), "hook_embed"),
+            PointInfo::new("transformer.wpe", vec![1, seq, d], "hook_pos_embed"),
+            PointInfo::new("transformer.drop", bsd.clone(), ""),
+        ];
+        for i in 0..c.n_layer {
+            let n = BlockNames::new(i);
+            let tl = format!("blocks.{i}");
+            let heads = vec![batch, seq, nh, hd];
+            v.extend([
+                PointInfo::new(&n.resid_pre, bsd.clone(), &format!("{tl}.hook_resid_pre")),
+                PointInfo::new(&n.ln_1, bsd.clone(), &format!("{tl}.ln1.hook_normalized")),
+                PointInfo::new(&n.c_attn, vec![batch, seq, 3 * d], ""),
+                PointInfo::new(&n.q, heads.clone(), &format!("{tl}.attn.hook_q")),
+                PointInfo::new(&n.k, heads.clone(), &format!("{tl}.attn.hook_k")),
+                PointInfo::new(&n.v, heads.clone(), &format!("{tl}.attn.hook_v")),
+                PointInfo::new(
+                    &n.pattern,
+                    vec![batch, nh, seq, seq],
+                    &format!("{tl}.attn.hook_pattern"),
+                ),
+                PointInfo::new(&n.z, heads, &format!("{tl}.attn.hook_z")),
+                PointInfo::new(&n.attn_c_proj, bsd.clone(), ""),
+                PointInfo::new(&n.attn, bsd.clone(), &format!("{tl}.hook_attn_out")),
+                PointInfo::new(&n.resid_mid, bsd.clone(), &format!("{tl}.hook_resid_mid")),
+                PointInfo::new(&n.ln_2, bsd.clone(), &format!("{tl}.ln2.hook_normalized")),
+                PointInfo::new(
+                    &n.c_fc,
+                    vec![batch, seq, inner],
+                    &format!("{tl}.mlp.hook_pre"),
+                ),
+                PointInfo::new(
+                    &n.act,
+                    vec![batch, seq, inner],
+                    &format!("{tl}.mlp.hook_post"),
+                ),
+                PointInfo::new(&n.mlp_c_proj, bsd.clone(), ""),
+                PointInfo::new(&n.mlp, bsd.clone(), &format!("{tl}.hook_mlp_out")),
+                PointInfo::new(&n.block, bsd.clone(), &format!("{tl}.hook_resid_post")),
+            ]);
+        }
+        v.push(PointInfo::new(
+            "transformer.ln_f",
+            bsd,
+            "ln_final.hook_normalized",
+        ));
+        v.push(PointInfo::new(
+            "lm_head",
+            vec![batch, seq, c.vocab_size],
+            "logits",
+        ));
+        v
+    }
+}

@@ -1,0 +1,111 @@
+//! Hugging Face checkpoints run with tch, one file per architecture, with
+//! named hook points.
+
+pub mod error;
+pub mod gpt2;
+pub mod hook_site;
+pub mod points;
+pub mod weights;
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+pub use error::ModelError;
+pub use hook_site::{HookSite, NoHooks};
+pub use points::{PatternError, PointInfo, PointPattern};
+pub use weights::Weights;
+
+/// A loaded model of any supported architecture.
+pub enum Model {
+    Gpt2(gpt2::Gpt2),
+}
+
+/// Parse a dtype name: `f32`/`float32`, `f16`/`float16`, `bf16`/`bfloat16`.
+pub fn parse_dtype(s: &str) -> Result<Kind, ModelError> {
+    match s {
+        "f32" | "float32" | "float" => Ok(Kind::Float),
+        "f16" | "float16" | "half" => Ok(Kind::Half),
+        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
+        other => Err(ModelError::UnsupportedDtype(format!(
+            "{other:?} (use f32, f16 or bf16)"
+        ))),
+    }
+}
+
+fn read_config(dir: &Path) -> Result<(serde_json::Value, String), ModelError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        file: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let model_type = v
+        .get("model_type")
+        .and_then(|m| m.as_str())
+        .unwrap_or("")
+        .to_string();
+    Ok((v, model_type))
+}
+
+fn typed<T: serde::de::DeserializeOwned>(
+    v: serde_json::Value,
+    dir: &Path,
+) -> Result<T, ModelError> {
+    serde_json::from_value(v).map_err(|e| ModelError::Config {
+        file: dir.join("config.json").display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+impl Model {
+    /// Load the model in folder `dir` (config.json + safetensors) as `kind`
+    /// on `device`.
+    pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Model, ModelError> {
+        let (cfg, model_type) = read_config(dir)?;
+        let weights = Weights::open(dir)?;
+        match model_type.as_str() {
+            "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::load(
+                typed(cfg, dir)?,
+                &weights,
+                kind,
+                device,
+            )?)),
+            other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
+        }
+    }
+
+    /// Logits `[batch, seq, vocab]`, firing hooks through `hooks`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        hooks: &mut dyn HookSite,
+    ) -> Result<Tensor, ModelError> {
+        let _guard = tch::no_grad_guard();
+        match self {
+            Model::Gpt2(m) => m.forward(input_ids, hooks),
+        }
+    }
+
+    /// Every hook point with its shape for `batch` × `seq` tokens.
+    pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
+        match self {
+            Model::Gpt2(m) => m.points(batch, seq),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Model::Gpt2(m) => m.device(),
+        }
+    }
+
+    pub fn architecture(&self) -> &'static str {
+        match self {
+            Model::Gpt2(_) => "gpt2",
+        }
+    }
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Build the tiny random reference models and their transformers outputs into
+# artifacts/models/ (tests/reference/make_models.py), when its inputs changed.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+source scripts/env.sh
+out=artifacts/models
+stamp="$out/.inputs"
+sum=$(cat tests/reference/*.py | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
+  exit 0
+fi
+rm -rf "$out"
+mkdir -p "$out"
+"$FLEXMODEL_VENV/bin/python" tests/reference/make_models.py "$out"
+echo "$sum" > "$stamp"
