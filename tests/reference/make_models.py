@@ -21,7 +21,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import (
+    GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+    Qwen2Config, Qwen2ForCausalLM,
+)
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 BATCH, SEQ = 2, 7
 
@@ -35,6 +39,36 @@ def gpt2_models():
     yield "gpt2-odd", GPT2Config(
         vocab_size=97, n_positions=16, n_embd=36, n_layer=3, n_head=3, n_inner=50,
         tie_word_embeddings=False, scale_attn_by_inverse_layer_idx=True, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def llama_models():
+    common = dict(bos_token_id=0, eos_token_id=0, pad_token_id=None)
+    # Grouped-query attention (6 heads, 2 KV heads), llama3 RoPE scaling with a
+    # short original context so it changes the frequencies, untied embeddings.
+    yield "llama-gqa", LlamaForCausalLM, LlamaConfig(
+        vocab_size=113, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=False, max_position_embeddings=64,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8},
+        **common,
+    )
+    # Multi-head attention with q/k/v/o and MLP biases, odd hidden size, tied embeddings.
+    yield "llama-bias-tied", LlamaForCausalLM, LlamaConfig(
+        vocab_size=89, hidden_size=36, intermediate_size=58, num_hidden_layers=2, num_attention_heads=3,
+        num_key_value_heads=3, attention_bias=True, mlp_bias=True, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **common,
+    )
+    # Qwen2: q/k/v bias, no o_proj bias, GQA, tied.
+    yield "qwen2-tiny", Qwen2ForCausalLM, Qwen2Config(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        **common,
+    )
+    # Mistral: sliding-window attention (window 4 < 7 tokens), one KV head.
+    yield "mistral-window", MistralForCausalLM, MistralConfig(
+        vocab_size=83, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, sliding_window=4, tie_word_embeddings=False, **common,
     )
 
 
@@ -88,12 +122,83 @@ def capture_gpt2(model, ids):
     return out.logits.detach().clone(), acts
 
 
+def capture_llama(model, ids):
+    cfg = model.config
+    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
+    acts = {}
+    handles = []
+
+    def save(name):
+        def hook(_m, _inp, out):
+            acts[name] = first(out).detach().clone()
+        return hook
+
+    def save_input(name):
+        def hook(_m, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            acts[name] = x.detach().clone()
+        return hook
+
+    m = model.model
+    for mod, name in [(m.embed_tokens, "model.embed_tokens"), (m.norm, "model.norm"), (model.lm_head, "lm_head")]:
+        handles.append(mod.register_forward_hook(save(name)))
+    for i, layer in enumerate(m.layers):
+        p = f"model.layers.{i}"
+        handles.append(layer.register_forward_pre_hook(save_input(f"{p}.hook_resid_pre"), with_kwargs=True))
+        handles.append(layer.register_forward_hook(save(p)))
+        for sub in ["input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                    "self_attn", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.act_fn",
+                    "mlp.down_proj", "mlp"]:
+            handles.append(layer.get_submodule(sub).register_forward_hook(save(f"{p}.{sub}")))
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(save_input(f"{p}.self_attn.hook_z"), with_kwargs=True))
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(save_input(f"{p}.mlp.hook_post"), with_kwargs=True))
+    with torch.no_grad():
+        out = model(ids, output_attentions=True)
+        pos = torch.arange(SEQ).unsqueeze(0)
+        cos, sin = m.rotary_emb(acts["model.embed_tokens"], pos)
+    for h in handles:
+        h.remove()
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}"
+        a = f"{p}.self_attn"
+        q = acts[f"{a}.q_proj"].reshape(BATCH, SEQ, nh, hd)
+        k = acts[f"{a}.k_proj"].reshape(BATCH, SEQ, nkv, hd)
+        acts[f"{a}.hook_q"] = q.clone()
+        acts[f"{a}.hook_k"] = k.clone()
+        acts[f"{a}.hook_v"] = acts[f"{a}.v_proj"].reshape(BATCH, SEQ, nkv, hd).clone()
+        rq, rk = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        acts[f"{a}.hook_rot_q"] = rq.transpose(1, 2).clone()
+        acts[f"{a}.hook_rot_k"] = rk.transpose(1, 2).clone()
+        acts[f"{a}.hook_pattern"] = out.attentions[i].detach().clone()
+        acts[f"{a}.hook_z"] = acts[f"{a}.hook_z"].reshape(BATCH, SEQ, nh, hd)
+        acts[f"{p}.hook_resid_mid"] = acts[f"{a}"] + acts[f"{p}.hook_resid_pre"]
+    return out.logits.detach().clone(), acts
+
+
 def edited_logits(model, ids, module):
     h = module.register_forward_hook(lambda _m, _i, out: (first(out) * 2,) + tuple(out[1:]) if isinstance(out, tuple) else out * 2)
     with torch.no_grad():
         logits = model(ids).logits.detach().clone()
     h.remove()
     return logits
+
+
+def record(folder, model, ids, logits, acts, block):
+    edit_point = block[0]
+    ref = {"input_ids": ids, "logits": logits, "edit_logits": edited_logits(model, ids, block[1])}
+    for k, v in acts.items():
+        ref[k] = v.contiguous().float()
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(folder / "reference.safetensors"),
+              metadata={"edit_point": edit_point, "torch": torch.__version__,
+                        "transformers": __import__("transformers").__version__})
+    (folder / "reference.json").write_text(json.dumps({"edit_point": edit_point, "points": sorted(acts)}, indent=1))
+    print(f"{folder.name}: {len(acts)} hook points, logits {tuple(logits.shape)} -> {folder}")
+
+
+def inputs(vocab):
+    g = torch.Generator().manual_seed(99)
+    return torch.randint(0, vocab, (BATCH, SEQ), generator=g)
 
 
 def main(out_dir):
@@ -104,20 +209,19 @@ def main(out_dir):
         model = GPT2LMHeadModel(cfg).eval()
         folder = out_dir / name
         model.save_pretrained(folder, safe_serialization=True)
-        g = torch.Generator().manual_seed(99)
-        ids = torch.randint(0, cfg.vocab_size, (BATCH, SEQ), generator=g)
+        ids = inputs(cfg.vocab_size)
         logits, acts = capture_gpt2(model, ids)
-        edit_layer = cfg.n_layer - 2 if cfg.n_layer > 1 else 0
-        edit_point = f"transformer.h.{edit_layer}"
-        ref = {"input_ids": ids, "logits": logits,
-               "edit_logits": edited_logits(model, ids, model.transformer.h[edit_layer])}
-        for k, v in acts.items():
-            ref[k] = v.contiguous().float()
-        save_file({k: v.contiguous() for k, v in ref.items()}, str(folder / "reference.safetensors"),
-                  metadata={"edit_point": edit_point, "torch": torch.__version__,
-                            "transformers": __import__("transformers").__version__})
-        (folder / "reference.json").write_text(json.dumps({"edit_point": edit_point, "points": sorted(acts)}, indent=1))
-        print(f"{name}: {len(acts)} hook points, logits {tuple(logits.shape)} -> {folder}")
+        layer = cfg.n_layer - 2 if cfg.n_layer > 1 else 0
+        record(folder, model, ids, logits, acts, (f"transformer.h.{layer}", model.transformer.h[layer]))
+    for name, cls, cfg in llama_models():
+        torch.manual_seed(1234)
+        cfg._attn_implementation = "eager"
+        model = cls(cfg).eval()
+        folder = out_dir / name
+        model.save_pretrained(folder, safe_serialization=True)
+        ids = inputs(cfg.vocab_size)
+        logits, acts = capture_llama(model, ids)
+        record(folder, model, ids, logits, acts, ("model.layers.0", model.model.layers[0]))
 
 
 if __name__ == "__main__":

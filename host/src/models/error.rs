@@ -10,7 +10,7 @@ pub enum ModelError {
     },
     #[error("invalid {file}: {message}")]
     Config { file: String, message: String },
-    #[error("unsupported architecture {0:?} (supported: GPT-2 `gpt2`)")]
+    #[error("unsupported architecture {0:?} (supported: `gpt2`, `llama`, `mistral`, `qwen2`)")]
     UnsupportedArchitecture(String),
     #[error("checkpoint is missing tensor `{name}` (needed by {needed_by})")]
     MissingTensor { name: String, needed_by: String },

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod gpt2;
 pub mod hook_site;
+pub mod llama;
 pub mod points;
 pub mod weights;
 
@@ -19,6 +20,7 @@ pub use weights::Weights;
 /// A loaded model of any supported architecture.
 pub enum Model {
     Gpt2(gpt2::Gpt2),
+    Llama(llama::Llama),
 }
 
 /// Parse a dtype name: `f32`/`float32`, `f16`/`float16`, `bf16`/`bfloat16`.
@@ -74,6 +76,12 @@ impl Model {
                 kind,
                 device,
             )?)),
+            "llama" | "mistral" | "qwen2" => Ok(Model::Llama(llama::Llama::load(
+                typed(cfg, dir)?,
+                &weights,
+                kind,
+                device,
+            )?)),
             other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
         }
     }
@@ -87,6 +95,7 @@ impl Model {
         let _guard = tch::no_grad_guard();
         match self {
             Model::Gpt2(m) => m.forward(input_ids, hooks),
+            Model::Llama(m) => m.forward(input_ids, hooks),
         }
     }
 
@@ -94,18 +103,25 @@ impl Model {
     pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
         match self {
             Model::Gpt2(m) => m.points(batch, seq),
+            Model::Llama(m) => m.points(batch, seq),
         }
     }
 
     pub fn device(&self) -> Device {
         match self {
             Model::Gpt2(m) => m.device(),
+            Model::Llama(m) => m.device(),
         }
     }
 
     pub fn architecture(&self) -> &'static str {
         match self {
             Model::Gpt2(_) => "gpt2",
+            Model::Llama(m) => match m.config.model_type.as_str() {
+                "mistral" => "mistral",
+                "qwen2" => "qwen2",
+                _ => "llama",
+            },
         }
     }
 }
