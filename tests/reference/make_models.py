@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from transformers import (
-    GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+    GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
     Qwen2Config, Qwen2ForCausalLM,
 )
+from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb as neox_rotary
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 BATCH, SEQ = 2, 7
@@ -69,6 +70,20 @@ def llama_models():
     yield "mistral-window", MistralForCausalLM, MistralConfig(
         vocab_size=83, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=1, sliding_window=4, tie_word_embeddings=False, **common,
+    )
+
+
+def neox_models():
+    common = dict(bos_token_id=0, eos_token_id=0)
+    # Pythia-style: parallel residual, partial rotary (25 %).
+    yield "neox-parallel", GPTNeoXConfig(
+        vocab_size=107, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False, **common,
+    )
+    # Sequential residual, half rotary, exact gelu, tied.
+    yield "neox-sequential", GPTNeoXConfig(
+        vocab_size=91, hidden_size=40, intermediate_size=70, num_hidden_layers=2, num_attention_heads=5,
+        rotary_pct=0.5, use_parallel_residual=False, tie_word_embeddings=True, **common,
     )
 
 
@@ -176,6 +191,57 @@ def capture_llama(model, ids):
     return out.logits.detach().clone(), acts
 
 
+def capture_neox(model, ids):
+    cfg = model.config
+    nh = cfg.num_attention_heads
+    hd = cfg.hidden_size // nh
+    acts = {}
+    handles = []
+
+    def save(name):
+        def hook(_m, _inp, out):
+            acts[name] = first(out).detach().clone()
+        return hook
+
+    def save_input(name):
+        def hook(_m, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            acts[name] = x.detach().clone()
+        return hook
+
+    m = model.gpt_neox
+    for mod, name in [(m.embed_in, "gpt_neox.embed_in"), (m.emb_dropout, "gpt_neox.emb_dropout"),
+                      (m.final_layer_norm, "gpt_neox.final_layer_norm"), (model.lm_head, "lm_head")]:
+        handles.append(mod.register_forward_hook(save(name)))
+    for i, layer in enumerate(m.layers):
+        p = f"gpt_neox.layers.{i}"
+        handles.append(layer.register_forward_pre_hook(save_input(f"{p}.hook_resid_pre"), with_kwargs=True))
+        handles.append(layer.register_forward_hook(save(p)))
+        for sub in ["input_layernorm", "attention.query_key_value", "attention.dense", "attention",
+                    "post_attention_layernorm", "mlp.dense_h_to_4h", "mlp.act", "mlp.dense_4h_to_h", "mlp"]:
+            handles.append(layer.get_submodule(sub).register_forward_hook(save(f"{p}.{sub}")))
+        handles.append(layer.attention.dense.register_forward_pre_hook(save_input(f"{p}.attention.hook_z"), with_kwargs=True))
+    with torch.no_grad():
+        out = model(ids, output_attentions=True)
+        cos, sin = m.rotary_emb(acts["gpt_neox.embed_in"], torch.arange(SEQ).unsqueeze(0))
+    for h in handles:
+        h.remove()
+    for i in range(cfg.num_hidden_layers):
+        p = f"gpt_neox.layers.{i}"
+        a = f"{p}.attention"
+        qkv = acts[f"{a}.query_key_value"].view(BATCH, SEQ, nh, 3 * hd)
+        q, k, v = qkv.chunk(3, dim=-1)
+        acts[f"{a}.hook_q"], acts[f"{a}.hook_k"], acts[f"{a}.hook_v"] = q.clone(), k.clone(), v.clone()
+        rq, rk = neox_rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        acts[f"{a}.hook_rot_q"] = rq.transpose(1, 2).clone()
+        acts[f"{a}.hook_rot_k"] = rk.transpose(1, 2).clone()
+        acts[f"{a}.hook_pattern"] = out.attentions[i].detach().clone()
+        acts[f"{a}.hook_z"] = acts[f"{a}.hook_z"].reshape(BATCH, SEQ, nh, hd)
+        if not cfg.use_parallel_residual:
+            acts[f"{p}.hook_resid_mid"] = acts[a] + acts[f"{p}.hook_resid_pre"]
+    return out.logits.detach().clone(), acts
+
+
 def edited_logits(model, ids, module):
     h = module.register_forward_hook(lambda _m, _i, out: (first(out) * 2,) + tuple(out[1:]) if isinstance(out, tuple) else out * 2)
     with torch.no_grad():
@@ -222,6 +288,16 @@ def main(out_dir):
         ids = inputs(cfg.vocab_size)
         logits, acts = capture_llama(model, ids)
         record(folder, model, ids, logits, acts, ("model.layers.0", model.model.layers[0]))
+    for name, cfg in neox_models():
+        torch.manual_seed(1234)
+        cfg._attn_implementation = "eager"
+        model = GPTNeoXForCausalLM(cfg).eval()
+        folder = out_dir / name
+        model.save_pretrained(folder, safe_serialization=True)
+        ids = inputs(cfg.vocab_size)
+        logits, acts = capture_neox(model, ids)
+        # Not the last layer: the final LayerNorm would undo a uniform scale.
+        record(folder, model, ids, logits, acts, ("gpt_neox.layers.0", model.gpt_neox.layers[0]))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ pub enum ModelError {
     },
     #[error("invalid {file}: {message}")]
     Config { file: String, message: String },
-    #[error("unsupported architecture {0:?} (supported: `gpt2`, `llama`, `mistral`, `qwen2`)")]
+    #[error(
+        "unsupported architecture {0:?} (supported: `gpt2`, `gpt_neox`, `llama`, `mistral`, `qwen2`)"
+    )]
     UnsupportedArchitecture(String),
     #[error("checkpoint is missing tensor `{name}` (needed by {needed_by})")]
     MissingTensor { name: String, needed_by: String },
@@ -29,6 +31,8 @@ pub enum ModelError {
     /// A hook failed (the hook layer's error, boxed: models do not depend on it).
     #[error(transparent)]
     Hook(Box<dyn std::error::Error + Send + Sync>),
+    #[error("forward failed inside libtorch: {0}")]
+    Internal(String),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
 }

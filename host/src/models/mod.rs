@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod gpt2;
+pub mod gpt_neox;
 pub mod hook_site;
 pub mod llama;
 pub mod points;
@@ -21,6 +22,7 @@ pub use weights::Weights;
 pub enum Model {
     Gpt2(gpt2::Gpt2),
     Llama(llama::Llama),
+    GptNeoX(gpt_neox::GptNeoX),
 }
 
 /// Parse a dtype name: `f32`/`float32`, `f16`/`float16`, `bf16`/`bfloat16`.
@@ -76,6 +78,12 @@ impl Model {
                 kind,
                 device,
             )?)),
+            "gpt_neox" => Ok(Model::GptNeoX(gpt_neox::GptNeoX::load(
+                typed(cfg, dir)?,
+                &weights,
+                kind,
+                device,
+            )?)),
             "llama" | "mistral" | "qwen2" => Ok(Model::Llama(llama::Llama::load(
                 typed(cfg, dir)?,
                 &weights,
@@ -93,9 +101,37 @@ impl Model {
         hooks: &mut dyn HookSite,
     ) -> Result<Tensor, ModelError> {
         let _guard = tch::no_grad_guard();
+        if input_ids.kind() != Kind::Int64 {
+            return Err(ModelError::Input(format!(
+                "input_ids must be int64, got {:?}",
+                input_ids.kind()
+            )));
+        }
+        // tch's infallible ops panic on a libtorch error; turn that into an error.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.forward_inner(input_ids, hooks)
+        }))
+        .unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "libtorch operation failed".into());
+            Err(ModelError::Internal(
+                msg.lines().next().unwrap_or("").to_string(),
+            ))
+        })
+    }
+
+    fn forward_inner(
+        &self,
+        input_ids: &Tensor,
+        hooks: &mut dyn HookSite,
+    ) -> Result<Tensor, ModelError> {
         match self {
             Model::Gpt2(m) => m.forward(input_ids, hooks),
             Model::Llama(m) => m.forward(input_ids, hooks),
+            Model::GptNeoX(m) => m.forward(input_ids, hooks),
         }
     }
 
@@ -104,6 +140,7 @@ impl Model {
         match self {
             Model::Gpt2(m) => m.points(batch, seq),
             Model::Llama(m) => m.points(batch, seq),
+            Model::GptNeoX(m) => m.points(batch, seq),
         }
     }
 
@@ -111,12 +148,14 @@ impl Model {
         match self {
             Model::Gpt2(m) => m.device(),
             Model::Llama(m) => m.device(),
+            Model::GptNeoX(m) => m.device(),
         }
     }
 
     pub fn architecture(&self) -> &'static str {
         match self {
             Model::Gpt2(_) => "gpt2",
+            Model::GptNeoX(_) => "gpt_neox",
             Model::Llama(m) => match m.config.model_type.as_str() {
                 "mistral" => "mistral",
                 "qwen2" => "qwen2",
