@@ -1,8 +1,11 @@
 //! FlexModel-rs host library.
 //!
 //! Dependencies flow one way: models → distributed → hooks/runtime → API → CLI.
-//! This crate currently holds the hook runtime ([`hooks`]); the models, the
-//! distributed engine and the CLI arrive with later issues.
+//! - [`models`]: Hugging Face checkpoints run with tch, with named hook points;
+//! - [`hooks`]: the sandboxed WebAssembly hook runtime;
+//! - [`api`]: the FlexModel API over both.
+//! The distributed engine arrives with a later issue.
 
+pub mod api;
 pub mod hooks;
 pub mod models;

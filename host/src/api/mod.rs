@@ -1,0 +1,237 @@
+//! The FlexModel API: wrap a model, register hooks (WASM plugins or native
+//! closures) on hook points by name, alias or glob pattern, run forwards, and
+//! collect what the hooks retrieve.
+//!
+//! ```ignore
+//! let mut fm = FlexModel::new(Model::load(dir, Kind::Float, Device::Cpu)?);
+//! let h = fm.register_wasm(&plugin, "blocks.*.hook_resid_post", r#"{"slice": [null, -1]}"#, &["probe"])?;
+//! let out = fm.forward(&ids, &Groups::All)?;      // out.outputs: hook point -> tensor (CPU)
+//! fm.remove(h);
+//! let model = fm.unwrap();                         // the original model, unchanged
+//! ```
+
+mod native;
+mod site;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tch::Tensor;
+
+use crate::hooks::{Hook, HookError, LoadError, LogLevel, Plugin, WasmHook};
+use crate::models::{Model, ModelError, PatternError, PointInfo, PointPattern};
+
+pub use native::FnHook;
+
+/// Errors of the API.
+#[derive(Debug, thiserror::Error)]
+pub enum FlexError {
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{error}")]
+    Hook {
+        error: HookError,
+        /// What hooks had emitted in this forward before the failure.
+        partial: BTreeMap<String, Tensor>,
+    },
+    #[error(transparent)]
+    Model(ModelError),
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+/// Identifies a registered hook, to remove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HookHandle(u64);
+
+/// Which hooks run in a forward. Every hook is in group `all` and in the
+/// groups it was tagged with at registration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Groups {
+    /// Every registered hook.
+    #[default]
+    All,
+    /// Only hooks in at least one of these groups.
+    Only(BTreeSet<String>),
+    /// Every hook except those in any of these groups.
+    Except(BTreeSet<String>),
+}
+
+impl Groups {
+    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(g: I) -> Groups {
+        Groups::Only(g.into_iter().map(Into::into).collect())
+    }
+    pub fn except<I: IntoIterator<Item = S>, S: Into<String>>(g: I) -> Groups {
+        Groups::Except(g.into_iter().map(Into::into).collect())
+    }
+    fn enables(&self, tags: &BTreeSet<String>) -> bool {
+        match self {
+            Groups::All => true,
+            Groups::Only(g) => g.contains("all") || tags.iter().any(|t| g.contains(t)),
+            Groups::Except(g) => !g.contains("all") && !tags.iter().any(|t| g.contains(t)),
+        }
+    }
+}
+
+pub(crate) struct Registration {
+    pub handle: HookHandle,
+    pub hook: Arc<dyn Hook>,
+    pub pattern: String,
+    /// Canonical hook points it is bound to.
+    pub points: BTreeSet<String>,
+    pub groups: BTreeSet<String>,
+}
+
+/// What a forward returns.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// `[batch, seq, vocab]`, on the model's device.
+    pub logits: Tensor,
+    /// Tensors the hooks emitted, keyed by hook point (or `point:name`), on CPU.
+    pub outputs: BTreeMap<String, Tensor>,
+    /// Messages hooks logged: (hook, hook point, level, message).
+    pub logs: Vec<(String, String, LogLevel, String)>,
+    /// Index of this forward pass (0 for the first).
+    pub forward_index: u64,
+}
+
+/// A model wrapped for hooks.
+pub struct FlexModel {
+    model: Model,
+    regs: Vec<Registration>,
+    next_handle: u64,
+    forward_index: u64,
+}
+
+impl FlexModel {
+    /// Wrap `model`. Nothing about the model changes.
+    pub fn new(model: Model) -> FlexModel {
+        FlexModel {
+            model,
+            regs: Vec::new(),
+            next_handle: 0,
+            forward_index: 0,
+        }
+    }
+
+    /// The wrapped model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Remove every hook and return the original model.
+    pub fn unwrap(self) -> Model {
+        self.model
+    }
+
+    /// Every hook point, with shapes for `batch` × `seq` tokens.
+    pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
+        self.model.points(batch, seq)
+    }
+
+    /// Register `hook` on every hook point matching `pattern` (canonical
+    /// name, alias, or glob over either), tagged with `groups`.
+    pub fn register(
+        &mut self,
+        hook: Arc<dyn Hook>,
+        pattern: &str,
+        groups: &[&str],
+    ) -> Result<HookHandle, FlexError> {
+        let pat = PointPattern::new(pattern)?;
+        // Shapes do not matter for matching: names are shape-independent.
+        let points: BTreeSet<String> = pat.select(&self.model.points(1, 1))?.into_iter().collect();
+        let handle = HookHandle(self.next_handle);
+        self.next_handle += 1;
+        let mut tags: BTreeSet<String> = groups.iter().map(|g| g.to_string()).collect();
+        tags.insert("all".into());
+        self.regs.push(Registration {
+            handle,
+            hook,
+            pattern: pattern.into(),
+            points,
+            groups: tags,
+        });
+        Ok(handle)
+    }
+
+    /// Register a WASM plugin with its JSON `config`.
+    pub fn register_wasm(
+        &mut self,
+        plugin: &Arc<Plugin>,
+        pattern: &str,
+        config: &str,
+        groups: &[&str],
+    ) -> Result<HookHandle, FlexError> {
+        // Resolve the pattern first: a typo fails before the plugin is initialised.
+        PointPattern::new(pattern)?.select(&self.model.points(1, 1))?;
+        let hook = WasmHook::new(plugin.clone(), config)?;
+        self.register(Arc::new(hook), pattern, groups)
+    }
+
+    /// Remove a hook; `false` if the handle was already removed.
+    pub fn remove(&mut self, h: HookHandle) -> bool {
+        let n = self.regs.len();
+        self.regs.retain(|r| r.handle != h);
+        self.regs.len() != n
+    }
+
+    /// Registered hooks: (handle, hook name, pattern, bound points, groups).
+    pub fn hooks(&self) -> Vec<(HookHandle, String, String, Vec<String>, Vec<String>)> {
+        self.regs
+            .iter()
+            .map(|r| {
+                (
+                    r.handle,
+                    r.hook.name().to_string(),
+                    r.pattern.clone(),
+                    r.points.iter().cloned().collect(),
+                    r.groups.iter().cloned().collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Forward passes started so far.
+    pub fn forward_count(&self) -> u64 {
+        self.forward_index
+    }
+
+    /// Run a forward on `input_ids` (`[batch, seq]` or `[seq]`, int64) with
+    /// the hooks `groups` enables.
+    pub fn forward(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+    ) -> Result<ForwardOutput, FlexError> {
+        let ids = match input_ids.dim() {
+            1 => input_ids.unsqueeze(0),
+            2 => input_ids.shallow_clone(),
+            d => {
+                return Err(FlexError::Input(format!(
+                    "input_ids must be [seq] or [batch, seq], got {d} dims"
+                )));
+            }
+        };
+        let index = self.forward_index;
+        self.forward_index += 1;
+        let mut site = site::Site::new(&self.regs, groups, index);
+        match self.model.forward(&ids, &mut site) {
+            Ok(logits) => Ok(ForwardOutput {
+                logits,
+                outputs: site.outputs,
+                logs: site.logs,
+                forward_index: index,
+            }),
+            Err(ModelError::Hook(e)) => match e.downcast::<HookError>() {
+                Ok(error) => Err(FlexError::Hook {
+                    error: *error,
+                    partial: site.outputs,
+                }),
+                Err(other) => Err(FlexError::Model(ModelError::Hook(other))),
+            },
+            Err(e) => Err(FlexError::Model(e)),
+        }
+    }
+}

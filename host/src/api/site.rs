@@ -1,0 +1,76 @@
+//! The [`HookSite`] a forward of the API runs with: which registrations are
+//! bound to each hook point and enabled, calling them in registration order,
+//! collecting what they emit.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tch::Tensor;
+
+use super::{Groups, Registration};
+use crate::hooks::{CallContext, LogLevel, RankInfo};
+use crate::models::{HookSite, ModelError};
+
+pub(crate) struct Site<'a> {
+    /// Hook point -> enabled registrations, in registration order.
+    by_point: HashMap<&'a str, Vec<&'a Registration>>,
+    forward_index: u64,
+    pub outputs: BTreeMap<String, Tensor>,
+    pub logs: Vec<(String, String, LogLevel, String)>,
+}
+
+impl<'a> Site<'a> {
+    pub fn new(regs: &'a [Registration], groups: &Groups, forward_index: u64) -> Site<'a> {
+        let mut by_point: HashMap<&str, Vec<&Registration>> = HashMap::new();
+        for r in regs.iter().filter(|r| groups.enables(&r.groups)) {
+            for p in &r.points {
+                by_point.entry(p.as_str()).or_default().push(r);
+            }
+        }
+        Site {
+            by_point,
+            forward_index,
+            outputs: BTreeMap::new(),
+            logs: Vec::new(),
+        }
+    }
+}
+
+impl HookSite for Site<'_> {
+    fn active(&self, point: &str) -> bool {
+        self.by_point.contains_key(point)
+    }
+
+    fn fire(&mut self, point: &str, mut t: Tensor) -> Result<Tensor, ModelError> {
+        let Some(regs) = self.by_point.get(point) else {
+            return Ok(t);
+        };
+        let ctx = CallContext {
+            hook_point: point.to_string(),
+            rank: RankInfo::SINGLE,
+            forward_index: self.forward_index,
+        };
+        for r in regs {
+            let report = r
+                .hook
+                .call(&ctx, &mut t)
+                .map_err(|e| ModelError::Hook(Box::new(e)))?;
+            for e in report.emitted {
+                // Two hooks emitting under one key: keep both.
+                let mut key = e.key;
+                if self.outputs.contains_key(&key) {
+                    let mut n = 2;
+                    while self.outputs.contains_key(&format!("{key}#{n}")) {
+                        n += 1;
+                    }
+                    key = format!("{key}#{n}");
+                }
+                self.outputs.insert(key, e.tensor);
+            }
+            for (level, msg) in report.logs {
+                self.logs
+                    .push((r.hook.name().to_string(), point.to_string(), level, msg));
+            }
+        }
+        Ok(t)
+    }
+}
