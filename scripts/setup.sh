@@ -38,5 +38,5 @@ step "Build host and guest components"
 cargo build --release -p flexmodel --bins --examples
 scripts/build-guests.sh
 
-step "Demo: the example plugins on a real activation"
-"$CARGO_TARGET_DIR/release/examples/hook_demo" artifacts/wasm
+step "Demo: residual norms per layer and the effect of ablating heads (flexmodel demo)"
+"$CARGO_TARGET_DIR/release/flexmodel" demo --model artifacts/models/demo-gpt2 --plugins artifacts/wasm

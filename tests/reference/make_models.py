@@ -250,6 +250,32 @@ def edited_logits(model, ids, module):
     return logits
 
 
+DEMO_CORPUS = """
+Interpretability researchers need to read and edit the insides of large language models that are split
+across many GPUs or nodes, without becoming distributed systems experts. FlexModel wraps the model,
+registers hook functions by module name, gathers each activation from all shards, runs the user's
+function, and writes the edit back to the shards. Hooks are WebAssembly components: sandboxed, shareable,
+deterministic. The residual stream carries information from layer to layer; attention heads move it
+between positions; the MLP layers transform it. Ablating a head and watching the next-token predictions
+change is the first experiment of many papers.
+"""
+
+
+def make_demo(out_dir):
+    """A small GPT-2 with a byte-level BPE tokenizer trained on DEMO_CORPUS (random weights)."""
+    from tokenizers import ByteLevelBPETokenizer
+    folder = out_dir / "demo-gpt2"
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator([DEMO_CORPUS] * 4, vocab_size=400, min_frequency=1, show_progress=False)
+    tok.save(str(folder / "tokenizer.json"))
+    torch.manual_seed(7)
+    cfg = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=128, n_embd=128, n_layer=4, n_head=4,
+                     bos_token_id=0, eos_token_id=0)
+    GPT2LMHeadModel(cfg).eval().save_pretrained(folder, safe_serialization=True)
+    print(f"demo-gpt2: vocab {tok.get_vocab_size()} -> {folder}")
+
+
 def record(folder, model, ids, logits, acts, block):
     edit_point = block[0]
     ref = {"input_ids": ids, "logits": logits, "edit_logits": edited_logits(model, ids, block[1])}
@@ -269,6 +295,7 @@ def inputs(vocab):
 
 def main(out_dir):
     out_dir = Path(out_dir)
+    make_demo(out_dir)
     for name, cfg in gpt2_models():
         torch.manual_seed(1234)
         cfg._attn_implementation = "eager"
@@ -279,6 +306,12 @@ def main(out_dir):
         logits, acts = capture_gpt2(model, ids)
         layer = cfg.n_layer - 2 if cfg.n_layer > 1 else 0
         record(folder, model, ids, logits, acts, (f"transformer.h.{layer}", model.transformer.h[layer]))
+        if name == "gpt2-tiny":
+            # The same weights as a sharded checkpoint (index + several files)...
+            model.save_pretrained(out_dir / "gpt2-tiny-sharded", safe_serialization=True, max_shard_size="20KB")
+            # ...and stored in bfloat16 (loaded by the Rust tests in several dtypes).
+            model.to(torch.bfloat16).save_pretrained(out_dir / "gpt2-tiny-bf16", safe_serialization=True)
+            model.float()
     for name, cls, cfg in llama_models():
         torch.manual_seed(1234)
         cfg._attn_implementation = "eager"

@@ -33,8 +33,9 @@ pub enum FlexError {
     #[error("{error}")]
     Hook {
         error: HookError,
-        /// What hooks had emitted in this forward before the failure.
-        partial: BTreeMap<String, Tensor>,
+        /// What hooks had emitted in this forward before the failure (in a
+        /// mutex only so that the error is `Sync`).
+        partial: std::sync::Mutex<BTreeMap<String, Tensor>>,
     },
     #[error(transparent)]
     Model(ModelError),
@@ -227,7 +228,7 @@ impl FlexModel {
             Err(ModelError::Hook(e)) => match e.downcast::<HookError>() {
                 Ok(error) => Err(FlexError::Hook {
                     error: *error,
-                    partial: site.outputs,
+                    partial: std::sync::Mutex::new(site.outputs),
                 }),
                 Err(other) => Err(FlexError::Model(ModelError::Hook(other))),
             },

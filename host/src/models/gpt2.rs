@@ -305,7 +305,7 @@ impl Gpt2 {
             let v = fire(hooks, &n.v, parts[2].view([b, s, nh, hd]))?;
             let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
             let scores = q.matmul(&k.transpose(-1, -2)) * blk.scaling;
-            let scores = scores.masked_fill(&mask, f64::from(f32::MIN));
+            let scores = scores.masked_fill(&mask, super::mask_value(scores.kind()));
             let pattern = fire(
                 hooks,
                 &n.pattern,

@@ -354,7 +354,7 @@ impl GptNeoX {
             let q = fire(hooks, &n.rot_q, rope(&q).transpose(1, 2))?.transpose(1, 2);
             let k = fire(hooks, &n.rot_k, rope(&k).transpose(1, 2))?.transpose(1, 2);
             let scores = q.matmul(&k.transpose(2, 3)) * scaling;
-            let scores = scores.masked_fill(&mask, f64::from(f32::MIN));
+            let scores = scores.masked_fill(&mask, super::mask_value(scores.kind()));
             let pattern = fire(
                 hooks,
                 &n.pattern,

@@ -453,7 +453,7 @@ impl Llama {
                 (k, v)
             };
             let scores = q.matmul(&k.transpose(2, 3)) * scaling;
-            let scores = scores.masked_fill(&mask, f64::from(f32::MIN));
+            let scores = scores.masked_fill(&mask, super::mask_value(scores.kind()));
             let pattern = fire(
                 hooks,
                 &n.pattern,

@@ -7,6 +7,7 @@ pub mod gpt_neox;
 pub mod hook_site;
 pub mod llama;
 pub mod points;
+pub mod tokenizer;
 pub mod weights;
 
 use std::path::Path;
@@ -16,6 +17,7 @@ use tch::{Device, Kind, Tensor};
 pub use error::ModelError;
 pub use hook_site::{HookSite, NoHooks};
 pub use points::{PatternError, PointInfo, PointPattern};
+pub use tokenizer::Tokenizer;
 pub use weights::Weights;
 
 /// A loaded model of any supported architecture.
@@ -23,6 +25,17 @@ pub enum Model {
     Gpt2(gpt2::Gpt2),
     Llama(llama::Llama),
     GptNeoX(gpt_neox::GptNeoX),
+}
+
+/// The most negative finite value of `kind` (`torch.finfo(dtype).min`), used
+/// to mask attention scores as transformers does.
+pub(crate) fn mask_value(kind: Kind) -> f64 {
+    match kind {
+        Kind::Half => -65504.0,
+        Kind::BFloat16 => f64::from(half::bf16::MIN),
+        Kind::Double => f64::MIN,
+        _ => f64::from(f32::MIN),
+    }
 }
 
 /// Parse a dtype name: `f32`/`float32`, `f16`/`float16`, `bf16`/`bfloat16`.

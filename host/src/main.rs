@@ -1,0 +1,496 @@
+//! `flexmodel`: a thin command line over the `flexmodel` library.
+//!
+//! ```text
+//! flexmodel inspect --model DIR [--seq-len N] [--batch B] [--json]
+//! flexmodel run --model DIR (--prompt TEXT | --prompts FILE.jsonl | --token-ids 1,2,3)
+//!               [--hook PLUGIN.wasm@PATTERN[=CONFIG_JSON]]... [--save OUT.safetensors]
+//! flexmodel demo --model DIR --plugins DIR
+//! ```
+//! Any error ends the process with exit code 1 and a one-line reason on stderr.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use flexmodel::api::{FlexModel, Groups};
+use flexmodel::hooks::{CpuLimit, Runtime, RuntimeConfig};
+use flexmodel::models::{Model, Tokenizer, parse_dtype};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Parser)]
+#[command(
+    name = "flexmodel",
+    version,
+    about = "Read and edit LLM internals with sandboxed WebAssembly hooks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct ModelArgs {
+    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Weights dtype: f32, f16, bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List the model's hook points with their shapes.
+    Inspect {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Sequence length for the shapes.
+        #[arg(long, default_value_t = 8)]
+        seq_len: i64,
+        /// Batch size for the shapes.
+        #[arg(long, default_value_t = 1)]
+        batch: i64,
+        /// Machine-readable output (one JSON array).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the forward with hooks; print next-token predictions; save outputs.
+    Run {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// One prompt (needs tokenizer.json in the model folder).
+        #[arg(long, conflicts_with_all = ["prompts", "token_ids"])]
+        prompt: Option<String>,
+        /// JSONL file: each line a string, {"prompt": "..."} or {"token_ids": [..]}.
+        #[arg(long, conflicts_with = "token_ids")]
+        prompts: Option<PathBuf>,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',')]
+        token_ids: Option<Vec<i64>>,
+        /// PLUGIN.wasm@PATTERN[=CONFIG_JSON], repeatable.
+        #[arg(long = "hook")]
+        hooks: Vec<String>,
+        /// Save logits and retrieved tensors to a safetensors file.
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// How many top next-token predictions to print.
+        #[arg(long, default_value_t = 5)]
+        top_k: i64,
+        /// Fuel per hook call (deterministic CPU limit).
+        #[arg(long, default_value_t = 4_000_000_000)]
+        fuel: u64,
+        /// Seed of the hooks' random streams.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// The built-in example: residual-stream norms per layer and how ablating
+    /// attention heads changes the next-token predictions.
+    Demo {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Folder with the example plugins (retrieve.wasm, ablate.wasm).
+        #[arg(long, default_value = "artifacts/wasm")]
+        plugins: PathBuf,
+        #[arg(
+            long,
+            default_value = "Interpretability researchers read the insides of large language"
+        )]
+        prompt: String,
+    },
+}
+
+fn device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => {
+            let n = s.strip_prefix("cuda:").and_then(|n| n.parse().ok());
+            n.map(Device::Cuda)
+                .ok_or_else(|| anyhow!("unknown device {s:?} (cpu, cuda, cuda:N)"))
+        }
+    }
+}
+
+fn load_model(a: &ModelArgs) -> Result<(Model, Option<Tokenizer>)> {
+    let dev = device(&a.device)?;
+    if let Device::Cuda(i) = dev {
+        if !tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize {
+            bail!("device {} is not available on this machine", a.device);
+        }
+    }
+    let kind = parse_dtype(&a.dtype)?;
+    let m = Model::load(&a.model, kind, dev)
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    let tok = Tokenizer::load(&a.model)?;
+    Ok((m, tok))
+}
+
+/// `PLUGIN.wasm@PATTERN[=CONFIG]`.
+fn parse_hook(spec: &str) -> Result<(PathBuf, String, String)> {
+    let at = spec
+        .find(".wasm@")
+        .ok_or_else(|| anyhow!("--hook {spec:?}: expected PLUGIN.wasm@PATTERN[=CONFIG_JSON]"))?;
+    let path = PathBuf::from(&spec[..at + 5]);
+    let rest = &spec[at + 6..];
+    let (pattern, config) = match rest.split_once('=') {
+        Some((p, c)) => (p.to_string(), c.to_string()),
+        None => (rest.to_string(), "{}".to_string()),
+    };
+    if pattern.is_empty() {
+        bail!("--hook {spec:?}: empty hook-point pattern");
+    }
+    Ok((path, pattern, config))
+}
+
+enum Prompt {
+    Text(String),
+    Ids(Vec<i64>),
+}
+
+fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut v = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let j: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        v.push(match j {
+            serde_json::Value::String(s) => Prompt::Text(s),
+            serde_json::Value::Object(o) => {
+                if let Some(s) = o.get("prompt").and_then(|s| s.as_str()) {
+                    Prompt::Text(s.to_string())
+                } else if let Some(ids) = o.get("token_ids").and_then(|a| a.as_array()) {
+                    Prompt::Ids(
+                        ids.iter()
+                            .map(|x| {
+                                x.as_i64().ok_or_else(|| {
+                                    anyhow!(
+                                        "{}:{}: token ids must be integers",
+                                        path.display(),
+                                        i + 1
+                                    )
+                                })
+                            })
+                            .collect::<Result<_>>()?,
+                    )
+                } else {
+                    bail!(
+                        "{}:{}: expected {{\"prompt\": ...}} or {{\"token_ids\": [...]}}",
+                        path.display(),
+                        i + 1
+                    )
+                }
+            }
+            _ => bail!(
+                "{}:{}: expected a string or an object",
+                path.display(),
+                i + 1
+            ),
+        });
+    }
+    if v.is_empty() {
+        bail!("{} holds no prompts", path.display());
+    }
+    Ok(v)
+}
+
+fn token_ids(p: &Prompt, tok: Option<&Tokenizer>, vocab: i64) -> Result<Vec<i64>> {
+    let ids = match p {
+        Prompt::Ids(ids) => ids.clone(),
+        Prompt::Text(t) => tok
+            .ok_or_else(|| anyhow!("the model folder has no tokenizer.json: pass --token-ids"))?
+            .encode(t)?,
+    };
+    if ids.is_empty() {
+        bail!("empty prompt");
+    }
+    if let Some(bad) = ids.iter().find(|&&i| i < 0 || i >= vocab) {
+        bail!("token id {bad} is outside the vocabulary (0..{vocab})");
+    }
+    Ok(ids)
+}
+
+fn vocab_size(m: &Model) -> i64 {
+    m.points(1, 1).last().map(|p| p.shape[2]).unwrap_or(0)
+}
+
+fn top_k(logits: &Tensor, k: i64, tok: Option<&Tokenizer>) -> Vec<(String, f64)> {
+    let last = logits
+        .select(0, 0)
+        .select(0, -1)
+        .to_kind(Kind::Float)
+        .softmax(-1, Kind::Float);
+    let (p, i) = last.topk(k.min(last.size()[0]), -1, true, true);
+    (0..p.size()[0])
+        .map(|j| {
+            let id = i.int64_value(&[j]);
+            let text = tok.map(|t| t.token(id)).unwrap_or_else(|| format!("#{id}"));
+            (text, p.double_value(&[j]))
+        })
+        .collect()
+}
+
+fn show(preds: &[(String, f64)]) -> String {
+    preds
+        .iter()
+        .map(|(t, p)| format!("{t:?} {:.3}", p))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn save(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let list: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_device(Device::Cpu).contiguous()))
+        .collect();
+    Tensor::write_safetensors(&list, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn run(
+    model: &ModelArgs,
+    prompts: Vec<Prompt>,
+    hooks: &[String],
+    out: Option<&Path>,
+    k: i64,
+    fuel: u64,
+    seed: u64,
+) -> Result<()> {
+    let (m, tok) = load_model(model)?;
+    let vocab = vocab_size(&m);
+    let mut fm = FlexModel::new(m);
+    let rt = Runtime::new(RuntimeConfig {
+        cpu: CpuLimit::Fuel(fuel),
+        seed,
+        ..RuntimeConfig::default()
+    })?;
+    for spec in hooks {
+        let (path, pattern, config) = parse_hook(spec)?;
+        let plugin = rt
+            .load_file(&path)
+            .with_context(|| format!("--hook {spec}"))?;
+        fm.register_wasm(&plugin, &pattern, &config, &[])
+            .with_context(|| format!("--hook {spec}"))?;
+    }
+    let many = prompts.len() > 1;
+    let bar = if many {
+        let b = indicatif::ProgressBar::new(prompts.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} prompts {elapsed_precise}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let mut saved = BTreeMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let ids = token_ids(p, tok.as_ref(), vocab).with_context(|| format!("prompt {i}"))?;
+        let t = Tensor::from_slice(&ids).unsqueeze(0);
+        let o = fm
+            .forward(&t, &Groups::All)
+            .map_err(|e| anyhow!("prompt {i}: {e}"))?;
+        for (hook, point, level, msg) in &o.logs {
+            let line = format!("[{hook} @ {point}] {level:?}: {msg}");
+            match &bar {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+        let line = format!(
+            "prompt {i}: {} tokens; next token: {}",
+            ids.len(),
+            show(&top_k(&o.logits, k, tok.as_ref()))
+        );
+        match &bar {
+            Some(b) => {
+                b.println(line);
+                b.inc(1);
+            }
+            None => println!("{line}"),
+        }
+        let prefix = if many { format!("{i}/") } else { String::new() };
+        saved.insert(format!("{prefix}logits"), o.logits.to_device(Device::Cpu));
+        for (key, v) in o.outputs {
+            saved.insert(format!("{prefix}{key}"), v);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if let Some(path) = out {
+        save(path, &saved)?;
+        println!("saved {} tensors to {}", saved.len(), path.display());
+    }
+    Ok(())
+}
+
+fn inspect(model: &ModelArgs, seq: i64, batch: i64, json: bool) -> Result<()> {
+    if seq < 1 || batch < 1 {
+        bail!("--seq-len and --batch must be at least 1");
+    }
+    let (m, _) = load_model(model)?;
+    let points = m.points(batch, seq);
+    if json {
+        println!("{}", serde_json::to_string(&points)?);
+        return Ok(());
+    }
+    println!(
+        "{} ({} hook points, shapes for batch {batch} x {seq} tokens)",
+        m.architecture(),
+        points.len()
+    );
+    let w = points.iter().map(|p| p.name.len()).max().unwrap_or(10);
+    let wa = points
+        .iter()
+        .map(|p| p.alias.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!("{:<w$}  {:<wa$}  shape", "hook point", "alias");
+    for p in &points {
+        println!("{:<w$}  {:<wa$}  {:?}", p.name, p.alias, p.shape);
+    }
+    Ok(())
+}
+
+fn demo(model: &ModelArgs, plugins: &Path, prompt: &str) -> Result<()> {
+    let (m, tok) = load_model(model)?;
+    let tok = tok.ok_or_else(|| anyhow!("{} has no tokenizer.json", model.model.display()))?;
+    let points = m.points(1, 1);
+    let n_layers = points
+        .iter()
+        .filter(|p| p.alias.ends_with(".hook_resid_post"))
+        .count();
+    let heads = points
+        .iter()
+        .find(|p| p.alias == "blocks.0.attn.hook_z")
+        .map(|p| p.shape[2])
+        .unwrap_or(1);
+    let arch = m.architecture();
+    let mut fm = FlexModel::new(m);
+    let rt = Runtime::new(RuntimeConfig::default())?;
+    let load = |n: &str| {
+        let p = plugins.join(format!("{n}.wasm"));
+        rt.load_file(&p)
+            .with_context(|| format!("loading {} (run scripts/build-guests.sh)", p.display()))
+    };
+    let retrieve = load("retrieve")?;
+    let ablate = load("ablate")?;
+    fm.register_wasm(
+        &retrieve,
+        "blocks.*.hook_resid_post",
+        r#"{"slice": [null, -1]}"#,
+        &["probe"],
+    )?;
+    let half: Vec<i64> = (0..heads / 2).collect();
+    let cfg = serde_json::json!({ "heads": half }).to_string();
+    fm.register_wasm(&ablate, "blocks.*.attn.hook_z", &cfg, &["ablation"])?;
+
+    let ids = tok.encode(prompt)?;
+    let t = Tensor::from_slice(&ids).unsqueeze(0);
+    println!(
+        "model: {} ({arch}, {n_layers} layers, {heads} heads), random weights made at setup",
+        model.model.display()
+    );
+    println!("prompt: {prompt:?} -> {} tokens\n", ids.len());
+    let clean = fm
+        .forward(&t, &Groups::except(["ablation"]))
+        .map_err(|e| anyhow!("{e}"))?;
+    let ablated = fm.forward(&t, &Groups::All).map_err(|e| anyhow!("{e}"))?;
+    println!("residual stream at the last token (retrieved by retrieve.wasm, sandboxed):");
+    println!("{:<8} {:>12} {:>18}", "layer", "|resid|", "|resid| ablated");
+    let mut keys: Vec<&String> = clean.outputs.keys().collect();
+    keys.sort_by_key(|k| {
+        k.rsplit('.')
+            .next()
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0)
+    });
+    for k in keys {
+        let a = clean.outputs[k]
+            .to_kind(Kind::Double)
+            .norm()
+            .double_value(&[]);
+        let b = ablated
+            .outputs
+            .get(k)
+            .map(|t| t.to_kind(Kind::Double).norm().double_value(&[]))
+            .unwrap_or(f64::NAN);
+        println!(
+            "{:<8} {:>12.4} {:>18.4}",
+            k.rsplit('.').next().unwrap_or(k),
+            a,
+            b
+        );
+    }
+    println!(
+        "\ntop next tokens, clean:   {}",
+        show(&top_k(&clean.logits, 5, Some(&tok)))
+    );
+    println!("ablating heads {half:?} in every layer (ablate.wasm at blocks.*.attn.hook_z):");
+    println!(
+        "top next tokens, ablated: {}",
+        show(&top_k(&ablated.logits, 5, Some(&tok)))
+    );
+    let p = clean.logits.select(1, -1).softmax(-1, Kind::Float);
+    let q = ablated.logits.select(1, -1).softmax(-1, Kind::Float);
+    let kl = (&p * (p.log() - q.log()))
+        .sum(Kind::Double)
+        .double_value(&[]);
+    println!("KL(clean || ablated) at the next token: {kl:.5} nats");
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Inspect {
+            model,
+            seq_len,
+            batch,
+            json,
+        } => inspect(&model, seq_len, batch, json),
+        Cmd::Run {
+            model,
+            prompt,
+            prompts,
+            token_ids,
+            hooks,
+            save,
+            top_k,
+            fuel,
+            seed,
+        } => {
+            let ps = if let Some(p) = prompt {
+                Ok(vec![Prompt::Text(p)])
+            } else if let Some(f) = prompts {
+                read_prompts(&f)
+            } else if let Some(ids) = token_ids {
+                Ok(vec![Prompt::Ids(ids)])
+            } else {
+                Err(anyhow!("give --prompt, --prompts or --token-ids"))
+            };
+            ps.and_then(|ps| run(&model, ps, &hooks, save.as_deref(), top_k, fuel, seed))
+        }
+        Cmd::Demo {
+            model,
+            plugins,
+            prompt,
+        } => demo(&model, &plugins, &prompt),
+    };
+    if let Err(e) = r {
+        let msg = format!("{e:#}").replace('\n', " ");
+        eprintln!("error: {msg}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,252 @@
+//! The `flexmodel` command line, run as a user would: inspect, run with hooks
+//! and --save (the file is then opened by `safetensors.torch.load_file` in
+//! Python and checked against transformers' logits), prompts files, errors.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use flexmodel_tests::artifacts_dir;
+
+fn bin() -> PathBuf {
+    // tests run from target/<profile>/deps; the binary is in target/<profile>.
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("flexmodel");
+    assert!(
+        p.exists(),
+        "{} missing: cargo build --release -p flexmodel",
+        p.display()
+    );
+    p
+}
+
+fn models() -> PathBuf {
+    artifacts_dir().join("../models")
+}
+
+fn python() -> PathBuf {
+    let venv = std::env::var_os("FLEXMODEL_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flexmodel/venv")
+        });
+    venv.join("bin/python")
+}
+
+fn flexmodel(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn inspect_lists_every_hook_point_with_shapes() {
+    let dir = models().join("gpt2-tiny");
+    let out = ok(&flexmodel(&[
+        "inspect",
+        "--model",
+        dir.to_str().unwrap(),
+        "--seq-len",
+        "5",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pts = v.as_array().unwrap();
+    assert_eq!(pts.len(), 39);
+    let pattern = pts
+        .iter()
+        .find(|p| p["alias"] == "blocks.1.attn.hook_pattern")
+        .unwrap();
+    assert_eq!(pattern["name"], "transformer.h.1.attn.hook_pattern");
+    assert_eq!(pattern["shape"], serde_json::json!([1, 4, 5, 5]));
+    let text = ok(&flexmodel(&["inspect", "--model", dir.to_str().unwrap()]));
+    assert!(text.contains("blocks.0.hook_resid_post"));
+}
+
+#[test]
+fn run_saves_a_file_python_can_load_with_transformers_logits() {
+    let dir = models().join("llama-gqa");
+    let tmp =
+        std::env::temp_dir().join(format!("flexmodel-cli-{}.safetensors", std::process::id()));
+    // Row 0 of the reference inputs, as recorded by make_models.py.
+    let check_ids = format!(
+        "from safetensors.torch import load_file; r = load_file({:?}); print(','.join(str(int(i)) for i in r['input_ids'][0]))",
+        dir.join("reference.safetensors").to_str().unwrap()
+    );
+    let py = Command::new(python())
+        .args(["-c", &check_ids])
+        .output()
+        .unwrap();
+    let ids = ok(&py).trim().to_string();
+    let hook = format!(
+        "{}@blocks.*.hook_resid_post={}",
+        artifacts_dir().join("retrieve.wasm").display(),
+        r#"{"slice": [null, -1]}"#
+    );
+    let scale = format!(
+        "{}@blocks.0.mlp.hook_post",
+        artifacts_dir().join("retrieve.wasm").display()
+    );
+    let out = ok(&flexmodel(&[
+        "run",
+        "--model",
+        dir.to_str().unwrap(),
+        "--token-ids",
+        &ids,
+        "--hook",
+        &hook,
+        "--hook",
+        &scale,
+        "--save",
+        tmp.to_str().unwrap(),
+    ]));
+    assert!(out.contains("next token:"), "{out}");
+    let script = format!(
+        r#"
+import torch
+from safetensors.torch import load_file
+d = load_file({saved:?})
+r = load_file({reference:?})
+assert sorted(d) == ["logits", "model.layers.0", "model.layers.0.mlp.hook_post", "model.layers.1"], sorted(d)
+assert torch.allclose(d["logits"][0], r["logits"][0], atol=1e-4, rtol=0), (d["logits"][0] - r["logits"][0]).abs().max()
+assert torch.allclose(d["model.layers.1"][0, 0], r["model.layers.1"][0, -1], atol=1e-4, rtol=0)
+assert tuple(d["model.layers.0.mlp.hook_post"].shape) == (1, 7, 80)
+print("python-ok")
+"#,
+        saved = tmp.to_str().unwrap(),
+        reference = dir.join("reference.safetensors").to_str().unwrap()
+    );
+    let py = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(ok(&py).contains("python-ok"));
+    let _ = std::fs::remove_file(&tmp);
+}
+
+#[test]
+fn prompts_file_with_several_prompts() {
+    let dir = models().join("demo-gpt2");
+    let tmp = std::env::temp_dir().join(format!("flexmodel-cli-prompts-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let jsonl = tmp.join("p.jsonl");
+    std::fs::write(&jsonl, "\"The residual stream\"\n{\"prompt\": \"Hooks are WebAssembly components\"}\n{\"token_ids\": [5, 6, 7]}\n").unwrap();
+    let save = tmp.join("out.safetensors");
+    let out = ok(&flexmodel(&[
+        "run",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompts",
+        jsonl.to_str().unwrap(),
+        "--hook",
+        &format!(
+            "{}@hook_embed",
+            artifacts_dir().join("retrieve.wasm").display()
+        ),
+        "--save",
+        save.to_str().unwrap(),
+    ]));
+    assert!(out.contains("saved 6 tensors"), "{out}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn errors_exit_non_zero_with_one_line() {
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "run".into(),
+            "--model".into(),
+            "/nonexistent".into(),
+            "--token-ids".into(),
+            "1".into(),
+        ],
+        vec![
+            "run".into(),
+            "--model".into(),
+            models().join("gpt2-tiny").display().to_string(),
+            "--token-ids".into(),
+            "1,2".into(),
+            "--hook".into(),
+            "nope.wasm@hook_embed".into(),
+        ],
+        vec![
+            "run".into(),
+            "--model".into(),
+            models().join("gpt2-tiny").display().to_string(),
+            "--token-ids".into(),
+            "1,2".into(),
+            "--hook".into(),
+            format!(
+                "{}@blocks.99.hook_resid_post",
+                artifacts_dir().join("retrieve.wasm").display()
+            ),
+        ],
+        vec![
+            "run".into(),
+            "--model".into(),
+            models().join("gpt2-tiny").display().to_string(),
+            "--token-ids".into(),
+            "1,2".into(),
+            "--hook".into(),
+            format!(
+                "{}@hook_embed={{\"factor\": \"x\"}}",
+                artifacts_dir().join("scale.wasm").display()
+            ),
+        ],
+        vec![
+            "run".into(),
+            "--model".into(),
+            models().join("gpt2-tiny").display().to_string(),
+            "--prompt".into(),
+            "no tokenizer here".into(),
+        ],
+        vec![
+            "run".into(),
+            "--model".into(),
+            models().join("gpt2-tiny").display().to_string(),
+            "--token-ids".into(),
+            "1,2".into(),
+            "--hook".into(),
+            format!(
+                "{}@hook_embed={{\"mode\": \"loop\"}}",
+                artifacts_dir().join("hostile.wasm").display()
+            ),
+            "--fuel".into(),
+            "1000000".into(),
+        ],
+    ];
+    for args in cases {
+        let o = Command::new(bin()).args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+}
+
+#[test]
+fn demo_prints_norms_and_the_effect_of_an_ablation() {
+    let dir = models().join("demo-gpt2");
+    let out = ok(&flexmodel(&[
+        "demo",
+        "--model",
+        dir.to_str().unwrap(),
+        "--plugins",
+        artifacts_dir().to_str().unwrap(),
+    ]));
+    assert!(
+        out.contains("|resid|") && out.contains("top next tokens, ablated") && out.contains("KL("),
+        "{out}"
+    );
+}
