@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Run the hook-runtime benchmark and update its section of BENCHMARKS.md.
+# Run the benchmarks and update their sections of BENCHMARKS.md:
+#   hook-bench  (hook runtime: per-call cost, data movement, instantiation, CPU limits)
+#   model-bench (model host: P1-P3 against transformers / PyTorch hooks / nnsight)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 source scripts/env.sh
 scripts/build-guests.sh >/dev/null
-cargo build --release -p flexmodel --bin hook-bench
-"$CARGO_TARGET_DIR/release/hook-bench" --artifacts artifacts/wasm --out BENCHMARKS.md "$@"
+cargo build --release -p flexmodel --bin hook-bench --bin model-bench
+"$CARGO_TARGET_DIR/release/hook-bench" --artifacts artifacts/wasm --out BENCHMARKS.md
+"$FLEXMODEL_VENV/bin/pip" install --quiet nnsight 2>/dev/null || echo "nnsight could not be installed; its row is skipped" >&2
+"$CARGO_TARGET_DIR/release/model-bench" --python "$FLEXMODEL_VENV/bin/python" --artifacts artifacts/wasm \
+  --model-dir artifacts/bench/gpt2-small --out BENCHMARKS.md "$@"

@@ -225,7 +225,10 @@ fn a_failing_hook_fails_the_forward_with_a_named_error_and_keeps_earlier_outputs
                 HookErrorKind::Plugin(PluginError::Failed(_))
             ));
             assert!(
-                partial.into_inner().unwrap().contains_key("transformer.wte"),
+                partial
+                    .into_inner()
+                    .unwrap()
+                    .contains_key("transformer.wte"),
                 "outputs before the failure are kept"
             );
         }

@@ -87,6 +87,11 @@ fn every_hook_point_and_the_logits_match_transformers() {
         let logits = model.forward(&ids, &mut cap).unwrap();
         let d = max_abs(&logits, &r.get("logits"));
         assert!(d <= TOL, "{name}: logits differ by {d}");
+        // Without hooks the forward may take fused paths (no pattern
+        // materialised): the same logits.
+        let plain = model.forward(&ids, &mut NoHooks).unwrap();
+        let d = max_abs(&plain, &r.get("logits"));
+        assert!(d <= TOL, "{name}: logits without hooks differ by {d}");
 
         // Two-sided: every point we expose was recorded by PyTorch, and every
         // recorded point is one we expose, with equal values.

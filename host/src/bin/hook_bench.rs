@@ -16,6 +16,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "shared/report.rs"]
+mod report;
+
 use anyhow::{Context, Result};
 use flexmodel::hooks::instance::PluginInstance;
 use flexmodel::hooks::{
@@ -395,7 +398,7 @@ fn main() -> Result<()> {
 
     print!("{md}");
     if let Some(out) = &args.out {
-        write_section(out, "hook-bench", &md)?;
+        report::write_section(out, "hook-bench", &md)?;
         eprintln!("wrote {}", out.display());
     }
     Ok(())
@@ -410,23 +413,4 @@ fn chrono_like_now() -> String {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
-}
-
-/// Replace (or append) the section between `<!-- NAME:begin -->` and
-/// `<!-- NAME:end -->` in `path`, keeping the rest of the file.
-fn write_section(path: &PathBuf, name: &str, body: &str) -> Result<()> {
-    let begin = format!("<!-- {name}:begin -->");
-    let end = format!("<!-- {name}:end -->");
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n".to_string());
-    let block = format!("{begin}\n{body}{end}\n");
-    let new = match (old.find(&begin), old.find(&end)) {
-        (Some(a), Some(b)) if b > a => format!(
-            "{}{}{}",
-            &old[..a],
-            block,
-            &old[b + end.len()..].trim_start_matches('\n')
-        ),
-        _ => format!("{}\n{}", old.trim_end(), format!("\n{block}")),
-    };
-    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }

@@ -64,8 +64,14 @@ struct Linear {
 }
 
 impl Linear {
+    /// `b + x @ w` in one `addmm`, as Conv1D does (no separate bias pass).
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.matmul(&self.w) + &self.b
+        let mut shape = x.size();
+        let inner = shape.pop().unwrap_or(0);
+        shape.push(self.w.size()[1]);
+        self.b
+            .addmm(&x.reshape([-1, inner]), &self.w)
+            .view(shape.as_slice())
     }
 }
 

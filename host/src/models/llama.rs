@@ -452,14 +452,34 @@ impl Llama {
             } else {
                 (k, v)
             };
-            let scores = q.matmul(&k.transpose(2, 3)) * scaling;
-            let scores = scores.masked_fill(&mask, super::mask_value(scores.kind()));
-            let pattern = fire(
-                hooks,
-                &n.pattern,
-                scores.softmax(-1, Kind::Float).to_kind(q.kind()),
-            )?;
-            let z = fire(hooks, &n.z, pattern.matmul(&v).transpose(1, 2))?;
+            let z = if hooks.active(&n.pattern) {
+                // The pattern is observed: compute it explicitly, as HF eager does.
+                let scores = q.matmul(&k.transpose(2, 3)) * scaling;
+                let scores = scores.masked_fill(&mask, super::mask_value(scores.kind()));
+                let pattern = fire(
+                    hooks,
+                    &n.pattern,
+                    scores.softmax(-1, Kind::Float).to_kind(q.kind()),
+                )?;
+                pattern.matmul(&v)
+            } else if c.window().is_some() {
+                // Fused attention with the sliding-window mask (true = attend).
+                Tensor::scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    Some(mask.logical_not()),
+                    0.0,
+                    false,
+                    scaling,
+                    false,
+                )
+            } else {
+                Tensor::scaled_dot_product_attention::<Tensor>(
+                    &q, &k, &v, None, 0.0, true, scaling, false,
+                )
+            };
+            let z = fire(hooks, &n.z, z.transpose(1, 2))?;
             let o = fire(hooks, &n.o_proj, l.o.forward(&z.reshape([b, s, nh * hd])))?;
             let attn = fire(hooks, &n.attn, o)?;
             let resid_mid = fire(hooks, &n.resid_mid, resid_pre + attn)?;
