@@ -276,3 +276,22 @@ fn inputs_are_checked() {
         vec![1, 3, 101]
     );
 }
+
+#[test]
+fn forward_on_text_uses_the_checkpoint_tokenizer() {
+    let mut fm = FlexModel::load(&model_dir("demo-gpt2"), Kind::Float, Device::Cpu).unwrap();
+    let text = "The residual stream carries information";
+    let ids = fm.tokenizer().unwrap().encode(text).unwrap();
+    let a = fm.forward_text(text, &Groups::All).unwrap().logits;
+    let b = fm
+        .forward(&Tensor::from_slice(&ids), &Groups::All)
+        .unwrap()
+        .logits;
+    assert_eq!(a.size(), vec![1, ids.len() as i64, 400]);
+    assert!(a.equal(&b));
+    let (mut no_tok, _) = load("gpt2-tiny");
+    assert!(matches!(
+        no_tok.forward_text("x", &Groups::All),
+        Err(FlexError::Input(_))
+    ));
+}

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tch::Tensor;
 
 use crate::hooks::{Hook, HookError, LoadError, LogLevel, Plugin, WasmHook};
-use crate::models::{Model, ModelError, PatternError, PointInfo, PointPattern};
+use crate::models::{Model, ModelError, PatternError, PointInfo, PointPattern, Tokenizer};
 
 pub use native::FnHook;
 
@@ -101,6 +101,7 @@ pub struct ForwardOutput {
 /// A model wrapped for hooks.
 pub struct FlexModel {
     model: Model,
+    tokenizer: Option<Tokenizer>,
     regs: Vec<Registration>,
     next_handle: u64,
     forward_index: u64,
@@ -111,10 +112,46 @@ impl FlexModel {
     pub fn new(model: Model) -> FlexModel {
         FlexModel {
             model,
+            tokenizer: None,
             regs: Vec::new(),
             next_handle: 0,
             forward_index: 0,
         }
+    }
+
+    /// Load the model folder `dir` (and its `tokenizer.json`, if any) and wrap it.
+    pub fn load(
+        dir: &std::path::Path,
+        kind: tch::Kind,
+        device: tch::Device,
+    ) -> Result<FlexModel, FlexError> {
+        let model = Model::load(dir, kind, device).map_err(FlexError::Model)?;
+        let tokenizer = Tokenizer::load(dir).map_err(FlexError::Model)?;
+        Ok(FlexModel {
+            tokenizer,
+            ..FlexModel::new(model)
+        })
+    }
+
+    /// The tokenizer loaded with the model, if the folder had one.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// Tokenize `text` with the model's tokenizer and run [`Self::forward`].
+    pub fn forward_text(
+        &mut self,
+        text: &str,
+        groups: &Groups,
+    ) -> Result<ForwardOutput, FlexError> {
+        let tok = self.tokenizer.as_ref().ok_or_else(|| {
+            FlexError::Input("the model was loaded without a tokenizer.json".into())
+        })?;
+        let ids = tok.encode(text).map_err(FlexError::Model)?;
+        if ids.is_empty() {
+            return Err(FlexError::Input("the text tokenizes to no tokens".into()));
+        }
+        self.forward(&Tensor::from_slice(&ids), groups)
     }
 
     /// The wrapped model.
