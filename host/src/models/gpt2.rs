@@ -18,6 +18,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
+use super::layers::{LayerNorm, attention, causal_mask};
 use super::points::PointInfo;
 use super::weights::Weights;
 
@@ -72,19 +73,6 @@ impl Linear {
         self.b
             .addmm(&x.reshape([-1, inner]), &self.w)
             .view(shape.as_slice())
-    }
-}
-
-struct LayerNorm {
-    w: Tensor,
-    b: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let d = *x.size().last().unwrap_or(&0);
-        x.layer_norm([d], Some(&self.w), Some(&self.b), self.eps, false)
     }
 }
 
@@ -297,9 +285,7 @@ impl Gpt2 {
         )?;
         let mut x = fire(hooks, "transformer.drop", tok + pos)?;
         // Causal mask, additive, as HF builds it.
-        let mask = Tensor::ones([s, s], (Kind::Bool, self.device))
-            .tril(0)
-            .logical_not();
+        let mask = causal_mask(s, None, self.device);
         for blk in &self.blocks {
             let n = &blk.names;
             let resid_pre = fire(hooks, &n.resid_pre, x)?;
@@ -310,14 +296,8 @@ impl Gpt2 {
             let k = fire(hooks, &n.k, parts[1].view([b, s, nh, hd]))?;
             let v = fire(hooks, &n.v, parts[2].view([b, s, nh, hd]))?;
             let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
-            let scores = q.matmul(&k.transpose(-1, -2)) * blk.scaling;
-            let scores = scores.masked_fill(&mask, super::mask_value(scores.kind()));
-            let pattern = fire(
-                hooks,
-                &n.pattern,
-                scores.softmax(-1, Kind::Float).to_kind(v.kind()),
-            )?;
-            let z = fire(hooks, &n.z, pattern.matmul(&v).transpose(1, 2))?;
+            let z = attention(&q, &k, &v, blk.scaling, &mask, false, hooks, &n.pattern)?;
+            let z = fire(hooks, &n.z, z.transpose(1, 2))?;
             let attn = fire(
                 hooks,
                 &n.attn_c_proj,

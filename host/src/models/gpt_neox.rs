@@ -19,6 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
+use super::layers::{LayerNorm, Linear, attention, causal_mask, rope_tables, rotate_half};
 use super::points::PointInfo;
 use super::weights::Weights;
 
@@ -94,30 +95,6 @@ impl GptNeoXConfig {
     }
 }
 
-struct Linear {
-    w: Tensor,
-    b: Option<Tensor>,
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.w, self.b.as_ref())
-    }
-}
-
-struct LayerNorm {
-    w: Tensor,
-    b: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let d = *x.size().last().unwrap_or(&0);
-        x.layer_norm([d], Some(&self.w), Some(&self.b), self.eps, false)
-    }
-}
-
 struct Names {
     resid_pre: String,
     ln1: String,
@@ -189,11 +166,6 @@ pub struct GptNeoX {
     inv_freq: Tensor,
     kind: Kind,
     device: Device,
-}
-
-fn rotate_half(x: &Tensor) -> Tensor {
-    let h = x.size()[3] / 2;
-    Tensor::cat(&[-x.narrow(3, h, h), x.narrow(3, 0, h)], 3)
 }
 
 impl GptNeoX {
@@ -325,21 +297,13 @@ impl GptNeoX {
             Tensor::embedding(&self.embed, &ids, -1, false, false),
         )?;
         let mut x = fire(hooks, "gpt_neox.emb_dropout", x)?;
-        let pos = Tensor::arange(s, (Kind::Float, self.device)).unsqueeze(0);
-        let freqs = pos.unsqueeze(-1) * self.inv_freq.unsqueeze(0).unsqueeze(0);
-        let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        let (cos, sin) = (
-            emb.cos().to_kind(self.kind).unsqueeze(1),
-            emb.sin().to_kind(self.kind).unsqueeze(1),
-        );
+        let (cos, sin) = rope_tables(&self.inv_freq, s, self.kind, self.device);
         let rope = |t: &Tensor| -> Tensor {
             let r = t.narrow(3, 0, rd);
             let rest = t.narrow(3, rd, hd - rd);
             Tensor::cat(&[&r * &cos + rotate_half(&r) * &sin, rest], 3)
         };
-        let mask = Tensor::ones([s, s], (Kind::Bool, self.device))
-            .tril(0)
-            .logical_not();
+        let mask = causal_mask(s, None, self.device);
         let scaling = (hd as f64).powf(-0.5);
         for l in &self.layers {
             let n = &l.names;
@@ -353,14 +317,8 @@ impl GptNeoX {
             let v = fire(hooks, &n.v, parts[2].contiguous())?.transpose(1, 2);
             let q = fire(hooks, &n.rot_q, rope(&q).transpose(1, 2))?.transpose(1, 2);
             let k = fire(hooks, &n.rot_k, rope(&k).transpose(1, 2))?.transpose(1, 2);
-            let scores = q.matmul(&k.transpose(2, 3)) * scaling;
-            let scores = scores.masked_fill(&mask, super::mask_value(scores.kind()));
-            let pattern = fire(
-                hooks,
-                &n.pattern,
-                scores.softmax(-1, Kind::Float).to_kind(q.kind()),
-            )?;
-            let z = fire(hooks, &n.z, pattern.matmul(&v).transpose(1, 2))?;
+            let z = attention(&q, &k, &v, scaling, &mask, false, hooks, &n.pattern)?;
+            let z = fire(hooks, &n.z, z.transpose(1, 2))?;
             let o = fire(hooks, &n.dense, l.dense.forward(&z.reshape([b, s, d])))?;
             let attn = fire(hooks, &n.attn, o)?;
             let mlp_in = if c.use_parallel_residual {

@@ -21,6 +21,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
+use super::layers::{Linear, attention, causal_mask, rope_tables, rotate_half};
 use super::points::PointInfo;
 use super::weights::Weights;
 
@@ -122,18 +123,6 @@ impl LlamaConfig {
             "qwen2" if self.use_sliding_window == Some(true) => self.sliding_window,
             _ => None,
         }
-    }
-}
-
-struct Linear {
-    /// `[out, in]` as stored by nn.Linear.
-    w: Tensor,
-    b: Option<Tensor>,
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.w, self.b.as_ref())
     }
 }
 
@@ -276,11 +265,6 @@ fn inv_freq(rope: &RopeParams, head_dim: i64) -> Result<Tensor, ModelError> {
     }
 }
 
-fn rotate_half(x: &Tensor) -> Tensor {
-    let h = x.size()[3] / 2;
-    Tensor::cat(&[-x.narrow(3, h, h), x.narrow(3, 0, h)], 3)
-}
-
 impl Llama {
     pub fn load(
         config: LlamaConfig,
@@ -413,21 +397,9 @@ impl Llama {
             "model.embed_tokens",
             Tensor::embedding(&self.embed, &ids, -1, false, false),
         )?;
-        // Rotary tables [1, s, hd], as LlamaRotaryEmbedding (float32, then model dtype).
-        let pos = Tensor::arange(s, (Kind::Float, self.device)).unsqueeze(0);
-        let freqs = pos.unsqueeze(-1) * self.inv_freq.unsqueeze(0).unsqueeze(0);
-        let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        let (cos, sin) = (
-            emb.cos().to_kind(self.kind).unsqueeze(1),
-            emb.sin().to_kind(self.kind).unsqueeze(1),
-        );
-        // Causal (and sliding-window) mask: true = masked.
-        let qi = Tensor::arange(s, (Kind::Int64, self.device)).unsqueeze(1);
-        let ki = Tensor::arange(s, (Kind::Int64, self.device)).unsqueeze(0);
-        let mut mask = ki.gt_tensor(&qi);
-        if let Some(wnd) = c.window() {
-            mask = mask.logical_or(&ki.le_tensor(&(&qi - wnd)));
-        }
+        // Rotary tables as LlamaRotaryEmbedding; causal (and sliding-window) mask.
+        let (cos, sin) = rope_tables(&self.inv_freq, s, self.kind, self.device);
+        let mask = causal_mask(s, c.window(), self.device);
         let scaling = (hd as f64).powf(-0.5);
         let rep = nh / nkv;
         for l in &self.layers {
@@ -452,33 +424,16 @@ impl Llama {
             } else {
                 (k, v)
             };
-            let z = if hooks.active(&n.pattern) {
-                // The pattern is observed: compute it explicitly, as HF eager does.
-                let scores = q.matmul(&k.transpose(2, 3)) * scaling;
-                let scores = scores.masked_fill(&mask, super::mask_value(scores.kind()));
-                let pattern = fire(
-                    hooks,
-                    &n.pattern,
-                    scores.softmax(-1, Kind::Float).to_kind(q.kind()),
-                )?;
-                pattern.matmul(&v)
-            } else if c.window().is_some() {
-                // Fused attention with the sliding-window mask (true = attend).
-                Tensor::scaled_dot_product_attention(
-                    &q,
-                    &k,
-                    &v,
-                    Some(mask.logical_not()),
-                    0.0,
-                    false,
-                    scaling,
-                    false,
-                )
-            } else {
-                Tensor::scaled_dot_product_attention::<Tensor>(
-                    &q, &k, &v, None, 0.0, true, scaling, false,
-                )
-            };
+            let z = attention(
+                &q,
+                &k,
+                &v,
+                scaling,
+                &mask,
+                c.window().is_some(),
+                hooks,
+                &n.pattern,
+            )?;
             let z = fire(hooks, &n.z, z.transpose(1, 2))?;
             let o = fire(hooks, &n.o_proj, l.o.forward(&z.reshape([b, s, nh * hd])))?;
             let attn = fire(hooks, &n.attn, o)?;

@@ -5,6 +5,7 @@ pub mod error;
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod hook_site;
+mod layers;
 pub mod llama;
 pub mod points;
 pub mod tokenizer;

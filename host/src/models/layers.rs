@@ -1,0 +1,112 @@
+//! Building blocks shared by the architectures: `nn.Linear`, `nn.LayerNorm`,
+//! rotary tables, the causal mask and the attention core (explicit pattern
+//! when it is hooked, fused otherwise), each computed as transformers does.
+
+use tch::{Device, Kind, Tensor};
+
+use super::error::ModelError;
+use super::hook_site::{HookSite, fire};
+
+/// `nn.Linear`: weight `[out, in]`, optional bias.
+pub(crate) struct Linear {
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.w, self.b.as_ref())
+    }
+}
+
+/// `nn.LayerNorm` over the last dimension.
+pub(crate) struct LayerNorm {
+    pub w: Tensor,
+    pub b: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let d = *x.size().last().unwrap_or(&0);
+        x.layer_norm([d], Some(&self.w), Some(&self.b), self.eps, false)
+    }
+}
+
+/// `rotate_half` of transformers' rotary embeddings (last dimension, rank 4).
+pub(crate) fn rotate_half(x: &Tensor) -> Tensor {
+    let h = x.size()[3] / 2;
+    Tensor::cat(&[-x.narrow(3, h, h), x.narrow(3, 0, h)], 3)
+}
+
+/// `(cos, sin)`, each `[1, 1, seq, 2 * len(inv_freq)]`, for positions
+/// `0..seq`: float32 angles, then the model's dtype.
+pub(crate) fn rope_tables(
+    inv_freq: &Tensor,
+    seq: i64,
+    kind: Kind,
+    device: Device,
+) -> (Tensor, Tensor) {
+    let pos = Tensor::arange(seq, (Kind::Float, device)).unsqueeze(0);
+    let freqs = pos.unsqueeze(-1) * inv_freq.unsqueeze(0).unsqueeze(0);
+    let emb = Tensor::cat(&[&freqs, &freqs], -1);
+    (
+        emb.cos().to_kind(kind).unsqueeze(1),
+        emb.sin().to_kind(kind).unsqueeze(1),
+    )
+}
+
+/// Causal mask `[seq, seq]`, true where a query may NOT attend; with a
+/// sliding `window`, keys older than `window` positions are masked too.
+pub(crate) fn causal_mask(seq: i64, window: Option<i64>, device: Device) -> Tensor {
+    let q = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(1);
+    let k = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(0);
+    let mask = k.gt_tensor(&q);
+    match window {
+        Some(w) => mask.logical_or(&k.le_tensor(&(&q - w))),
+        None => mask,
+    }
+}
+
+/// Attention of `q`, `k`, `v` (`[batch, heads, seq, head]`, k/v already
+/// repeated to the query heads). When something hooks `pattern_point` the
+/// post-softmax pattern is materialised and fired, as transformers' eager
+/// path computes it; otherwise a fused kernel runs. `windowed`: `mask` holds
+/// more than causality.
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scaling: f64,
+    mask: &Tensor,
+    windowed: bool,
+    hooks: &mut dyn HookSite,
+    pattern_point: &str,
+) -> Result<Tensor, ModelError> {
+    if hooks.active(pattern_point) {
+        let scores = q.matmul(&k.transpose(-1, -2)) * scaling;
+        let scores = scores.masked_fill(mask, super::mask_value(scores.kind()));
+        let pattern = fire(
+            hooks,
+            pattern_point,
+            scores.softmax(-1, Kind::Float).to_kind(v.kind()),
+        )?;
+        Ok(pattern.matmul(v))
+    } else if windowed {
+        // Fused, with the mask inverted to SDPA's convention (true = attend).
+        Ok(Tensor::scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            Some(mask.logical_not()),
+            0.0,
+            false,
+            scaling,
+            false,
+        ))
+    } else {
+        Ok(Tensor::scaled_dot_product_attention::<Tensor>(
+            q, k, v, None, 0.0, true, scaling, false,
+        ))
+    }
+}
