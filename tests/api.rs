@@ -295,3 +295,39 @@ fn forward_on_text_uses_the_checkpoint_tokenizer() {
         Err(FlexError::Input(_))
     ));
 }
+
+#[test]
+fn forward_until_stops_after_the_point_and_keeps_what_came_before() {
+    let (mut fm, r) = load("gpt2-odd");
+    let rt = runtime();
+    let p = rt.load(&wasm("retrieve")).unwrap();
+    fm.register_wasm(&p, "blocks.*.hook_resid_post", "{}", &[])
+        .unwrap();
+    fm.register_wasm(&p, "ln_final.hook_normalized", "{}", &[])
+        .unwrap();
+    let out = fm
+        .forward_until(&ids(&r), &Groups::All, "blocks.1.hook_resid_post")
+        .unwrap();
+    assert_eq!(out.stopped_after, "transformer.h.1");
+    let keys: Vec<&String> = out.outputs.keys().collect();
+    assert_eq!(
+        keys,
+        vec!["transformer.h.0", "transformer.h.1"],
+        "nothing after the stop point ran"
+    );
+    for (k, v) in &out.outputs {
+        assert!(max_abs(v, &reference(&r, k)) <= 1e-4, "{k}");
+    }
+    // A pattern stops after its last match in forward order.
+    let out = fm
+        .forward_until(&ids(&r), &Groups::All, "blocks.*.hook_resid_post")
+        .unwrap();
+    assert_eq!(out.stopped_after, "transformer.h.2");
+    assert_eq!(out.outputs.len(), 3);
+    assert!(
+        fm.forward_until(&ids(&r), &Groups::All, "blocks.7.hook_resid_post")
+            .is_err()
+    );
+    // The full forward still works afterwards.
+    assert_eq!(fm.forward(&ids(&r), &Groups::All).unwrap().outputs.len(), 4);
+}

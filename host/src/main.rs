@@ -87,6 +87,10 @@ enum Cmd {
         /// Seed of the hooks' random streams.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Stop the forward after this hook point (name, alias or pattern):
+        /// only the hooks up to there run; no logits are computed or saved.
+        #[arg(long)]
+        stop_at: Option<String>,
     },
     /// The built-in example: residual-stream norms per layer and how ablating
     /// attention heads changes the next-token predictions.
@@ -254,15 +258,24 @@ fn save(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     Tensor::write_safetensors(&list, path).with_context(|| format!("writing {}", path.display()))
 }
 
-fn run(
-    model: &ModelArgs,
-    prompts: Vec<Prompt>,
-    hooks: &[String],
-    out: Option<&Path>,
+struct RunOpts<'a> {
+    hooks: &'a [String],
+    out: Option<&'a Path>,
     k: i64,
     fuel: u64,
     seed: u64,
-) -> Result<()> {
+    stop_at: Option<&'a str>,
+}
+
+fn run(model: &ModelArgs, prompts: Vec<Prompt>, o: RunOpts<'_>) -> Result<()> {
+    let RunOpts {
+        hooks,
+        out,
+        k,
+        fuel,
+        seed,
+        stop_at,
+    } = o;
     let (m, tok) = load_model(model)?;
     let vocab = vocab_size(&m);
     let mut fm = FlexModel::new(m);
@@ -296,21 +309,39 @@ fn run(
     for (i, p) in prompts.iter().enumerate() {
         let ids = token_ids(p, tok.as_ref(), vocab).with_context(|| format!("prompt {i}"))?;
         let t = Tensor::from_slice(&ids).unsqueeze(0);
-        let o = fm
-            .forward(&t, &Groups::All)
-            .map_err(|e| anyhow!("prompt {i}: {e}"))?;
-        for (hook, point, level, msg) in &o.logs {
+        let (logits, outputs, logs) = match stop_at {
+            None => {
+                let o = fm
+                    .forward(&t, &Groups::All)
+                    .map_err(|e| anyhow!("prompt {i}: {e}"))?;
+                (Some(o.logits), o.outputs, o.logs)
+            }
+            Some(p) => {
+                let o = fm
+                    .forward_until(&t, &Groups::All, p)
+                    .map_err(|e| anyhow!("prompt {i}: {e}"))?;
+                (None, o.outputs, o.logs)
+            }
+        };
+        for (hook, point, level, msg) in &logs {
             let line = format!("[{hook} @ {point}] {level:?}: {msg}");
             match &bar {
                 Some(b) => b.println(line),
                 None => eprintln!("{line}"),
             }
         }
-        let line = format!(
-            "prompt {i}: {} tokens; next token: {}",
-            ids.len(),
-            show(&top_k(&o.logits, k, tok.as_ref()))
-        );
+        let line = match &logits {
+            Some(l) => format!(
+                "prompt {i}: {} tokens; next token: {}",
+                ids.len(),
+                show(&top_k(l, k, tok.as_ref()))
+            ),
+            None => format!(
+                "prompt {i}: {} tokens; stopped after {}",
+                ids.len(),
+                stop_at.unwrap_or("")
+            ),
+        };
         match &bar {
             Some(b) => {
                 b.println(line);
@@ -319,8 +350,10 @@ fn run(
             None => println!("{line}"),
         }
         let prefix = if many { format!("{i}/") } else { String::new() };
-        saved.insert(format!("{prefix}logits"), o.logits.to_device(Device::Cpu));
-        for (key, v) in o.outputs {
+        if let Some(l) = logits {
+            saved.insert(format!("{prefix}logits"), l.to_device(Device::Cpu));
+        }
+        for (key, v) in outputs {
             saved.insert(format!("{prefix}{key}"), v);
         }
     }
@@ -470,6 +503,7 @@ fn main() {
             top_k,
             fuel,
             seed,
+            stop_at,
         } => {
             let ps = if let Some(p) = prompt {
                 Ok(vec![Prompt::Text(p)])
@@ -480,7 +514,17 @@ fn main() {
             } else {
                 Err(anyhow!("give --prompt, --prompts or --token-ids"))
             };
-            ps.and_then(|ps| run(&model, ps, &hooks, save.as_deref(), top_k, fuel, seed))
+            ps.and_then(|ps| {
+                let o = RunOpts {
+                    hooks: &hooks,
+                    out: save.as_deref(),
+                    k: top_k,
+                    fuel,
+                    seed,
+                    stop_at: stop_at.as_deref(),
+                };
+                run(&model, ps, o)
+            })
         }
         Cmd::Demo {
             model,

@@ -98,6 +98,17 @@ pub struct ForwardOutput {
     pub forward_index: u64,
 }
 
+/// What [`FlexModel::forward_until`] returns.
+#[derive(Debug)]
+pub struct StoppedOutput {
+    /// The canonical hook point the forward stopped after.
+    pub stopped_after: String,
+    /// Tensors the hooks emitted up to there, on CPU.
+    pub outputs: BTreeMap<String, Tensor>,
+    pub logs: Vec<(String, String, LogLevel, String)>,
+    pub forward_index: u64,
+}
+
 /// A model wrapped for hooks.
 pub struct FlexModel {
     model: Model,
@@ -243,6 +254,53 @@ impl FlexModel {
         input_ids: &Tensor,
         groups: &Groups,
     ) -> Result<ForwardOutput, FlexError> {
+        let (logits, outputs, logs, forward_index) = self.run(input_ids, groups, None)?;
+        let logits =
+            logits.ok_or_else(|| FlexError::Input("the forward produced no logits".into()))?;
+        Ok(ForwardOutput {
+            logits,
+            outputs,
+            logs,
+            forward_index,
+        })
+    }
+
+    /// Run the forward only up to the hook point `stop_after` (a name, alias
+    /// or pattern; with several matches, the last in forward order), after its
+    /// hooks ran: for retrieving activations without paying for the rest of
+    /// the model (TransformerLens' `stop_at_layer`). No logits are computed.
+    pub fn forward_until(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+        stop_after: &str,
+    ) -> Result<StoppedOutput, FlexError> {
+        let points = PointPattern::new(stop_after)?.select(&self.model.points(1, 1))?;
+        let stop = points.last().cloned().unwrap_or_default();
+        let (_, outputs, logs, forward_index) = self.run(input_ids, groups, Some(stop.clone()))?;
+        Ok(StoppedOutput {
+            stopped_after: stop,
+            outputs,
+            logs,
+            forward_index,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+        stop: Option<String>,
+    ) -> Result<
+        (
+            Option<Tensor>,
+            BTreeMap<String, Tensor>,
+            Vec<(String, String, LogLevel, String)>,
+            u64,
+        ),
+        FlexError,
+    > {
         let ids = match input_ids.dim() {
             1 => input_ids.unsqueeze(0),
             2 => input_ids.shallow_clone(),
@@ -254,14 +312,10 @@ impl FlexModel {
         };
         let index = self.forward_index;
         self.forward_index += 1;
-        let mut site = site::Site::new(&self.regs, groups, index);
+        let mut site = site::Site::new(&self.regs, groups, index, stop);
         match self.model.forward(&ids, &mut site) {
-            Ok(logits) => Ok(ForwardOutput {
-                logits,
-                outputs: site.outputs,
-                logs: site.logs,
-                forward_index: index,
-            }),
+            Ok(logits) => Ok((Some(logits), site.outputs, site.logs, index)),
+            Err(ModelError::Stopped(_)) => Ok((None, site.outputs, site.logs, index)),
             Err(ModelError::Hook(e)) => match e.downcast::<HookError>() {
                 Ok(error) => Err(FlexError::Hook {
                     error: *error,

@@ -14,12 +14,19 @@ pub(crate) struct Site<'a> {
     /// Hook point -> enabled registrations, in registration order.
     by_point: HashMap<&'a str, Vec<&'a Registration>>,
     forward_index: u64,
+    /// Stop the forward after this point's hooks ran.
+    stop: Option<String>,
     pub outputs: BTreeMap<String, Tensor>,
     pub logs: Vec<(String, String, LogLevel, String)>,
 }
 
 impl<'a> Site<'a> {
-    pub fn new(regs: &'a [Registration], groups: &Groups, forward_index: u64) -> Site<'a> {
+    pub fn new(
+        regs: &'a [Registration],
+        groups: &Groups,
+        forward_index: u64,
+        stop: Option<String>,
+    ) -> Site<'a> {
         let mut by_point: HashMap<&str, Vec<&Registration>> = HashMap::new();
         for r in regs.iter().filter(|r| groups.enables(&r.groups)) {
             for p in &r.points {
@@ -29,6 +36,7 @@ impl<'a> Site<'a> {
         Site {
             by_point,
             forward_index,
+            stop,
             outputs: BTreeMap::new(),
             logs: Vec::new(),
         }
@@ -37,10 +45,20 @@ impl<'a> Site<'a> {
 
 impl HookSite for Site<'_> {
     fn active(&self, point: &str) -> bool {
-        self.by_point.contains_key(point)
+        self.by_point.contains_key(point) || self.stop.as_deref() == Some(point)
     }
 
-    fn fire(&mut self, point: &str, mut t: Tensor) -> Result<Tensor, ModelError> {
+    fn fire(&mut self, point: &str, t: Tensor) -> Result<Tensor, ModelError> {
+        let t = self.run_hooks(point, t)?;
+        if self.stop.as_deref() == Some(point) {
+            return Err(ModelError::Stopped(point.to_string()));
+        }
+        Ok(t)
+    }
+}
+
+impl Site<'_> {
+    fn run_hooks(&mut self, point: &str, mut t: Tensor) -> Result<Tensor, ModelError> {
         let Some(regs) = self.by_point.get(point) else {
             return Ok(t);
         };
