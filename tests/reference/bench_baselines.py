@@ -22,16 +22,6 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 
-def timed(fn, reps):
-    fn()  # warm-up
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def main(model_dir, batch, seq, threads, reps):
     torch.set_num_threads(threads)
     model_dir = Path(model_dir)
@@ -44,31 +34,29 @@ def main(model_dir, batch, seq, threads, reps):
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=g)
     torch.save(ids, model_dir / "bench_ids.pt")
     (model_dir / "bench_ids.json").write_text(json.dumps(ids.tolist()))
-    out = {}
-
     def plain():
         with torch.no_grad():
             model(ids)
 
-    out["eager"] = timed(plain, reps)
-
-    handles = [b.register_forward_hook(lambda m, i, o: None) for b in model.transformer.h]
-    out["identity"] = timed(plain, reps)
-    for h in handles:
-        h.remove()
-
     saved = []
-    handles = [b.register_forward_hook(lambda m, i, o: saved.append((o[0] if isinstance(o, tuple) else o).detach().cpu()))
-               for b in model.transformer.h]
 
-    def retrieve():
-        saved.clear()
-        plain()
+    def with_hooks(fn):
+        def run():
+            handles = [b.register_forward_hook(fn) for b in model.transformer.h]
+            try:
+                saved.clear()
+                plain()
+            finally:
+                for h in handles:
+                    h.remove()
+        return run
 
-    out["detach_cpu"] = timed(retrieve, reps)
-    for h in handles:
-        h.remove()
-
+    configs = {
+        "eager": plain,
+        "identity": with_hooks(lambda m, i, o: None),
+        "detach_cpu": with_hooks(lambda m, i, o: saved.append((o[0] if isinstance(o, tuple) else o).detach().cpu())),
+    }
+    out = {}
     try:
         from nnsight import NNsight
         lm = NNsight(model)
@@ -76,13 +64,24 @@ def main(model_dir, batch, seq, threads, reps):
         def nn_identity():
             with torch.no_grad(), lm.trace(ids):
                 for blk in lm.transformer.h:
-                    out = blk.output
-                    h = out[0] if isinstance(out, tuple) else out
+                    o = blk.output
+                    h = o[0] if isinstance(o, tuple) else o
                     h[:] = h
 
-        out["nnsight"] = timed(nn_identity, reps)
+        configs["nnsight"] = nn_identity
     except Exception as e:  # reported, not hidden
         out["nnsight_error"] = f"{type(e).__name__}: {e}"
+
+    # Round-robin over the configurations (after one warm-up round), so that
+    # drift of the machine affects them alike; medians.
+    times = {k: [] for k in configs}
+    for r in range(reps + 1):
+        for k, fn in configs.items():
+            t = time.perf_counter()
+            fn()
+            if r > 0:
+                times[k].append(time.perf_counter() - t)
+    out.update({k: statistics.median(v) for k, v in times.items()})
     print(json.dumps(out))
 
 

@@ -221,7 +221,7 @@ fn main() -> Result<()> {
     ));
 
     // ---- data movement ------------------------------------------------------
-    let chunks = [64usize << 10, 256 << 10];
+    let chunks = [64usize << 10, 1 << 20];
     let mk = |mode: &str, chunk: usize| {
         WasmHook::new(
             bench.clone(),
@@ -240,14 +240,14 @@ fn main() -> Result<()> {
     md.push_str(
         "### Moving activation bytes through the tensor resource\n\n\
          *into*: the guest reads the whole f32 activation with `read-bytes`, in chunks of 64 KiB or \
-         256 KiB. *out*: it overwrites the whole activation with `write-bytes` in the same chunks, \
+         1 MiB (a tensor smaller than a chunk is moved in one call). *out*: it overwrites the whole activation with `write-bytes` in the same chunks, \
          either in edit mode `in-place` (the host journals the overwritten bytes so a failed call can \
          be undone) or `replace` (writes build a new tensor that is swapped in on success; no journal). \
          Each cell is the median time of one whole hook call, including the commit, and the median \
          over reps of memcpy time / hook call time for the same bytes (≥ 1: faster than memcpy), \
          where each rep times a memcpy and a hook call back to back; memcpy is `copy_from_slice` \
          between two pre-faulted buffers. The memcpy column is the median over all reps.\n\n\
-         | size | memcpy | into 64K | into 256K | out in-place 64K | out in-place 256K | out replace 64K | out replace 256K |\n\
+         | size | memcpy | into 64K | into 1M | out in-place 64K | out in-place 1M | out replace 64K | out replace 1M |\n\
          |---|---|---|---|---|---|---|---|\n",
     );
     let sizes: &[usize] = if args.quick {
