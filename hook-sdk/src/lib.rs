@@ -276,7 +276,8 @@ pub enum EditMode {
     InPlace,
     /// Writes a complete replacement: reads see the original, writes build
     /// the new activation, and every element must be written (or none, to
-    /// leave the activation unchanged). Fastest for rewriting whole tensors.
+    /// leave the activation unchanged). No undo journal; the host allocates
+    /// the replacement instead (see BENCHMARKS.md for when that pays).
     Replace,
 }
 
