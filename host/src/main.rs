@@ -122,10 +122,10 @@ fn device(s: &str) -> Result<Device> {
 
 fn load_model(a: &ModelArgs) -> Result<(Model, Option<Tokenizer>)> {
     let dev = device(&a.device)?;
-    if let Device::Cuda(i) = dev {
-        if !tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize {
-            bail!("device {} is not available on this machine", a.device);
-        }
+    if let Device::Cuda(i) = dev
+        && (!tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize)
+    {
+        bail!("device {} is not available on this machine", a.device);
     }
     let kind = parse_dtype(&a.dtype)?;
     let m = Model::load(&a.model, kind, dev)

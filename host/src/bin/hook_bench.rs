@@ -392,9 +392,10 @@ fn main() -> Result<()> {
             v(*ro)
         ));
     }
-    md.push_str(&format!(
-        "- instantiation of the Rust plugins: target ≤ 50 µs (see the table above)\n\n"
-    ));
+    md.push_str(
+        &"- instantiation of the Rust plugins: target ≤ 50 µs (see the table above)\n\n"
+            .to_string(),
+    );
 
     print!("{md}");
     if let Some(out) = &args.out {

@@ -99,7 +99,7 @@ fn main() -> Result<()> {
         out.stdout
             .split(|&b| b == b'\n')
             .filter(|l| l.starts_with(b"{"))
-            .last()
+            .next_back()
             .unwrap_or(b"{}"),
     )?;
     let get = |k: &str| py.get(k).and_then(|v| v.as_f64());

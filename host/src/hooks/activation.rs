@@ -431,7 +431,7 @@ impl ActivationBuf {
     pub(crate) fn prepare_write_bytes(&mut self, offset: u64, nbytes: usize) -> AResult<*mut u8> {
         self.check_writable()?;
         let es = self.dtype.size();
-        if nbytes % es != 0 {
+        if !nbytes.is_multiple_of(es) {
             return Err(AccessError(format!(
                 "{nbytes} bytes is not a whole number of {:?} elements ({es} bytes each)",
                 self.dtype
@@ -509,7 +509,9 @@ impl ActivationBuf {
         self.record_slice(&r);
         let mut non_finite = 0u64;
         let check = self.check_finite;
-        if self.dtype == DType::F32 && (self.src as usize) % 4 == 0 && (self.dst as usize) % 4 == 0
+        if self.dtype == DType::F32
+            && (self.src as usize).is_multiple_of(4)
+            && (self.dst as usize).is_multiple_of(4)
         {
             // f32 fast path: raw typed pointers (src and dst may be the same).
             let (src, dst) = (self.src as *const f32, self.dst as *mut f32);

@@ -191,13 +191,12 @@ impl GptNeoX {
             .rope_parameters
             .as_ref()
             .and_then(|r| r.rope_type.as_deref())
+            && t != "default"
         {
-            if t != "default" {
-                return Err(ModelError::Config {
-                    file: "config.json".into(),
-                    message: format!("GPT-NeoX rope type {t:?} is not supported (default is)"),
-                });
-            }
+            return Err(ModelError::Config {
+                file: "config.json".into(),
+                message: format!("GPT-NeoX rope type {t:?} is not supported (default is)"),
+            });
         }
         let (d, inter) = (config.hidden_size, config.intermediate_size);
         let get = |name: &str, shape: &[i64]| w.get_shaped(name, shape, kind, device, "GPT-NeoX");

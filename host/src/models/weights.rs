@@ -96,11 +96,11 @@ impl Weights {
                 path: path.display().to_string(),
                 message: e.to_string(),
             })?;
-            if let Ok((_, meta)) = SafeTensors::read_metadata(&map) {
-                if let Some(m) = meta.metadata() {
-                    w.metadata
-                        .extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
-                }
+            if let Ok((_, meta)) = SafeTensors::read_metadata(&map)
+                && let Some(m) = meta.metadata()
+            {
+                w.metadata
+                    .extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
             let base = map.as_ptr() as usize;
             for (name, view) in st.tensors() {

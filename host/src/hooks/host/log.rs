@@ -18,7 +18,7 @@ impl Host for HostState {
                 cut -= 1;
             }
             message.truncate(cut);
-            message.push_str("…");
+            message.push('…');
         }
         let level = match level {
             Level::Trace => LogLevel::Trace,

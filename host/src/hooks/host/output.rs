@@ -97,7 +97,7 @@ impl Host for HostState {
         let r = (|| {
             check_name(&name)?;
             let dt: DType = from_wit_dtype(dtype);
-            if bytes.len() % dt.size() != 0 {
+            if !bytes.len().is_multiple_of(dt.size()) {
                 return Err(HookError::InvalidArgument(format!(
                     "{} bytes is not a whole number of {dt:?} elements",
                     bytes.len()
