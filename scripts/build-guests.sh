@@ -17,6 +17,10 @@ pkgs=()
 for g in "${rust_guests[@]}"; do
   pkgs+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$g/Cargo.toml" | head -1)")
 done
+# Reproducible components: the same sources give the same bytes (and so the
+# same content hash) whatever the checkout and cargo home paths are.
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+export CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS="--remap-path-prefix=$root=/flexmodel --remap-path-prefix=$cargo_home=/cargo"
 cargo build --quiet --release --target wasm32-wasip2 "${pkgs[@]}"
 for g in "${rust_guests[@]}"; do
   name=$(basename "$g")
