@@ -117,7 +117,8 @@ def capture_gpt2(model, ids):
         p = f"transformer.h.{i}"
         handles.append(blk.register_forward_pre_hook(save_input(f"{p}.hook_resid_pre"), with_kwargs=True))
         handles.append(blk.register_forward_hook(save(p)))
-        for sub in ["ln_1", "attn.c_attn", "attn.c_proj", "attn", "ln_2", "mlp.c_fc", "mlp.act", "mlp.c_proj", "mlp"]:
+        for sub in ["ln_1", "attn.c_attn", "attn.c_proj", "attn.resid_dropout", "attn", "ln_2",
+                    "mlp.c_fc", "mlp.act", "mlp.c_proj", "mlp.dropout", "mlp"]:
             handles.append(blk.get_submodule(sub).register_forward_hook(save(f"{p}.{sub}")))
         heads = lambda x: x.reshape(x.shape[0], x.shape[1], nh, hd)
         handles.append(blk.attn.c_proj.register_forward_pre_hook(save_input(f"{p}.attn.hook_z", heads), with_kwargs=True))
@@ -218,7 +219,8 @@ def capture_neox(model, ids):
         handles.append(layer.register_forward_pre_hook(save_input(f"{p}.hook_resid_pre"), with_kwargs=True))
         handles.append(layer.register_forward_hook(save(p)))
         for sub in ["input_layernorm", "attention.query_key_value", "attention.dense", "attention",
-                    "post_attention_layernorm", "mlp.dense_h_to_4h", "mlp.act", "mlp.dense_4h_to_h", "mlp"]:
+                    "post_attention_dropout", "post_attention_layernorm", "mlp.dense_h_to_4h", "mlp.act",
+                    "mlp.dense_4h_to_h", "mlp", "post_mlp_dropout"]:
             handles.append(layer.get_submodule(sub).register_forward_hook(save(f"{p}.{sub}")))
         handles.append(layer.attention.dense.register_forward_pre_hook(save_input(f"{p}.attention.hook_z"), with_kwargs=True))
     with torch.no_grad():

@@ -7,9 +7,13 @@
 //! `P.hook_resid_pre` (block input), `P.ln_1`, `P.attn.c_attn`,
 //! `P.attn.hook_q` / `hook_k` / `hook_v` (`[batch, pos, head, d_head]`),
 //! `P.attn.hook_pattern` (post-softmax, `[batch, head, query, key]`),
-//! `P.attn.hook_z` (`[batch, pos, head, d_head]`), `P.attn.c_proj`, `P.attn`
+//! `P.attn.hook_z` (`[batch, pos, head, d_head]`), `P.attn.c_proj`,
+//! `P.attn.resid_dropout`, `P.attn`
 //! (attention output), `P.hook_resid_mid`, `P.ln_2`, `P.mlp.c_fc`, `P.mlp.act`
-//! (MLP hidden activation), `P.mlp.c_proj`, `P.mlp`, `P` (block output).
+//! (MLP hidden activation), `P.mlp.c_proj`, `P.mlp.dropout`, `P.mlp`, `P`
+//! (block output). `P.attn.attn_dropout` exists in transformers but its
+//! forward is never called (eager attention uses the functional dropout), so
+//! it is not a hook point here either.
 //! Around the blocks: `transformer.wte`, `transformer.wpe`, `transformer.drop`,
 //! `transformer.ln_f`, `lm_head` (logits).
 
@@ -87,6 +91,8 @@ struct BlockNames {
     pattern: String,
     z: String,
     attn_c_proj: String,
+    resid_dropout: String,
+    mlp_dropout: String,
     attn: String,
     resid_mid: String,
     ln_2: String,
@@ -110,6 +116,8 @@ impl BlockNames {
             pattern: format!("{p}.attn.hook_pattern"),
             z: format!("{p}.attn.hook_z"),
             attn_c_proj: format!("{p}.attn.c_proj"),
+            resid_dropout: format!("{p}.attn.resid_dropout"),
+            mlp_dropout: format!("{p}.mlp.dropout"),
             attn: format!("{p}.attn"),
             resid_mid: format!("{p}.hook_resid_mid"),
             ln_2: format!("{p}.ln_2"),
@@ -296,19 +304,21 @@ impl Gpt2 {
             let k = fire(hooks, &n.k, parts[1].view([b, s, nh, hd]))?;
             let v = fire(hooks, &n.v, parts[2].view([b, s, nh, hd]))?;
             let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
-            let z = attention(&q, &k, &v, blk.scaling, &mask, false, hooks, &n.pattern)?;
+            let z = attention(&q, &k, &v, blk.scaling, &mask, false, hooks, &[&n.pattern])?;
             let z = fire(hooks, &n.z, z.transpose(1, 2))?;
             let attn = fire(
                 hooks,
                 &n.attn_c_proj,
                 blk.attn_c_proj.forward(&z.reshape([b, s, d])),
             )?;
+            let attn = fire(hooks, &n.resid_dropout, attn)?;
             let attn = fire(hooks, &n.attn, attn)?;
             let resid_mid = fire(hooks, &n.resid_mid, resid_pre + attn)?;
             let h = fire(hooks, &n.ln_2, blk.ln_2.forward(&resid_mid))?;
             let h = fire(hooks, &n.c_fc, blk.c_fc.forward(&h))?;
             let h = fire(hooks, &n.act, h.gelu("tanh"))?;
             let h = fire(hooks, &n.mlp_c_proj, blk.mlp_c_proj.forward(&h))?;
+            let h = fire(hooks, &n.mlp_dropout, h)?;
             let mlp = fire(hooks, &n.mlp, h)?;
             x = fire(hooks, &n.block, resid_mid + mlp)?;
         }
@@ -347,6 +357,7 @@ impl Gpt2 {
                 ),
                 PointInfo::new(&n.z, heads, &format!("{tl}.attn.hook_z")),
                 PointInfo::new(&n.attn_c_proj, bsd.clone(), ""),
+                PointInfo::new(&n.resid_dropout, bsd.clone(), ""),
                 PointInfo::new(&n.attn, bsd.clone(), &format!("{tl}.hook_attn_out")),
                 PointInfo::new(&n.resid_mid, bsd.clone(), &format!("{tl}.hook_resid_mid")),
                 PointInfo::new(&n.ln_2, bsd.clone(), &format!("{tl}.ln2.hook_normalized")),
@@ -361,6 +372,7 @@ impl Gpt2 {
                     &format!("{tl}.mlp.hook_post"),
                 ),
                 PointInfo::new(&n.mlp_c_proj, bsd.clone(), ""),
+                PointInfo::new(&n.mlp_dropout, bsd.clone(), ""),
                 PointInfo::new(&n.mlp, bsd.clone(), &format!("{tl}.hook_mlp_out")),
                 PointInfo::new(&n.block, bsd.clone(), &format!("{tl}.hook_resid_post")),
             ]);

@@ -11,7 +11,9 @@
 //! `P.attention.hook_pattern`, `P.attention.hook_z`, `P.attention.dense`,
 //! `P.attention`, `P.hook_resid_mid` (sequential residual only),
 //! `P.post_attention_layernorm`, `P.mlp.dense_h_to_4h`, `P.mlp.act`,
-//! `P.mlp.dense_4h_to_h`, `P.mlp`, `P`. Around them: `gpt_neox.embed_in`,
+//! `P.mlp.dense_4h_to_h`, `P.mlp`, `P.post_attention_dropout` /
+//! `P.post_mlp_dropout` (identity in eval, after the attention / MLP
+//! outputs), `P`. Around them: `gpt_neox.embed_in`,
 //! `gpt_neox.emb_dropout`, `gpt_neox.final_layer_norm`, `lm_head`.
 
 use serde::Deserialize;
@@ -107,6 +109,8 @@ struct Names {
     pattern: String,
     z: String,
     dense: String,
+    post_attn_dropout: String,
+    post_mlp_dropout: String,
     attn: String,
     resid_mid: String,
     ln2: String,
@@ -134,6 +138,8 @@ impl Names {
             pattern: format!("{a}.hook_pattern"),
             z: format!("{a}.hook_z"),
             dense: format!("{a}.dense"),
+            post_attn_dropout: format!("{p}.post_attention_dropout"),
+            post_mlp_dropout: format!("{p}.post_mlp_dropout"),
             resid_mid: format!("{p}.hook_resid_mid"),
             ln2: format!("{p}.post_attention_layernorm"),
             fc_in: format!("{m}.dense_h_to_4h"),
@@ -316,10 +322,11 @@ impl GptNeoX {
             let v = fire(hooks, &n.v, parts[2].contiguous())?.transpose(1, 2);
             let q = fire(hooks, &n.rot_q, rope(&q).transpose(1, 2))?.transpose(1, 2);
             let k = fire(hooks, &n.rot_k, rope(&k).transpose(1, 2))?.transpose(1, 2);
-            let z = attention(&q, &k, &v, scaling, &mask, false, hooks, &n.pattern)?;
+            let z = attention(&q, &k, &v, scaling, &mask, false, hooks, &[&n.pattern])?;
             let z = fire(hooks, &n.z, z.transpose(1, 2))?;
             let o = fire(hooks, &n.dense, l.dense.forward(&z.reshape([b, s, d])))?;
             let attn = fire(hooks, &n.attn, o)?;
+            let attn = fire(hooks, &n.post_attn_dropout, attn)?;
             let mlp_in = if c.use_parallel_residual {
                 resid_pre.shallow_clone()
             } else {
@@ -330,6 +337,7 @@ impl GptNeoX {
             let h = fire(hooks, &n.act, self.act(&h))?;
             let h = fire(hooks, &n.fc_out, l.fc_out.forward(&h))?;
             let mlp = fire(hooks, &n.mlp, h)?;
+            let mlp = fire(hooks, &n.post_mlp_dropout, mlp)?;
             let out = if c.use_parallel_residual {
                 mlp + attn + resid_pre
             } else {
@@ -379,6 +387,7 @@ impl GptNeoX {
                 PointInfo::new(&n.z, heads, &format!("{tl}.attn.hook_z")),
                 PointInfo::new(&n.dense, bsd.clone(), ""),
                 PointInfo::new(&n.attn, bsd.clone(), &format!("{tl}.hook_attn_out")),
+                PointInfo::new(&n.post_attn_dropout, bsd.clone(), ""),
             ]);
             if !c.use_parallel_residual {
                 v.push(PointInfo::new(
@@ -401,6 +410,7 @@ impl GptNeoX {
                 ),
                 PointInfo::new(&n.fc_out, bsd.clone(), ""),
                 PointInfo::new(&n.mlp, bsd.clone(), &format!("{tl}.hook_mlp_out")),
+                PointInfo::new(&n.post_mlp_dropout, bsd.clone(), ""),
                 PointInfo::new(&n.block, bsd.clone(), &format!("{tl}.hook_resid_post")),
             ]);
         }

@@ -69,10 +69,11 @@ pub(crate) fn causal_mask(seq: i64, window: Option<i64>, device: Device) -> Tens
 }
 
 /// Attention of `q`, `k`, `v` (`[batch, heads, seq, head]`, k/v already
-/// repeated to the query heads). When something hooks `pattern_point` the
-/// post-softmax pattern is materialised and fired, as transformers' eager
-/// path computes it; otherwise a fused kernel runs. `windowed`: `mask` holds
-/// more than causality.
+/// repeated to the query heads). When something hooks one of `pattern_points`
+/// (the post-softmax pattern, then e.g. the attention-dropout module, which is
+/// the identity in eval) the pattern is materialised and fired at each, as
+/// transformers' eager path computes it; otherwise a fused kernel runs.
+/// `windowed`: `mask` holds more than causality.
 pub(crate) fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -81,16 +82,15 @@ pub(crate) fn attention(
     mask: &Tensor,
     windowed: bool,
     hooks: &mut dyn HookSite,
-    pattern_point: &str,
+    pattern_points: &[&str],
 ) -> Result<Tensor, ModelError> {
-    if hooks.active(pattern_point) {
+    if pattern_points.iter().any(|p| hooks.active(p)) {
         let scores = q.matmul(&k.transpose(-1, -2)) * scaling;
         let scores = scores.masked_fill(mask, super::mask_value(scores.kind()));
-        let pattern = fire(
-            hooks,
-            pattern_point,
-            scores.softmax(-1, Kind::Float).to_kind(v.kind()),
-        )?;
+        let mut pattern = scores.softmax(-1, Kind::Float).to_kind(v.kind());
+        for p in pattern_points {
+            pattern = fire(hooks, p, pattern)?;
+        }
         Ok(pattern.matmul(v))
     } else if windowed {
         // Fused, with the mask inverted to SDPA's convention (true = attend).

@@ -432,7 +432,7 @@ impl Llama {
                 &mask,
                 c.window().is_some(),
                 hooks,
-                &n.pattern,
+                &[&n.pattern],
             )?;
             let z = fire(hooks, &n.z, z.transpose(1, 2))?;
             let o = fire(hooks, &n.o_proj, l.o.forward(&z.reshape([b, s, nh * hd])))?;
