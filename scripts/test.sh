@@ -8,6 +8,8 @@ cd "$root"
 source scripts/env.sh
 scripts/build-guests.sh >/dev/null
 scripts/make-models.sh
+# tests/cli.rs runs the `flexmodel` binary: `cargo test` alone does not rebuild it.
+cargo build --release --quiet -p flexmodel --bins
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
