@@ -566,11 +566,11 @@ impl ActivationBuf {
     }
 
     pub fn fill(&mut self, s: &[DimRange], value: f32) -> AResult<()> {
-        self.map_slice(s, |_, _| value)
+        self.map_slice(s, move |_, _| value)
     }
 
     pub fn scale(&mut self, s: &[DimRange], factor: f32) -> AResult<()> {
-        self.map_slice(s, |v, _| v * factor)
+        self.map_slice(s, move |v, _| v * factor)
     }
 
     pub fn add_vector(&mut self, s: &[DimRange], v: &[f32], alpha: f32) -> AResult<()> {
@@ -582,7 +582,7 @@ impl ActivationBuf {
                 r.row_len()
             )));
         }
-        self.map_slice(s, |x, i| x + alpha * v[i])
+        self.map_slice(s, move |x, i| x + alpha * v[i])
     }
 
     // ---- transaction -------------------------------------------------------
