@@ -40,3 +40,5 @@ scripts/build-guests.sh
 
 step "Demo: residual norms per layer and the effect of ablating heads (flexmodel demo)"
 "$CARGO_TARGET_DIR/release/flexmodel" demo --model artifacts/models/demo-gpt2 --plugins artifacts/wasm
+
+printf '\nThe flexmodel CLI is %s\n' "$CARGO_TARGET_DIR/release/flexmodel"
