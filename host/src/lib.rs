@@ -9,3 +9,24 @@
 pub mod api;
 pub mod hooks;
 pub mod models;
+
+/// Tune glibc's allocator for tensor workloads: serve large blocks from the
+/// heap (mmap threshold 256 MiB) and keep freed memory (trim threshold
+/// 1 GiB), so activations of the same size are reused warm instead of being
+/// unmapped and page-faulted in again on every forward. Process-wide: the
+/// `flexmodel` binary and the benchmarks call it at start-up; the library never
+/// does on its own. Returns whether glibc accepted both settings.
+pub fn tune_allocator() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes allocator parameters.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}

@@ -486,6 +486,10 @@ fn demo(model: &ModelArgs, plugins: &Path, prompt: &str) -> Result<()> {
 
 fn main() {
     let cli = Cli::parse();
+    // Keep large activation buffers warm across forwards (see tune_allocator).
+    if std::env::var_os("FLEXMODEL_NO_MALLOPT").is_none() {
+        flexmodel::tune_allocator();
+    }
     let r = match cli.cmd {
         Cmd::Inspect {
             model,

@@ -172,6 +172,8 @@ fn machine() -> String {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
+    // As the `flexmodel` binary runs (replacement tensors reuse warm memory).
+    let tuned = std::env::var_os("FLEXMODEL_NO_MALLOPT").is_none() && flexmodel::tune_allocator();
     let load = |rt: &Arc<Runtime>, name: &str| -> Result<Arc<flexmodel::hooks::Plugin>> {
         let p = args.artifacts.join(format!("{name}.wasm"));
         rt.load_file(&p)
@@ -182,8 +184,9 @@ fn main() -> Result<()> {
     let started = chrono_like_now();
     md.push_str(&format!(
         "## Hook runtime (issue 2) — `hook-bench`\n\nMachine: {}. Run: {started}. Single host thread; \
-         timings are medians. Reproduce: `scripts/bench.sh` (or `target/release/hook-bench --out BENCHMARKS.md`).\n\n",
-        machine()
+         timings are medians; glibc allocator {}. Reproduce: `scripts/bench.sh` (or `target/release/hook-bench --out BENCHMARKS.md`).\n\n",
+        machine(),
+        if tuned { "tuned as the `flexmodel` binary runs (`flexmodel::tune_allocator()`)" } else { "defaults" }
     ));
 
     // ---- per-call overhead --------------------------------------------------

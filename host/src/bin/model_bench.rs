@@ -75,34 +75,60 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<()> {
     let a = parse()?;
+    let tuned = std::env::var_os("FLEXMODEL_NO_MALLOPT").is_none() && flexmodel::tune_allocator();
     std::fs::create_dir_all(&a.model_dir)?;
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/bench_baselines.py");
-    eprintln!("PyTorch baselines ({} threads)...", a.threads);
-    let out = std::process::Command::new(&a.python)
-        .arg(&script)
-        .args([
-            a.model_dir.to_str().unwrap_or("."),
-            &a.batch.to_string(),
-            &a.seq.to_string(),
-        ])
-        .args([a.threads.to_string(), a.reps.to_string()])
-        .output()
-        .with_context(|| format!("running {}", a.python.display()))?;
-    if !out.status.success() {
-        bail!(
-            "baseline script failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+    let baseline = |tunables: bool| -> Result<serde_json::Value> {
+        eprintln!(
+            "PyTorch baselines ({} threads, {} allocator)...",
+            a.threads,
+            if tunables { "tuned" } else { "default" }
         );
-    }
-    let py: serde_json::Value = serde_json::from_slice(
-        out.stdout
+        let mut cmd = std::process::Command::new(&a.python);
+        if tunables {
+            // Our allocator settings, for PyTorch through glibc's tunables.
+            cmd.env(
+                "GLIBC_TUNABLES",
+                "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824",
+            );
+        } else {
+            cmd.env_remove("GLIBC_TUNABLES");
+        }
+        let out = cmd
+            .arg(&script)
+            .args([
+                a.model_dir.to_str().unwrap_or("."),
+                &a.batch.to_string(),
+                &a.seq.to_string(),
+            ])
+            .args([a.threads.to_string(), a.reps.to_string()])
+            .output()
+            .with_context(|| format!("running {}", a.python.display()))?;
+        if !out.status.success() {
+            bail!(
+                "baseline script failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let line = out
+            .stdout
             .split(|&b| b == b'\n')
             .filter(|l| l.starts_with(b"{"))
             .next_back()
-            .unwrap_or(b"{}"),
-    )?;
+            .unwrap_or(b"{}");
+        Ok(serde_json::from_slice(line)?)
+    };
+    // As users run PyTorch (default allocator), and with ours.
+    let py = baseline(false)?;
+    let py_same = if tuned { Some(baseline(true)?) } else { None };
     let get = |k: &str| py.get(k).and_then(|v| v.as_f64());
+    let get_same = |k: &str| {
+        py_same
+            .as_ref()
+            .and_then(|p| p.get(k))
+            .and_then(|v| v.as_f64())
+    };
 
     tch::set_num_threads(a.threads);
     let ids: Vec<Vec<i64>> = serde_json::from_str(&std::fs::read_to_string(
@@ -188,17 +214,32 @@ fn main() -> Result<()> {
         a.threads,
         a.reps
     ));
+    md.push_str(&format!(
+        "glibc allocator: {}.\n\n",
+        if tuned {
+            "FlexModel-rs runs with mmap threshold 256 MiB and trim threshold 1 GiB (`flexmodel::tune_allocator()`, \
+             as the `flexmodel` binary does); the PyTorch column is PyTorch as users run it (default allocator), \
+             and each P1/P3 row also gives the ratio against PyTorch run with the same settings (`GLIBC_TUNABLES`)"
+        } else {
+            "defaults on both sides (`FLEXMODEL_NO_MALLOPT` set)"
+        }
+    ));
     md.push_str(
         "FlexModel-rs configurations are timed round-robin in one process; the PyTorch ones in one \
          Python process just before. On CPU, `.detach().cpu()` of a CPU tensor copies nothing, so P3's \
          baseline is essentially the plain forward.\n\n",
     );
+    let same = |ours: f64, k: &str| match get_same(k) {
+        Some(t) => format!(" (same allocator: {}, {:.2}×)", ms(t), ours / t),
+        None => String::new(),
+    };
     md.push_str(
         "| measurement | FlexModel-rs | PyTorch | ratio | target |\n|---|---|---|---|---|\n",
     );
     if let Some(hf) = get("eager") {
         md.push_str(&format!(
-            "| P1 forward, no hooks (vs transformers eager) | {} | {} | {:.2}× | ≤ 0.95× |\n",
+            "| P1 forward, no hooks (vs transformers eager){} | {} | {} | {:.2}× | ≤ 0.95× |\n",
+            same(plain, "eager"),
             ms(plain),
             ms(hf),
             plain / hf
@@ -236,13 +277,15 @@ fn main() -> Result<()> {
     }
     if let Some(hf) = get("detach_cpu") {
         md.push_str(&format!(
-            "| P3 retrieve every block's residual stream (vs PyTorch hooks `.detach().cpu()`) | {} | {} | {:.2}× | ≤ 0.8× |\n",
+            "| P3 retrieve every block's residual stream (vs PyTorch hooks `.detach().cpu()`){} | {} | {} | {:.2}× | ≤ 0.8× |\n",
+            same(retr, "detach_cpu"),
             ms(retr),
             ms(hf),
             retr / hf
         ));
         md.push_str(&format!(
-            "| P3 the same with `forward_until` the last block (no final norm / LM head; logits not needed) | {} | {} | {:.2}× | ≤ 0.8× |\n",
+            "| P3 the same with `forward_until` the last block (no final norm / LM head; logits not needed){} | {} | {} | {:.2}× | ≤ 0.8× |\n",
+            same(retr_until, "detach_cpu"),
             ms(retr_until),
             ms(hf),
             retr_until / hf
