@@ -84,6 +84,8 @@ impl PluginInstance {
             state,
             call: CallScope::new(&context, seed),
             denied: None,
+            in_call: false,
+            env_read: false,
             stdio: capture,
         };
         let mut store = Store::new(&rt.engine, data);
@@ -226,12 +228,15 @@ impl PluginInstance {
             )
         })?;
         let borrow = Resource::<ActivationBuf>::new_borrow(res.rep());
+        self.store.data_mut().in_call = true;
         let r = self.bindings.flexmodel_hook_plugin().call_on_forward(
             &mut self.store,
             &wit_ctx,
             borrow,
         );
 
+        self.store.data_mut().in_call = false;
+        let env_read = self.store.data().env_read;
         // Take the activation back out of the table whatever happened.
         let buf = match self.store.data_mut().table.delete(res) {
             Ok(b) => b,
@@ -257,6 +262,14 @@ impl PluginInstance {
             }
             Ok(Err(e)) => fail(self, buf, HookErrorKind::Plugin(e.into()), false),
             Ok(Ok(())) => {
+                if env_read {
+                    let kind = HookErrorKind::CapabilityDenied {
+                        capability: "environment variables".into(),
+                    };
+                    // Dropped like a trapped instance: its runtime may have cached the
+                    // (empty) environment, so the next call would read it unseen.
+                    return fail(self, buf, kind, true);
+                }
                 if let Some(msg) = scope.output_refused {
                     return fail(
                         self,
@@ -422,5 +435,6 @@ fn arm(store: &mut Store<HostState>, cpu: CpuLimit, deadline_ticks: u64) {
     d.limiter.memory_hit = false;
     d.limiter.table_hit = false;
     d.denied = None;
+    d.env_read = false;
     d.stdio.clear();
 }

@@ -11,10 +11,12 @@
 //!
 //! Using a capability that is not granted (reading a clock, asking for
 //! preopened directories, creating a socket) traps with [`Denied`], reported
-//! as `CapabilityDenied` naming the capability. The environment is the one
-//! exception: language runtimes read it routinely (CPython at start-up, Rust's
-//! panic handler for `RUST_BACKTRACE`), so an ungranted environment is simply
-//! empty, as are the arguments. [`Grants`] turns individual capabilities on.
+//! as `CapabilityDenied` naming the capability. The environment is special:
+//! language runtimes read it routinely (CPython at start-up, Rust's panic
+//! handler for `RUST_BACKTRACE`), so an ungranted environment is empty rather
+//! than trapping, and a read during a hook call fails that call with
+//! `CapabilityDenied { "environment variables" }` after it returns.
+//! [`Grants`] turns individual capabilities on.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -187,6 +189,22 @@ pub fn add_wasi(linker: &mut Linker<HostState>, grants: &Grants) -> anyhow::Resu
         inst.func_new(func, move |mut store, _ty, _params, _results| {
             store.data_mut().denied = Some(capability.to_string());
             Err(wasmtime::Error::new(Denied(capability.to_string())))
+        })?;
+    }
+    if grants.env.is_empty() {
+        // The environment is empty. Language runtimes read it while starting
+        // (instantiation, `init`) and that is fine; a read during a hook call
+        // is the plugin asking for a capability it was not granted: the call
+        // fails with `CapabilityDenied` once it returns (unless it failed
+        // otherwise, e.g. a panic, whose handler reads RUST_BACKTRACE).
+        let mut env = linker.instance(&format!("wasi:cli/environment@{WASI}"))?;
+        env.func_new("get-environment", |mut store, _ty, _params, results| {
+            let d = store.data_mut();
+            if d.in_call {
+                d.env_read = true;
+            }
+            results[0] = wasmtime::component::Val::List(Vec::new());
+            Ok(())
         })?;
     }
     linker.allow_shadowing(false);

@@ -130,6 +130,10 @@ pub struct HostState {
     pub call: CallScope,
     /// A capability the guest tried to use without a grant.
     pub denied: Option<String>,
+    /// A hook call is running (not instantiation or `init`).
+    pub in_call: bool,
+    /// The environment was read during the current hook call.
+    pub env_read: bool,
     /// What the guest wrote to stdout/stderr (bounded; shown in errors only).
     pub stdio: super::sandbox::Capture,
 }
