@@ -8,7 +8,7 @@ use std::sync::Arc;
 use flexmodel::api::{FlexError, FlexModel, FnHook, Groups};
 use flexmodel::hooks::{HookErrorKind, PluginError};
 use flexmodel::models::{Model, NoHooks, PatternError, Weights};
-use flexmodel_tests::{runtime, wasm};
+use flexmodel_tests::{max_abs, runtime, wasm};
 use tch::{Device, Kind, Tensor};
 
 fn model_dir(name: &str) -> PathBuf {
@@ -31,13 +31,6 @@ fn ids(r: &Weights) -> Tensor {
 
 fn reference(r: &Weights, name: &str) -> Tensor {
     r.get(name, Kind::Float, Device::Cpu, "test").unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
 }
 
 #[test]

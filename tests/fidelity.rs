@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use flexmodel::hooks::{CallContext, Hook, RankInfo, WasmHook};
 use flexmodel::models::{HookSite, Model, ModelError, NoHooks, Weights};
-use flexmodel_tests::{runtime, wasm};
+use flexmodel_tests::{max_abs, runtime, wasm};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
@@ -68,13 +68,6 @@ impl HookSite for Capture {
         self.0.insert(point.to_string(), t.detach().copy());
         Ok(t)
     }
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
 }
 
 #[test]

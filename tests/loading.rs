@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use flexmodel::models::{Model, ModelError, NoHooks, Weights};
-use flexmodel_tests::artifacts_dir;
+use flexmodel_tests::{artifacts_dir, max_abs};
 use tch::{Device, Kind, Tensor};
 
 fn models() -> PathBuf {
@@ -19,13 +19,6 @@ fn reference(name: &str, key: &str) -> Tensor {
         Kind::Float
     };
     w.get(key, kind, Device::Cpu, "test").unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
 }
 
 fn logits(dir: &Path, kind: Kind, device: Device) -> Tensor {

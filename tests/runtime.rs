@@ -7,7 +7,7 @@ use std::sync::Arc;
 use flexmodel::hooks::{
     CallContext, CpuLimit, Hook, HookErrorKind, LoadError, PluginError, RankInfo, WasmHook,
 };
-use flexmodel_tests::{runtime, runtime_with, wasm};
+use flexmodel_tests::{max_abs, runtime, runtime_with, wasm};
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
@@ -28,13 +28,6 @@ fn hook(name: &str, config: &str) -> WasmHook {
     let rt = runtime();
     let plugin = rt.load(&wasm(name)).expect("load");
     WasmHook::new(plugin, config).expect("register")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
 }
 
 #[test]
@@ -97,7 +90,7 @@ fn scale_edits_in_place_exactly() {
     let mut t = orig.copy();
     let r = h.call(&ctx("blocks.0.hook_resid_post"), &mut t).unwrap();
     assert!(r.edited);
-    assert_eq!(max_abs_diff(&t, &(&orig * 2.0)), 0.0);
+    assert_eq!(max_abs(&t, &(&orig * 2.0)), 0.0);
 }
 
 #[test]
@@ -108,7 +101,7 @@ fn scale_on_a_slice_only_touches_the_slice() {
     h.call(&ctx("p"), &mut t).unwrap();
     let expect = orig.copy();
     let _ = expect.narrow(1, 4, 1).g_mul_scalar_(-1.0);
-    assert_eq!(max_abs_diff(&t, &expect), 0.0);
+    assert_eq!(max_abs(&t, &expect), 0.0);
 }
 
 #[test]
@@ -122,7 +115,7 @@ fn edits_reach_non_contiguous_views() {
     h.call(&ctx("p"), &mut view).unwrap();
     let expect = orig.copy();
     let _ = expect.narrow(1, 0, 1).g_mul_scalar_(3.0);
-    assert_eq!(max_abs_diff(&base, &expect), 0.0);
+    assert_eq!(max_abs(&base, &expect), 0.0);
 }
 
 #[test]
@@ -134,7 +127,7 @@ fn half_precision_activations_are_supported() {
         h.call(&ctx("p"), &mut t).unwrap();
         assert_eq!(t.kind(), kind);
         // ×2 is exact in any binary float format.
-        assert_eq!(max_abs_diff(&t, &(&orig * 2.0)), 0.0, "{kind:?}");
+        assert_eq!(max_abs(&t, &(&orig * 2.0)), 0.0, "{kind:?}");
     }
 }
 
@@ -150,15 +143,15 @@ fn retrieve_emits_a_slice_without_editing() {
     let mut t = orig.copy();
     let r = h.call(&ctx("blocks.3.hook_resid_post"), &mut t).unwrap();
     assert!(!r.edited);
-    assert_eq!(max_abs_diff(&t, &orig), 0.0);
+    assert_eq!(max_abs(&t, &orig), 0.0);
     assert_eq!(r.emitted.len(), 1);
     assert_eq!(r.emitted[0].key, "blocks.3.hook_resid_post");
     let got = &r.emitted[0].tensor;
     assert_eq!(got.size(), vec![2, 1, 8]);
-    assert_eq!(max_abs_diff(got, &orig.narrow(1, 4, 1)), 0.0);
+    assert_eq!(max_abs(got, &orig.narrow(1, 4, 1)), 0.0);
     // The emitted tensor owns its storage: later edits of the activation don't leak in.
     let _ = t.fill_(0.0);
-    assert_eq!(max_abs_diff(got, &orig.narrow(1, 4, 1)), 0.0);
+    assert_eq!(max_abs(got, &orig.narrow(1, 4, 1)), 0.0);
 }
 
 #[test]
@@ -168,7 +161,7 @@ fn retrieve_whole_activation_with_a_name() {
     let mut t = orig.copy();
     let r = h.call(&ctx("p"), &mut t).unwrap();
     assert_eq!(r.emitted[0].key, "p:full");
-    assert_eq!(max_abs_diff(&r.emitted[0].tensor, &orig), 0.0);
+    assert_eq!(max_abs(&r.emitted[0].tensor, &orig), 0.0);
 }
 
 #[test]
@@ -183,7 +176,7 @@ fn ablate_neurons_at_positions() {
             let _ = expect.narrow(1, p, 1).narrow(2, n, 1).fill_(0.0);
         }
     }
-    assert_eq!(max_abs_diff(&t, &expect), 0.0);
+    assert_eq!(max_abs(&t, &expect), 0.0);
 }
 
 #[test]
@@ -195,7 +188,7 @@ fn ablate_heads_in_flat_and_split_layouts() {
     h.call(&ctx("p"), &mut t).unwrap();
     let expect = orig.copy();
     let _ = expect.narrow(2, 6, 3).fill_(0.0);
-    assert_eq!(max_abs_diff(&t, &expect), 0.0);
+    assert_eq!(max_abs(&t, &expect), 0.0);
 
     // [batch, pos, head, d_head] (TransformerLens hook_z layout).
     let h = hook("ablate", r#"{"heads": [0, -1]}"#);
@@ -205,7 +198,7 @@ fn ablate_heads_in_flat_and_split_layouts() {
     let expect = orig.copy();
     let _ = expect.narrow(2, 0, 1).fill_(0.0);
     let _ = expect.narrow(2, 3, 1).fill_(0.0);
-    assert_eq!(max_abs_diff(&t, &expect), 0.0);
+    assert_eq!(max_abs(&t, &expect), 0.0);
 }
 
 #[test]
@@ -220,7 +213,7 @@ fn steer_adds_scaled_vector() {
     let v = Tensor::from_slice(&[1.0f32, -2.0, 0.5, 4.0]) * 0.5;
     let expect = orig.copy();
     let _ = expect.narrow(1, 2, 1).g_add_(&v);
-    assert!(max_abs_diff(&t, &expect) < 1e-6);
+    assert!(max_abs(&t, &expect) < 1e-6);
 }
 
 #[test]
@@ -260,7 +253,7 @@ fn steer_vector_of_wrong_length_is_a_typed_error_and_changes_nothing() {
         ),
         "{e}"
     );
-    assert_eq!(max_abs_diff(&t, &orig), 0.0);
+    assert_eq!(max_abs(&t, &orig), 0.0);
 }
 
 #[test]
@@ -280,12 +273,12 @@ fn python_plugin_matches_rust_plugin() {
     let (mut a, mut b) = (orig.copy(), orig.copy());
     rs.call(&ctx("p"), &mut a).unwrap();
     py_host.call(&ctx("p"), &mut b).unwrap();
-    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    assert_eq!(max_abs(&a, &b), 0.0);
     // Values moved into Python and back as bytes, multiplied there (f32 ×1.5 in
     // Python's double then rounded: equal to f32 multiplication for these).
     let mut c = orig.copy();
     let r = py_guest.call(&ctx("p"), &mut c).unwrap();
-    assert!(max_abs_diff(&c, &(&orig * 1.5)) < 1e-6);
+    assert!(max_abs(&c, &(&orig * 1.5)) < 1e-6);
     assert!(
         r.logs
             .iter()
@@ -389,7 +382,7 @@ fn read_only_access_refuses_writes() {
         matches!(e.kind, HookErrorKind::Plugin(PluginError::InvalidArgument(ref m)) if m.contains("read-only")),
         "{e}"
     );
-    assert_eq!(max_abs_diff(&t, &orig), 0.0);
+    assert_eq!(max_abs(&t, &orig), 0.0);
 }
 
 #[test]
@@ -420,7 +413,7 @@ fn deadline_mode_uses_epochs() {
     let orig = randn(&[8]);
     let mut t = orig.copy();
     h.call(&ctx("p"), &mut t).unwrap();
-    assert_eq!(max_abs_diff(&t, &(&orig * 2.0)), 0.0);
+    assert_eq!(max_abs(&t, &(&orig * 2.0)), 0.0);
 }
 
 #[test]
@@ -432,10 +425,10 @@ fn replace_mode_reads_the_original_and_swaps_in_the_result() {
     let before = t.shallow_clone();
     let r = h.call(&ctx("p"), &mut t).unwrap();
     assert!(r.edited);
-    assert_eq!(max_abs_diff(&t, &(-&orig)), 0.0);
+    assert_eq!(max_abs(&t, &(-&orig)), 0.0);
     assert_eq!(t.size(), orig.size());
     // The result is a new tensor; the original storage was never written.
-    assert_eq!(max_abs_diff(&before, &orig), 0.0);
+    assert_eq!(max_abs(&before, &orig), 0.0);
 }
 
 #[test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use flexmodel::hooks::{CpuLimit, Runtime, RuntimeConfig};
+use tch::{Kind, Tensor};
 
 /// Folder holding the built `.wasm` components (`$FLEXMODEL_ARTIFACTS` or
 /// `<workspace>/artifacts/wasm`).
@@ -44,4 +45,12 @@ pub fn runtime_with(f: impl FnOnce(&mut RuntimeConfig)) -> Arc<Runtime> {
 /// A runtime with a small fuel budget, so runaway guests stop quickly.
 pub fn small_fuel_runtime() -> Arc<Runtime> {
     runtime_with(|c| c.cpu = CpuLimit::Fuel(200_000_000))
+}
+
+/// Largest absolute elementwise difference, computed in f64.
+pub fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
 }

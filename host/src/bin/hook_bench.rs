@@ -145,31 +145,6 @@ impl Hook for NativeNoop {
     }
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|k| k.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1048576.0)
-        .unwrap_or(0.0);
-    format!("{cpu}, {cores} cores, {mem_gib:.0} GiB RAM")
-}
-
 fn main() -> Result<()> {
     let args = parse_args()?;
     // As the `flexmodel` binary runs (replacement tensors reuse warm memory).
@@ -185,7 +160,7 @@ fn main() -> Result<()> {
     md.push_str(&format!(
         "## Hook runtime (issue 2) — `hook-bench`\n\nMachine: {}. Run: {started}. Single host thread; \
          timings are medians; glibc allocator {}. Reproduce: `scripts/bench.sh` (or `target/release/hook-bench --out BENCHMARKS.md`).\n\n",
-        machine(),
+        report::machine(),
         if tuned { "tuned as the `flexmodel` binary runs (`flexmodel::tune_allocator()`)" } else { "defaults" }
     ));
 

@@ -195,20 +195,13 @@ fn main() -> Result<()> {
     let retr_until = median(until);
 
     let ms = |s: f64| format!("{:.1} ms", s * 1e3);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+
     let mut md = String::new();
     md.push_str(&format!(
-        "## Model host (issue 3) — `model-bench`\n\nMachine: {cpu}, {} cores. GPT-2-small dimensions (12 × 768, \
+        "## Model host (issue 3) — `model-bench`\n\nMachine: {}. GPT-2-small dimensions (12 × 768, \
          vocab 50257), random weights, f32, batch {} × {} tokens, {} threads on both sides; medians of {} runs. \
          Reproduce: `scripts/bench.sh`.\n\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        report::machine(),
         a.batch,
         a.seq,
         a.threads,

@@ -24,3 +24,29 @@ pub fn write_section(path: &Path, name: &str, body: &str) -> Result<()> {
     };
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }
+
+/// CPU model, cores and memory of this machine, for the benchmark headers.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1048576.0)
+        .unwrap_or(0.0);
+    format!("{cpu}, {cores} cores, {mem_gib:.0} GiB RAM")
+}
