@@ -409,3 +409,36 @@ fn hostile_plugin_on_one_rank_does_not_disturb_another_plugin() {
     }
     assert!(counter.has_instance(3));
 }
+
+#[test]
+fn instance_limit_is_a_typed_error_and_frees_up() {
+    // Pool of two instances: two registrations fit, a third is refused with a
+    // clear error, and dropping one makes room again.
+    let rt = runtime_with(|c| c.max_instances = 2);
+    let p = rt.load(&wasm("scale")).unwrap();
+    let a = WasmHook::new(p.clone(), r#"{"factor": 2}"#).unwrap();
+    let b = WasmHook::new(p.clone(), r#"{"factor": 2}"#).unwrap();
+    match WasmHook::new(p.clone(), r#"{"factor": 2}"#) {
+        Err(LoadError::Init { plugin, error }) => {
+            assert_eq!(plugin, "scale");
+            assert!(error.contains("instantiated"), "{error}");
+        }
+        other => panic!("expected an instance-limit error, got {other:?}"),
+    }
+    let mut t = activation();
+    let rank0 = CallContext {
+        rank: RankInfo::SINGLE,
+        ..ctx()
+    };
+    b.call(&rank0, &mut t)
+        .expect("existing instances keep working");
+    // Another rank needs a new instance: refused, typed, naming plugin and rank.
+    let e = b.call(&ctx(), &mut t).unwrap_err();
+    assert_eq!((e.plugin.as_str(), e.rank), ("scale", 3));
+    assert!(
+        matches!(&e.kind, HookErrorKind::Instantiate { message } if message.contains("limit")),
+        "{e}"
+    );
+    drop(a);
+    WasmHook::new(p, r#"{"factor": 2}"#).expect("room again after dropping one");
+}
