@@ -54,3 +54,12 @@ pub fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
         .max()
         .double_value(&[])
 }
+
+/// Folder of a tiny model made by `tests/reference/make_models.py`
+/// (`$FLEXMODEL_MODELS` or `<workspace>/artifacts/models`).
+pub fn model_dir(name: &str) -> PathBuf {
+    std::env::var_os("FLEXMODEL_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../artifacts/models"))
+        .join(name)
+}

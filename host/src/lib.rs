@@ -7,6 +7,7 @@
 //! The distributed engine arrives with a later issue.
 
 pub mod api;
+pub mod distributed;
 pub mod hooks;
 pub mod models;
 

@@ -66,6 +66,13 @@ def llama_models():
         num_key_value_heads=2, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
         **common,
     )
+    # For the distributed tests: 8 heads over 4 KV heads split over up to 4
+    # tensor-parallel ranks; a vocabulary that does not divide evenly.
+    yield "llama-mesh", LlamaForCausalLM, LlamaConfig(
+        vocab_size=101, hidden_size=64, intermediate_size=88, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=4, tie_word_embeddings=False, attention_bias=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **common,
+    )
     # Mistral: sliding-window attention (window 4 < 7 tokens), one KV head.
     yield "mistral-window", MistralForCausalLM, MistralConfig(
         vocab_size=83, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,

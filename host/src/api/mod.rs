@@ -10,7 +10,12 @@
 //! let model = fm.unwrap();                         // the original model, unchanged
 //! ```
 
+mod dist;
+mod dist_site;
 mod native;
+mod rank;
+mod registry;
+mod report;
 mod site;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +26,11 @@ use tch::Tensor;
 use crate::hooks::{Hook, HookError, LoadError, LogLevel, Plugin, WasmHook};
 use crate::models::{Model, ModelError, PatternError, PointInfo, PointPattern, Tokenizer};
 
+pub use dist::{DistFlexModel, DistOptions};
 pub use native::FnHook;
+pub use rank::RankEngine;
+pub use registry::HookListing;
+pub use registry::{HookSet, Registration};
 
 /// Errors of the API.
 #[derive(Debug, thiserror::Error)]
@@ -41,11 +50,17 @@ pub enum FlexError {
     Model(ModelError),
     #[error("invalid input: {0}")]
     Input(String),
+    /// A collective failed (a peer timed out, exited or gave up).
+    #[error(transparent)]
+    Comm(#[from] crate::distributed::CommError),
+    /// Another rank failed with an error that is not a hook's.
+    #[error("rank {rank}: {message}")]
+    Rank { rank: usize, message: String },
 }
 
 /// Identifies a registered hook, to remove it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HookHandle(u64);
+pub struct HookHandle(pub(crate) u64);
 
 /// Which hooks run in a forward. Every hook is in group `all` and in the
 /// groups it was tagged with at registration.
@@ -67,22 +82,13 @@ impl Groups {
     pub fn except<I: IntoIterator<Item = S>, S: Into<String>>(g: I) -> Groups {
         Groups::Except(g.into_iter().map(Into::into).collect())
     }
-    fn enables(&self, tags: &BTreeSet<String>) -> bool {
+    pub(crate) fn enables(&self, tags: &BTreeSet<String>) -> bool {
         match self {
             Groups::All => true,
             Groups::Only(g) => g.contains("all") || tags.iter().any(|t| g.contains(t)),
             Groups::Except(g) => !g.contains("all") && !tags.iter().any(|t| g.contains(t)),
         }
     }
-}
-
-pub(crate) struct Registration {
-    pub handle: HookHandle,
-    pub hook: Arc<dyn Hook>,
-    pub pattern: String,
-    /// Canonical hook points it is bound to.
-    pub points: BTreeSet<String>,
-    pub groups: BTreeSet<String>,
 }
 
 /// What a forward returns.
@@ -96,6 +102,9 @@ pub struct ForwardOutput {
     pub logs: Vec<(String, String, LogLevel, String)>,
     /// Index of this forward pass (0 for the first).
     pub forward_index: u64,
+    /// Distributed runs: bytes gathered from other ranks for the hooks, per
+    /// hook point, summed over all ranks (empty on one rank).
+    pub gathered_bytes: BTreeMap<String, u64>,
 }
 
 /// What [`FlexModel::forward_until`] returns.
@@ -113,8 +122,7 @@ pub struct StoppedOutput {
 pub struct FlexModel {
     model: Model,
     tokenizer: Option<Tokenizer>,
-    regs: Vec<Registration>,
-    next_handle: u64,
+    registry: HookSet,
     forward_index: u64,
 }
 
@@ -124,8 +132,7 @@ impl FlexModel {
         FlexModel {
             model,
             tokenizer: None,
-            regs: Vec::new(),
-            next_handle: 0,
+            registry: HookSet::default(),
             forward_index: 0,
         }
     }
@@ -188,21 +195,9 @@ impl FlexModel {
         pattern: &str,
         groups: &[&str],
     ) -> Result<HookHandle, FlexError> {
-        let pat = PointPattern::new(pattern)?;
         // Shapes do not matter for matching: names are shape-independent.
-        let points: BTreeSet<String> = pat.select(&self.model.points(1, 1))?.into_iter().collect();
-        let handle = HookHandle(self.next_handle);
-        self.next_handle += 1;
-        let mut tags: BTreeSet<String> = groups.iter().map(|g| g.to_string()).collect();
-        tags.insert("all".into());
-        self.regs.push(Registration {
-            handle,
-            hook,
-            pattern: pattern.into(),
-            points,
-            groups: tags,
-        });
-        Ok(handle)
+        self.registry
+            .add(hook, pattern, groups, &self.model.points(1, 1))
     }
 
     /// Register a WASM plugin with its JSON `config`.
@@ -221,25 +216,12 @@ impl FlexModel {
 
     /// Remove a hook; `false` if the handle was already removed.
     pub fn remove(&mut self, h: HookHandle) -> bool {
-        let n = self.regs.len();
-        self.regs.retain(|r| r.handle != h);
-        self.regs.len() != n
+        self.registry.remove(h)
     }
 
     /// Registered hooks: (handle, hook name, pattern, bound points, groups).
-    pub fn hooks(&self) -> Vec<(HookHandle, String, String, Vec<String>, Vec<String>)> {
-        self.regs
-            .iter()
-            .map(|r| {
-                (
-                    r.handle,
-                    r.hook.name().to_string(),
-                    r.pattern.clone(),
-                    r.points.iter().cloned().collect(),
-                    r.groups.iter().cloned().collect(),
-                )
-            })
-            .collect()
+    pub fn hooks(&self) -> Vec<HookListing> {
+        self.registry.list()
     }
 
     /// Forward passes started so far.
@@ -262,6 +244,7 @@ impl FlexModel {
             outputs,
             logs,
             forward_index,
+            gathered_bytes: BTreeMap::new(),
         })
     }
 
@@ -312,7 +295,7 @@ impl FlexModel {
         };
         let index = self.forward_index;
         self.forward_index += 1;
-        let mut site = site::Site::new(&self.regs, groups, index, stop);
+        let mut site = site::Site::new(&self.registry.regs, groups, index, stop, crate::hooks::RankInfo::SINGLE);
         match self.model.forward(&ids, &mut site) {
             Ok(logits) => Ok((Some(logits), site.outputs, site.logs, index)),
             Err(ModelError::Stopped(_)) => Ok((None, site.outputs, site.logs, index)),

@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, HashMap};
 use tch::Tensor;
 
 use super::{Groups, Registration};
-use crate::hooks::{CallContext, LogLevel, RankInfo};
+use crate::hooks::{CallContext, HookError, LogLevel, RankInfo};
 use crate::models::{HookSite, ModelError};
 
 pub(crate) struct Site<'a> {
     /// Hook point -> enabled registrations, in registration order.
     by_point: HashMap<&'a str, Vec<&'a Registration>>,
     forward_index: u64,
+    rank: RankInfo,
     /// Stop the forward after this point's hooks ran.
     stop: Option<String>,
     pub outputs: BTreeMap<String, Tensor>,
@@ -26,6 +27,7 @@ impl<'a> Site<'a> {
         groups: &Groups,
         forward_index: u64,
         stop: Option<String>,
+        rank: RankInfo,
     ) -> Site<'a> {
         let mut by_point: HashMap<&str, Vec<&Registration>> = HashMap::new();
         for r in regs.iter().filter(|r| groups.enables(&r.groups)) {
@@ -36,6 +38,7 @@ impl<'a> Site<'a> {
         Site {
             by_point,
             forward_index,
+            rank,
             stop,
             outputs: BTreeMap::new(),
             logs: Vec::new(),
@@ -49,7 +52,9 @@ impl HookSite for Site<'_> {
     }
 
     fn fire(&mut self, point: &str, t: Tensor) -> Result<Tensor, ModelError> {
-        let t = self.run_hooks(point, t)?;
+        let (t, _) = self
+            .run_hooks(point, t)
+            .map_err(|e| ModelError::Hook(Box::new(e)))?;
         if self.stop.as_deref() == Some(point) {
             return Err(ModelError::Stopped(point.to_string()));
         }
@@ -57,21 +62,32 @@ impl HookSite for Site<'_> {
     }
 }
 
-impl Site<'_> {
-    fn run_hooks(&mut self, point: &str, mut t: Tensor) -> Result<Tensor, ModelError> {
+impl<'a> Site<'a> {
+    /// The enabled registrations at `point`, in call order.
+    pub fn registrations(&self, point: &str) -> &[&'a Registration] {
+        self.by_point.get(point).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Whether something is registered at `point` (ignoring the stop point).
+    pub fn hooked(&self, point: &str) -> bool {
+        self.by_point.contains_key(point)
+    }
+
+    /// Call the hooks at `point` on `t`; returns the tensor to continue with
+    /// and whether any hook edited it.
+    pub fn run_hooks(&mut self, point: &str, mut t: Tensor) -> Result<(Tensor, bool), HookError> {
         let Some(regs) = self.by_point.get(point) else {
-            return Ok(t);
+            return Ok((t, false));
         };
         let ctx = CallContext {
             hook_point: point.to_string(),
-            rank: RankInfo::SINGLE,
+            rank: self.rank,
             forward_index: self.forward_index,
         };
+        let mut edited = false;
         for r in regs {
-            let report = r
-                .hook
-                .call(&ctx, &mut t)
-                .map_err(|e| ModelError::Hook(Box::new(e)))?;
+            let report = r.hook.call(&ctx, &mut t)?;
+            edited |= report.edited;
             for e in report.emitted {
                 // Two hooks emitting under one key: keep both.
                 let mut key = e.key;
@@ -89,6 +105,6 @@ impl Site<'_> {
                     .push((r.hook.name().to_string(), point.to_string(), level, msg));
             }
         }
-        Ok(t)
+        Ok((t, edited))
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// The error a plugin itself returned (the WIT `hook-error` variant), or that a
 /// host call returned to the plugin and the plugin passed on.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum PluginError {
     #[error("invalid config: {0}")]
     InvalidConfig(String),
@@ -25,7 +25,7 @@ pub enum PluginError {
 }
 
 /// What went wrong in a hook call.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum HookErrorKind {
     /// The plugin returned an error value.
     #[error("plugin returned an error: {0}")]
@@ -63,10 +63,14 @@ pub enum HookErrorKind {
     /// The activation handed to the hook is unusable (dtype, device, shape).
     #[error("cannot be called on this activation: {message}")]
     BadActivation { message: String },
+    /// Tensor-parallel ranks computed different edits of the same logical
+    /// activation (the plugin is not deterministic across ranks).
+    #[error("computed a different edit on different tensor-parallel ranks: {message}")]
+    Diverged { message: String },
 }
 
 /// A failed hook call: which plugin, where, on which rank, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("plugin `{plugin}` at hook point `{hook_point}` on rank {rank}: {kind}")]
 pub struct HookError {
     pub plugin: String,

@@ -31,6 +31,9 @@ pub enum ModelError {
     /// A hook failed (the hook layer's error, boxed: models do not depend on it).
     #[error(transparent)]
     Hook(Box<dyn std::error::Error + Send + Sync>),
+    /// A collective of the distributed engine failed (its error, boxed).
+    #[error(transparent)]
+    Comm(Box<dyn std::error::Error + Send + Sync>),
     /// Not a failure: the hook site asked the forward to stop after this point.
     #[error("forward stopped after {0}")]
     Stopped(String),

@@ -24,6 +24,7 @@ use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
 use super::layers::{LayerNorm, attention, causal_mask};
 use super::points::PointInfo;
+use super::shard::{Shard, SingleRank, TpComm, embed, lm_head, reduce_bias, stage_input};
 use super::weights::Weights;
 
 /// `config.json` of a GPT-2 checkpoint.
@@ -77,6 +78,11 @@ impl Linear {
         self.b
             .addmm(&x.reshape([-1, inner]), &self.w)
             .view(shape.as_slice())
+    }
+
+    /// `x @ w` without the bias (a row-parallel part, summed across ranks).
+    fn partial(&self, x: &Tensor) -> Tensor {
+        x.matmul(&self.w)
     }
 }
 
@@ -141,14 +147,18 @@ struct Block {
     scaling: f64,
 }
 
-/// A loaded GPT-2.
+/// A loaded GPT-2 (or one rank's shard of it: see [`Shard`]).
 pub struct Gpt2 {
     pub config: Gpt2Config,
-    wte: Tensor,
-    wpe: Tensor,
+    shard: Shard,
+    /// This rank's rows of the token embedding (first stage, or the last
+    /// one when tied to the LM head), starting at vocabulary row `vocab_offset`.
+    wte: Option<Tensor>,
+    vocab_offset: i64,
+    wpe: Option<Tensor>,
     blocks: Vec<Block>,
-    ln_f: LayerNorm,
-    lm_head: Tensor,
+    ln_f: Option<LayerNorm>,
+    lm_head: Option<Tensor>,
     kind: Kind,
     device: Device,
 }
@@ -159,6 +169,18 @@ impl Gpt2 {
         w: &Weights,
         kind: Kind,
         device: Device,
+    ) -> Result<Gpt2, ModelError> {
+        Self::load_shard(config, w, kind, device, &Shard::FULL)
+    }
+
+    /// Load the part of the model `shard` runs: its pipeline stage's layers,
+    /// and of each tensor-parallel weight only this rank's slice.
+    pub fn load_shard(
+        config: Gpt2Config,
+        w: &Weights,
+        kind: Kind,
+        device: Device,
+        shard: &Shard,
     ) -> Result<Gpt2, ModelError> {
         if config.activation_function != "gelu_new"
             && config.activation_function != "gelu_pytorch_tanh"
@@ -180,6 +202,7 @@ impl Gpt2 {
                 ),
             });
         }
+        shard.check(&[("attention heads", config.n_head)], config.n_layer)?;
         let prefix = if w.contains("transformer.wte.weight") {
             "transformer."
         } else {
@@ -187,8 +210,21 @@ impl Gpt2 {
         };
         let d = config.n_embd;
         let inner = config.n_inner.unwrap_or(4 * d);
+        let full = shard.tp_size == 1;
         let get = |name: &str, shape: &[i64]| {
             w.get_shaped(&format!("{prefix}{name}"), shape, kind, device, "GPT-2")
+        };
+        // Part of dimension `dim` of a weight stored with shape `shape`.
+        let part = |name: &str, shape: &[i64], dim: usize, parts: &[(i64, i64)]| {
+            w.get_parts(
+                &format!("{prefix}{name}"),
+                shape,
+                dim,
+                parts,
+                kind,
+                device,
+                "GPT-2",
+            )
         };
         let ln = |name: &str| -> Result<LayerNorm, ModelError> {
             Ok(LayerNorm {
@@ -197,15 +233,38 @@ impl Gpt2 {
                 eps: config.layer_norm_epsilon,
             })
         };
-        let lin = |name: &str, i: i64, o: i64| -> Result<Linear, ModelError> {
+        // Conv1D weights are [in, out]: column-parallel splits `out` (dim 1,
+        // per section), row-parallel splits `in` (dim 0; the bias is whole).
+        let column = |name: &str, i: i64, o: i64, sections: i64| -> Result<Linear, ModelError> {
+            if full {
+                return Ok(Linear {
+                    w: get(&format!("{name}.weight"), &[i, o])?,
+                    b: get(&format!("{name}.bias"), &[o])?,
+                });
+            }
+            let sec = o / sections;
+            let (s, l) = shard.part(sec);
+            let parts: Vec<(i64, i64)> = (0..sections).map(|g| (g * sec + s, l)).collect();
             Ok(Linear {
-                w: get(&format!("{name}.weight"), &[i, o])?,
+                w: part(&format!("{name}.weight"), &[i, o], 1, &parts)?,
+                b: part(&format!("{name}.bias"), &[o], 0, &parts)?,
+            })
+        };
+        let row = |name: &str, i: i64, o: i64| -> Result<Linear, ModelError> {
+            if full {
+                return Ok(Linear {
+                    w: get(&format!("{name}.weight"), &[i, o])?,
+                    b: get(&format!("{name}.bias"), &[o])?,
+                });
+            }
+            Ok(Linear {
+                w: part(&format!("{name}.weight"), &[i, o], 0, &[shard.part(i)])?,
                 b: get(&format!("{name}.bias"), &[o])?,
             })
         };
         let head_dim = d / config.n_head;
-        let mut blocks = Vec::with_capacity(config.n_layer as usize);
-        for i in 0..config.n_layer {
+        let mut blocks = Vec::new();
+        for i in shard.layers(config.n_layer) {
             let p = format!("h.{i}");
             let mut scaling = if config.scale_attn_weights {
                 (head_dim as f64).powf(-0.5)
@@ -217,34 +276,54 @@ impl Gpt2 {
             }
             blocks.push(Block {
                 ln_1: ln(&format!("{p}.ln_1"))?,
-                c_attn: lin(&format!("{p}.attn.c_attn"), d, 3 * d)?,
-                attn_c_proj: lin(&format!("{p}.attn.c_proj"), d, d)?,
+                c_attn: column(&format!("{p}.attn.c_attn"), d, 3 * d, 3)?,
+                attn_c_proj: row(&format!("{p}.attn.c_proj"), d, d)?,
                 ln_2: ln(&format!("{p}.ln_2"))?,
-                c_fc: lin(&format!("{p}.mlp.c_fc"), d, inner)?,
-                mlp_c_proj: lin(&format!("{p}.mlp.c_proj"), inner, d)?,
+                c_fc: column(&format!("{p}.mlp.c_fc"), d, inner, 1)?,
+                mlp_c_proj: row(&format!("{p}.mlp.c_proj"), inner, d)?,
                 names: BlockNames::new(i),
                 scaling,
             });
         }
-        let wte = get("wte.weight", &[config.vocab_size, d])?;
-        let lm_head = if !config.tie_word_embeddings && w.contains("lm_head.weight") {
-            w.get_shaped(
+        let v = config.vocab_size;
+        let (vocab_offset, vocab_rows) = shard.part(v);
+        let tied = config.tie_word_embeddings || !w.contains("lm_head.weight");
+        let wte = if shard.first_stage() || (shard.last_stage() && tied) {
+            Some(part("wte.weight", &[v, d], 0, &[(vocab_offset, vocab_rows)])?)
+        } else {
+            None
+        };
+        let lm_head = match (shard.last_stage(), tied) {
+            (false, _) => None,
+            (true, true) => wte.as_ref().map(Tensor::shallow_clone),
+            (true, false) => Some(w.get_part(
                 "lm_head.weight",
-                &[config.vocab_size, d],
+                &[v, d],
+                0,
+                vocab_offset,
+                vocab_rows,
                 kind,
                 device,
                 "GPT-2 lm_head",
-            )?
-        } else {
-            wte.shallow_clone()
+            )?),
         };
         Ok(Gpt2 {
-            wpe: get("wpe.weight", &[config.n_positions, d])?,
+            wpe: if shard.first_stage() {
+                Some(get("wpe.weight", &[config.n_positions, d])?)
+            } else {
+                None
+            },
             wte,
-            ln_f: ln("ln_f")?,
+            vocab_offset,
+            ln_f: if shard.last_stage() {
+                Some(ln("ln_f")?)
+            } else {
+                None
+            },
             lm_head,
             blocks,
             config,
+            shard: shard.clone(),
             kind,
             device,
         })
@@ -258,12 +337,29 @@ impl Gpt2 {
         self.kind
     }
 
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
     /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]` (int64),
     /// firing every hook point through `hooks`.
     pub fn forward(
         &self,
         input_ids: &Tensor,
         hooks: &mut dyn HookSite,
+    ) -> Result<Tensor, ModelError> {
+        self.forward_stage(input_ids, None, hooks, &SingleRank)
+    }
+
+    /// This rank's part of the forward: from the token ids (first pipeline
+    /// stage) or the previous stage's `hidden` state, through this stage's
+    /// blocks, to the logits (last stage) or the hidden state to send on.
+    pub fn forward_stage(
+        &self,
+        input_ids: &Tensor,
+        hidden: Option<Tensor>,
+        hooks: &mut dyn HookSite,
+        tp: &dyn TpComm,
     ) -> Result<Tensor, ModelError> {
         let size = input_ids.size();
         let [b, s] = size[..] else {
@@ -277,21 +373,33 @@ impl Gpt2 {
                 self.config.n_positions
             )));
         }
-        let ids = input_ids.to_device(self.device);
-        let (nh, d) = (self.config.n_head, self.config.n_embd);
-        let hd = d / nh;
-        let tok = fire(
-            hooks,
-            "transformer.wte",
-            Tensor::embedding(&self.wte, &ids, -1, false, false),
-        )?;
-        let pos_ids = Tensor::arange(s, (Kind::Int64, self.device)).unsqueeze(0);
-        let pos = fire(
-            hooks,
-            "transformer.wpe",
-            Tensor::embedding(&self.wpe, &pos_ids, -1, false, false),
-        )?;
-        let mut x = fire(hooks, "transformer.drop", tok + pos)?;
+        let d = self.config.n_embd;
+        let tp_size = self.shard.tp_size;
+        let nh = self.config.n_head / tp_size;
+        let hd = d / self.config.n_head;
+        let dl = nh * hd;
+        let full = tp_size == 1;
+        let mut x = match stage_input(&self.shard, hidden, b, s, d, self.kind)? {
+            Some(h) => h.to_device(self.device),
+            None => {
+                let (Some(wte), Some(wpe)) = (&self.wte, &self.wpe) else {
+                    return Err(ModelError::Internal("first stage without embeddings".into()));
+                };
+                let ids = input_ids.to_device(self.device);
+                let tok = fire(
+                    hooks,
+                    "transformer.wte",
+                    embed(wte, &ids, self.vocab_offset, tp)?,
+                )?;
+                let pos_ids = Tensor::arange(s, (Kind::Int64, self.device)).unsqueeze(0);
+                let pos = fire(
+                    hooks,
+                    "transformer.wpe",
+                    Tensor::embedding(wpe, &pos_ids, -1, false, false),
+                )?;
+                fire(hooks, "transformer.drop", tok + pos)?
+            }
+        };
         // Causal mask, additive, as HF builds it.
         let mask = causal_mask(s, None, self.device);
         for blk in &self.blocks {
@@ -299,31 +407,41 @@ impl Gpt2 {
             let resid_pre = fire(hooks, &n.resid_pre, x)?;
             let h = fire(hooks, &n.ln_1, blk.ln_1.forward(&resid_pre))?;
             let qkv = fire(hooks, &n.c_attn, blk.c_attn.forward(&h))?;
-            let parts = qkv.split(d, 2);
+            let parts = qkv.split(dl, 2);
             let q = fire(hooks, &n.q, parts[0].view([b, s, nh, hd]))?;
             let k = fire(hooks, &n.k, parts[1].view([b, s, nh, hd]))?;
             let v = fire(hooks, &n.v, parts[2].view([b, s, nh, hd]))?;
             let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
             let z = attention(&q, &k, &v, blk.scaling, &mask, false, hooks, &[&n.pattern])?;
             let z = fire(hooks, &n.z, z.transpose(1, 2))?;
-            let attn = fire(
-                hooks,
-                &n.attn_c_proj,
-                blk.attn_c_proj.forward(&z.reshape([b, s, d])),
-            )?;
+            let z = z.reshape([b, s, dl]);
+            let attn = if full {
+                blk.attn_c_proj.forward(&z)
+            } else {
+                reduce_bias(blk.attn_c_proj.partial(&z), Some(&blk.attn_c_proj.b), tp)?
+            };
+            let attn = fire(hooks, &n.attn_c_proj, attn)?;
             let attn = fire(hooks, &n.resid_dropout, attn)?;
             let attn = fire(hooks, &n.attn, attn)?;
             let resid_mid = fire(hooks, &n.resid_mid, resid_pre + attn)?;
             let h = fire(hooks, &n.ln_2, blk.ln_2.forward(&resid_mid))?;
             let h = fire(hooks, &n.c_fc, blk.c_fc.forward(&h))?;
             let h = fire(hooks, &n.act, h.gelu("tanh"))?;
-            let h = fire(hooks, &n.mlp_c_proj, blk.mlp_c_proj.forward(&h))?;
+            let h = if full {
+                blk.mlp_c_proj.forward(&h)
+            } else {
+                reduce_bias(blk.mlp_c_proj.partial(&h), Some(&blk.mlp_c_proj.b), tp)?
+            };
+            let h = fire(hooks, &n.mlp_c_proj, h)?;
             let h = fire(hooks, &n.mlp_dropout, h)?;
             let mlp = fire(hooks, &n.mlp, h)?;
             x = fire(hooks, &n.block, resid_mid + mlp)?;
         }
-        let x = fire(hooks, "transformer.ln_f", self.ln_f.forward(&x))?;
-        fire(hooks, "lm_head", x.matmul(&self.lm_head.tr()))
+        let (Some(ln_f), Some(head)) = (&self.ln_f, &self.lm_head) else {
+            return Ok(x);
+        };
+        let x = fire(hooks, "transformer.ln_f", ln_f.forward(&x))?;
+        fire(hooks, "lm_head", lm_head(&x, head, tp)?)
     }
 
     /// Every hook point with its shape for `batch` × `seq` tokens, in forward
@@ -346,16 +464,17 @@ impl Gpt2 {
             v.extend([
                 PointInfo::new(&n.resid_pre, bsd.clone(), &format!("{tl}.hook_resid_pre")),
                 PointInfo::new(&n.ln_1, bsd.clone(), &format!("{tl}.ln1.hook_normalized")),
-                PointInfo::new(&n.c_attn, vec![batch, seq, 3 * d], ""),
-                PointInfo::new(&n.q, heads.clone(), &format!("{tl}.attn.hook_q")),
-                PointInfo::new(&n.k, heads.clone(), &format!("{tl}.attn.hook_k")),
-                PointInfo::new(&n.v, heads.clone(), &format!("{tl}.attn.hook_v")),
+                PointInfo::new(&n.c_attn, vec![batch, seq, 3 * d], "").split_groups(2, 3),
+                PointInfo::new(&n.q, heads.clone(), &format!("{tl}.attn.hook_q")).split(2),
+                PointInfo::new(&n.k, heads.clone(), &format!("{tl}.attn.hook_k")).split(2),
+                PointInfo::new(&n.v, heads.clone(), &format!("{tl}.attn.hook_v")).split(2),
                 PointInfo::new(
                     &n.pattern,
                     vec![batch, nh, seq, seq],
                     &format!("{tl}.attn.hook_pattern"),
-                ),
-                PointInfo::new(&n.z, heads, &format!("{tl}.attn.hook_z")),
+                )
+                .split(1),
+                PointInfo::new(&n.z, heads, &format!("{tl}.attn.hook_z")).split(2),
                 PointInfo::new(&n.attn_c_proj, bsd.clone(), ""),
                 PointInfo::new(&n.resid_dropout, bsd.clone(), ""),
                 PointInfo::new(&n.attn, bsd.clone(), &format!("{tl}.hook_attn_out")),
@@ -365,12 +484,14 @@ impl Gpt2 {
                     &n.c_fc,
                     vec![batch, seq, inner],
                     &format!("{tl}.mlp.hook_pre"),
-                ),
+                )
+                .split(2),
                 PointInfo::new(
                     &n.act,
                     vec![batch, seq, inner],
                     &format!("{tl}.mlp.hook_post"),
-                ),
+                )
+                .split(2),
                 PointInfo::new(&n.mlp_c_proj, bsd.clone(), ""),
                 PointInfo::new(&n.mlp_dropout, bsd.clone(), ""),
                 PointInfo::new(&n.mlp, bsd.clone(), &format!("{tl}.hook_mlp_out")),

@@ -21,8 +21,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
-use super::layers::{LayerNorm, Linear, attention, causal_mask, rope_tables, rotate_half};
+use super::layers::{LayerNorm, Linear, Par, attention, causal_mask, rope_tables, rotate_half};
 use super::points::PointInfo;
+use super::shard::{Shard, SingleRank, TpComm, embed, lm_head, stage_input};
 use super::weights::Weights;
 
 /// `config.json` of a GPT-NeoX checkpoint.
@@ -162,13 +163,15 @@ struct Layer {
     names: Names,
 }
 
-/// A loaded GPT-NeoX model.
+/// A loaded GPT-NeoX model (or one rank's shard of it: see [`Shard`]).
 pub struct GptNeoX {
     pub config: GptNeoXConfig,
-    embed: Tensor,
+    shard: Shard,
+    embed: Option<Tensor>,
+    vocab_offset: i64,
     layers: Vec<Layer>,
-    final_ln: LayerNorm,
-    lm_head: Tensor,
+    final_ln: Option<LayerNorm>,
+    lm_head: Option<Tensor>,
     inv_freq: Tensor,
     kind: Kind,
     device: Device,
@@ -180,6 +183,18 @@ impl GptNeoX {
         w: &Weights,
         kind: Kind,
         device: Device,
+    ) -> Result<GptNeoX, ModelError> {
+        Self::load_shard(config, w, kind, device, &Shard::FULL)
+    }
+
+    /// Load the part of the model `shard` runs (its stage's layers, its
+    /// slice of each tensor-parallel weight).
+    pub fn load_shard(
+        config: GptNeoXConfig,
+        w: &Weights,
+        kind: Kind,
+        device: Device,
+        shard: &Shard,
     ) -> Result<GptNeoX, ModelError> {
         if !matches!(
             config.hidden_act.as_str(),
@@ -205,16 +220,13 @@ impl GptNeoX {
             });
         }
         let (d, inter) = (config.hidden_size, config.intermediate_size);
+        shard.check(
+            &[("attention heads", config.num_attention_heads)],
+            config.num_hidden_layers,
+        )?;
         let get = |name: &str, shape: &[i64]| w.get_shaped(name, shape, kind, device, "GPT-NeoX");
-        let lin = |name: &str, i: i64, o: i64, bias: bool| -> Result<Linear, ModelError> {
-            Ok(Linear {
-                w: get(&format!("{name}.weight"), &[o, i])?,
-                b: if bias {
-                    Some(get(&format!("{name}.bias"), &[o])?)
-                } else {
-                    None
-                },
-            })
+        let lin = |name: &str, i: i64, o: i64, bias: bool, par: Par| {
+            Linear::load(w, name, i, o, bias, par, shard, kind, device, "GPT-NeoX")
         };
         let ln = |name: &str| -> Result<LayerNorm, ModelError> {
             Ok(LayerNorm {
@@ -223,31 +235,38 @@ impl GptNeoX {
                 eps: config.layer_norm_eps,
             })
         };
+        let bias = config.attention_bias;
         let mut layers = Vec::new();
-        for i in 0..config.num_hidden_layers {
+        for i in shard.layers(config.num_hidden_layers) {
             let p = format!("gpt_neox.layers.{i}");
+            // query_key_value rows are per head ([head, q|k|v, d_head]): a
+            // contiguous run of rows is a run of whole heads.
             layers.push(Layer {
                 ln1: ln(&format!("{p}.input_layernorm"))?,
-                qkv: lin(
-                    &format!("{p}.attention.query_key_value"),
-                    d,
-                    3 * d,
-                    config.attention_bias,
-                )?,
-                dense: lin(&format!("{p}.attention.dense"), d, d, config.attention_bias)?,
+                qkv: lin(&format!("{p}.attention.query_key_value"), d, 3 * d, bias, Par::Column)?,
+                dense: lin(&format!("{p}.attention.dense"), d, d, bias, Par::Row)?,
                 ln2: ln(&format!("{p}.post_attention_layernorm"))?,
-                fc_in: lin(&format!("{p}.mlp.dense_h_to_4h"), d, inter, true)?,
-                fc_out: lin(&format!("{p}.mlp.dense_4h_to_h"), inter, d, true)?,
+                fc_in: lin(&format!("{p}.mlp.dense_h_to_4h"), d, inter, true, Par::Column)?,
+                fc_out: lin(&format!("{p}.mlp.dense_4h_to_h"), inter, d, true, Par::Row)?,
                 names: Names::new(i),
             });
         }
-        let embed = get("gpt_neox.embed_in.weight", &[config.vocab_size, d])?;
-        let lm_head = if config.tie_word_embeddings {
-            embed.shallow_clone()
-        } else if w.contains("embed_out.weight") {
-            get("embed_out.weight", &[config.vocab_size, d])?
+        let v = config.vocab_size;
+        let (vocab_offset, vocab_rows) = shard.part(v);
+        let rows = |name: &str| {
+            w.get_part(name, &[v, d], 0, vocab_offset, vocab_rows, kind, device, "GPT-NeoX")
+        };
+        let tied = config.tie_word_embeddings;
+        let embed = if shard.first_stage() || (shard.last_stage() && tied) {
+            Some(rows("gpt_neox.embed_in.weight")?)
         } else {
-            get("lm_head.weight", &[config.vocab_size, d])?
+            None
+        };
+        let lm_head = match (shard.last_stage(), tied) {
+            (false, _) => None,
+            (true, true) => embed.as_ref().map(Tensor::shallow_clone),
+            (true, false) if w.contains("embed_out.weight") => Some(rows("embed_out.weight")?),
+            (true, false) => Some(rows("lm_head.weight")?),
         };
         let dim = config.rotary_ndims();
         let exps = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))
@@ -257,8 +276,14 @@ impl GptNeoX {
             .reciprocal()
             .to_device(device);
         Ok(GptNeoX {
-            final_ln: ln("gpt_neox.final_layer_norm")?,
-            embed,
+            final_ln: if shard.last_stage() {
+                Some(ln("gpt_neox.final_layer_norm")?)
+            } else {
+                None
+            },
+            embed: if shard.first_stage() { embed } else { None },
+            vocab_offset,
+            shard: shard.clone(),
             layers,
             lm_head,
             inv_freq,
@@ -279,10 +304,25 @@ impl GptNeoX {
         }
     }
 
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
     pub fn forward(
         &self,
         input_ids: &Tensor,
         hooks: &mut dyn HookSite,
+    ) -> Result<Tensor, ModelError> {
+        self.forward_stage(input_ids, None, hooks, &SingleRank)
+    }
+
+    /// This rank's part of the forward (see `Gpt2::forward_stage`).
+    pub fn forward_stage(
+        &self,
+        input_ids: &Tensor,
+        hidden: Option<Tensor>,
+        hooks: &mut dyn HookSite,
+        tp: &dyn TpComm,
     ) -> Result<Tensor, ModelError> {
         let size = input_ids.size();
         let [b, s] = size[..] else {
@@ -294,14 +334,23 @@ impl GptNeoX {
         // Rotary width as transformers applies it: the cos/sin width, i.e. twice
         // the number of frequencies (rounds an odd `rotary_ndims` up).
         let rd = 2 * self.inv_freq.size()[0];
-        let (nh, hd, d) = (c.num_attention_heads, c.head_dim(), c.hidden_size);
-        let ids = input_ids.to_device(self.device);
-        let x = fire(
-            hooks,
-            "gpt_neox.embed_in",
-            Tensor::embedding(&self.embed, &ids, -1, false, false),
-        )?;
-        let mut x = fire(hooks, "gpt_neox.emb_dropout", x)?;
+        let nh = c.num_attention_heads / self.shard.tp_size;
+        let hd = c.head_dim();
+        let mut x = match stage_input(&self.shard, hidden, b, s, c.hidden_size, self.kind)? {
+            Some(h) => h.to_device(self.device),
+            None => {
+                let Some(table) = &self.embed else {
+                    return Err(ModelError::Internal("first stage without embeddings".into()));
+                };
+                let ids = input_ids.to_device(self.device);
+                let x = fire(
+                    hooks,
+                    "gpt_neox.embed_in",
+                    embed(table, &ids, self.vocab_offset, tp)?,
+                )?;
+                fire(hooks, "gpt_neox.emb_dropout", x)?
+            }
+        };
         let (cos, sin) = rope_tables(&self.inv_freq, s, self.kind, self.device);
         let rope = |t: &Tensor| -> Tensor {
             let r = t.narrow(3, 0, rd);
@@ -324,7 +373,8 @@ impl GptNeoX {
             let k = fire(hooks, &n.rot_k, rope(&k).transpose(1, 2))?.transpose(1, 2);
             let z = attention(&q, &k, &v, scaling, &mask, false, hooks, &[&n.pattern])?;
             let z = fire(hooks, &n.z, z.transpose(1, 2))?;
-            let o = fire(hooks, &n.dense, l.dense.forward(&z.reshape([b, s, d])))?;
+            let o = l.dense.forward_tp(&z.reshape([b, s, nh * hd]), Par::Row, tp)?;
+            let o = fire(hooks, &n.dense, o)?;
             let attn = fire(hooks, &n.attn, o)?;
             let attn = fire(hooks, &n.post_attn_dropout, attn)?;
             let mlp_in = if c.use_parallel_residual {
@@ -335,7 +385,7 @@ impl GptNeoX {
             let h = fire(hooks, &n.ln2, l.ln2.forward(&mlp_in))?;
             let h = fire(hooks, &n.fc_in, l.fc_in.forward(&h))?;
             let h = fire(hooks, &n.act, self.act(&h))?;
-            let h = fire(hooks, &n.fc_out, l.fc_out.forward(&h))?;
+            let h = fire(hooks, &n.fc_out, l.fc_out.forward_tp(&h, Par::Row, tp)?)?;
             let mlp = fire(hooks, &n.mlp, h)?;
             let mlp = fire(hooks, &n.post_mlp_dropout, mlp)?;
             let out = if c.use_parallel_residual {
@@ -345,12 +395,11 @@ impl GptNeoX {
             };
             x = fire(hooks, &n.block, out)?;
         }
-        let x = fire(
-            hooks,
-            "gpt_neox.final_layer_norm",
-            self.final_ln.forward(&x),
-        )?;
-        fire(hooks, "lm_head", x.matmul(&self.lm_head.tr()))
+        let (Some(final_ln), Some(head)) = (&self.final_ln, &self.lm_head) else {
+            return Ok(x);
+        };
+        let x = fire(hooks, "gpt_neox.final_layer_norm", final_ln.forward(&x))?;
+        fire(hooks, "lm_head", lm_head(&x, head, tp)?)
     }
 
     pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
@@ -373,18 +422,19 @@ impl GptNeoX {
             v.extend([
                 PointInfo::new(&n.resid_pre, bsd.clone(), &format!("{tl}.hook_resid_pre")),
                 PointInfo::new(&n.ln1, bsd.clone(), &format!("{tl}.ln1.hook_normalized")),
-                PointInfo::new(&n.qkv, vec![batch, seq, 3 * d], ""),
-                PointInfo::new(&n.q, heads.clone(), &format!("{tl}.attn.hook_q")),
-                PointInfo::new(&n.k, heads.clone(), &format!("{tl}.attn.hook_k")),
-                PointInfo::new(&n.v, heads.clone(), &format!("{tl}.attn.hook_v")),
-                PointInfo::new(&n.rot_q, heads.clone(), &format!("{tl}.attn.hook_rot_q")),
-                PointInfo::new(&n.rot_k, heads.clone(), &format!("{tl}.attn.hook_rot_k")),
+                PointInfo::new(&n.qkv, vec![batch, seq, 3 * d], "").split(2),
+                PointInfo::new(&n.q, heads.clone(), &format!("{tl}.attn.hook_q")).split(2),
+                PointInfo::new(&n.k, heads.clone(), &format!("{tl}.attn.hook_k")).split(2),
+                PointInfo::new(&n.v, heads.clone(), &format!("{tl}.attn.hook_v")).split(2),
+                PointInfo::new(&n.rot_q, heads.clone(), &format!("{tl}.attn.hook_rot_q")).split(2),
+                PointInfo::new(&n.rot_k, heads.clone(), &format!("{tl}.attn.hook_rot_k")).split(2),
                 PointInfo::new(
                     &n.pattern,
                     vec![batch, nh, seq, seq],
                     &format!("{tl}.attn.hook_pattern"),
-                ),
-                PointInfo::new(&n.z, heads, &format!("{tl}.attn.hook_z")),
+                )
+                .split(1),
+                PointInfo::new(&n.z, heads, &format!("{tl}.attn.hook_z")).split(2),
                 PointInfo::new(&n.dense, bsd.clone(), ""),
                 PointInfo::new(&n.attn, bsd.clone(), &format!("{tl}.hook_attn_out")),
                 PointInfo::new(&n.post_attn_dropout, bsd.clone(), ""),
@@ -402,12 +452,14 @@ impl GptNeoX {
                     &n.fc_in,
                     vec![batch, seq, inter],
                     &format!("{tl}.mlp.hook_pre"),
-                ),
+                )
+                .split(2),
                 PointInfo::new(
                     &n.act,
                     vec![batch, seq, inter],
                     &format!("{tl}.mlp.hook_post"),
-                ),
+                )
+                .split(2),
                 PointInfo::new(&n.fc_out, bsd.clone(), ""),
                 PointInfo::new(&n.mlp, bsd.clone(), &format!("{tl}.hook_mlp_out")),
                 PointInfo::new(&n.post_mlp_dropout, bsd.clone(), ""),

@@ -6,6 +6,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
+use super::shard::{Shard, TpComm, reduce_bias};
+use super::weights::Weights;
 
 /// `nn.Linear`: weight `[out, in]`, optional bias.
 pub(crate) struct Linear {
@@ -17,6 +19,70 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.w, self.b.as_ref())
     }
+
+    /// A row-parallel rank's part: `x @ w.T` without the bias.
+    pub fn partial(&self, x: &Tensor) -> Tensor {
+        x.linear::<Tensor>(&self.w, None)
+    }
+
+    /// The whole projection under tensor parallelism: column-parallel and
+    /// unsharded layers run locally, a row-parallel one sums its partial
+    /// products over the group and adds the bias once.
+    pub fn forward_tp(&self, x: &Tensor, par: Par, tp: &dyn TpComm) -> Result<Tensor, ModelError> {
+        if par == Par::Row && tp.size() > 1 {
+            reduce_bias(self.partial(x), self.b.as_ref(), tp)
+        } else {
+            Ok(self.forward(x))
+        }
+    }
+
+    /// Load `name` (`nn.Linear`, weight `[out, in]`) as `shard` holds it
+    /// under `par`: whole, a slice of the output features (column), or of the
+    /// input features (row; the bias stays whole).
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        w: &Weights,
+        name: &str,
+        i: i64,
+        o: i64,
+        bias: bool,
+        par: Par,
+        shard: &Shard,
+        kind: Kind,
+        device: Device,
+        needed_by: &str,
+    ) -> Result<Linear, ModelError> {
+        let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+        let whole = |n: &str, shape: &[i64]| w.get_shaped(n, shape, kind, device, needed_by);
+        let part = |n: &str, shape: &[i64], dim: usize, (s, l): (i64, i64)| {
+            w.get_part(n, shape, dim, s, l, kind, device, needed_by)
+        };
+        let (weight, b) = match (par, shard.tp_size) {
+            (_, 1) => (
+                whole(&wn, &[o, i])?,
+                bias.then(|| whole(&bn, &[o])).transpose()?,
+            ),
+            (Par::Column, _) => (
+                part(&wn, &[o, i], 0, shard.part(o))?,
+                bias.then(|| part(&bn, &[o], 0, shard.part(o)))
+                    .transpose()?,
+            ),
+            (Par::Row, _) => (
+                part(&wn, &[o, i], 1, shard.part(i))?,
+                bias.then(|| whole(&bn, &[o])).transpose()?,
+            ),
+        };
+        Ok(Linear { w: weight, b })
+    }
+}
+
+/// How a projection is split over a tensor-parallel group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Par {
+    /// Output features split; the output is split along its last dimension.
+    Column,
+    /// Input features split; partial outputs are summed over the group.
+    Row,
 }
 
 /// `nn.LayerNorm` over the last dimension.

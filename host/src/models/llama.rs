@@ -21,8 +21,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
-use super::layers::{Linear, attention, causal_mask, rope_tables, rotate_half};
+use super::layers::{Linear, Par, attention, causal_mask, rope_tables, rotate_half};
 use super::points::PointInfo;
+use super::shard::{Shard, SingleRank, TpComm, embed, lm_head, stage_input};
 use super::weights::Weights;
 
 /// RoPE parameters: `rope_parameters` (transformers 5) or the older
@@ -213,13 +214,17 @@ struct Layer {
     names: Names,
 }
 
-/// A loaded LLaMA-family model.
+/// A loaded LLaMA-family model (or one rank's shard of it: see [`Shard`]).
 pub struct Llama {
     pub config: LlamaConfig,
-    embed: Tensor,
+    shard: Shard,
+    /// This rank's rows of the embedding (first stage), from vocabulary row
+    /// `vocab_offset`.
+    embed: Option<Tensor>,
+    vocab_offset: i64,
     layers: Vec<Layer>,
-    norm: RmsNorm,
-    lm_head: Tensor,
+    norm: Option<RmsNorm>,
+    lm_head: Option<Tensor>,
     inv_freq: Tensor,
     kind: Kind,
     device: Device,
@@ -272,6 +277,18 @@ impl Llama {
         kind: Kind,
         device: Device,
     ) -> Result<Llama, ModelError> {
+        Self::load_shard(config, w, kind, device, &Shard::FULL)
+    }
+
+    /// Load the part of the model `shard` runs (its stage's layers, its
+    /// slice of each tensor-parallel weight).
+    pub fn load_shard(
+        config: LlamaConfig,
+        w: &Weights,
+        kind: Kind,
+        device: Device,
+        shard: &Shard,
+    ) -> Result<Llama, ModelError> {
         if config.hidden_act != "silu" {
             return Err(ModelError::Config {
                 file: "config.json".into(),
@@ -296,16 +313,13 @@ impl Llama {
                 ),
             });
         }
+        shard.check(
+            &[("attention heads", nh), ("key/value heads", nkv)],
+            config.num_hidden_layers,
+        )?;
         let get = |name: &str, shape: &[i64]| w.get_shaped(name, shape, kind, device, "LLaMA");
-        let lin = |name: &str, i: i64, o: i64, bias: bool| -> Result<Linear, ModelError> {
-            Ok(Linear {
-                w: get(&format!("{name}.weight"), &[o, i])?,
-                b: if bias {
-                    Some(get(&format!("{name}.bias"), &[o])?)
-                } else {
-                    None
-                },
-            })
+        let lin = |name: &str, i: i64, o: i64, bias: bool, par: Par| {
+            Linear::load(w, name, i, o, bias, par, shard, kind, device, "LLaMA")
         };
         let norm = |name: &str| -> Result<RmsNorm, ModelError> {
             Ok(RmsNorm {
@@ -314,61 +328,60 @@ impl Llama {
             })
         };
         let mut layers = Vec::new();
-        for i in 0..config.num_hidden_layers {
+        for i in shard.layers(config.num_hidden_layers) {
             let p = format!("model.layers.{i}");
+            let a = format!("{p}.self_attn");
+            let m = format!("{p}.mlp");
+            let qkv_bias = config.qkv_bias();
             layers.push(Layer {
                 ln1: norm(&format!("{p}.input_layernorm"))?,
-                q: lin(
-                    &format!("{p}.self_attn.q_proj"),
-                    d,
-                    nh * hd,
-                    config.qkv_bias(),
-                )?,
-                k: lin(
-                    &format!("{p}.self_attn.k_proj"),
-                    d,
-                    nkv * hd,
-                    config.qkv_bias(),
-                )?,
-                v: lin(
-                    &format!("{p}.self_attn.v_proj"),
-                    d,
-                    nkv * hd,
-                    config.qkv_bias(),
-                )?,
-                o: lin(
-                    &format!("{p}.self_attn.o_proj"),
-                    nh * hd,
-                    d,
-                    config.o_bias(),
-                )?,
+                q: lin(&format!("{a}.q_proj"), d, nh * hd, qkv_bias, Par::Column)?,
+                k: lin(&format!("{a}.k_proj"), d, nkv * hd, qkv_bias, Par::Column)?,
+                v: lin(&format!("{a}.v_proj"), d, nkv * hd, qkv_bias, Par::Column)?,
+                o: lin(&format!("{a}.o_proj"), nh * hd, d, config.o_bias(), Par::Row)?,
                 ln2: norm(&format!("{p}.post_attention_layernorm"))?,
-                gate: lin(&format!("{p}.mlp.gate_proj"), d, inter, config.mlp_bias)?,
-                up: lin(&format!("{p}.mlp.up_proj"), d, inter, config.mlp_bias)?,
-                down: lin(&format!("{p}.mlp.down_proj"), inter, d, config.mlp_bias)?,
+                gate: lin(&format!("{m}.gate_proj"), d, inter, config.mlp_bias, Par::Column)?,
+                up: lin(&format!("{m}.up_proj"), d, inter, config.mlp_bias, Par::Column)?,
+                down: lin(&format!("{m}.down_proj"), inter, d, config.mlp_bias, Par::Row)?,
                 names: Names::new(i),
             });
         }
-        let embed = get("model.embed_tokens.weight", &[config.vocab_size, d])?;
-        let lm_head = if config.tie_word_embeddings || !w.contains("lm_head.weight") {
-            if !config.tie_word_embeddings {
-                return Err(ModelError::MissingTensor {
-                    name: "lm_head.weight".into(),
-                    needed_by: "LLaMA (untied)".into(),
-                });
-            }
-            embed.shallow_clone()
+        let v = config.vocab_size;
+        let (vocab_offset, vocab_rows) = shard.part(v);
+        let rows = |name: &str| {
+            w.get_part(name, &[v, d], 0, vocab_offset, vocab_rows, kind, device, "LLaMA")
+        };
+        let tied = config.tie_word_embeddings;
+        if !tied && !w.contains("lm_head.weight") {
+            return Err(ModelError::MissingTensor {
+                name: "lm_head.weight".into(),
+                needed_by: "LLaMA (untied)".into(),
+            });
+        }
+        let embed = if shard.first_stage() || (shard.last_stage() && tied) {
+            Some(rows("model.embed_tokens.weight")?)
         } else {
-            get("lm_head.weight", &[config.vocab_size, d])?
+            None
+        };
+        let lm_head = match (shard.last_stage(), tied) {
+            (false, _) => None,
+            (true, true) => embed.as_ref().map(Tensor::shallow_clone),
+            (true, false) => Some(rows("lm_head.weight")?),
         };
         let inv_freq = inv_freq(&config.rope(), hd)?.to_device(device);
         Ok(Llama {
-            norm: norm("model.norm")?,
-            embed,
+            norm: if shard.last_stage() {
+                Some(norm("model.norm")?)
+            } else {
+                None
+            },
+            embed: if shard.first_stage() { embed } else { None },
+            vocab_offset,
             layers,
             lm_head,
             inv_freq,
             config,
+            shard: shard.clone(),
             kind,
             device,
         })
@@ -378,10 +391,25 @@ impl Llama {
         self.device
     }
 
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
     pub fn forward(
         &self,
         input_ids: &Tensor,
         hooks: &mut dyn HookSite,
+    ) -> Result<Tensor, ModelError> {
+        self.forward_stage(input_ids, None, hooks, &SingleRank)
+    }
+
+    /// This rank's part of the forward (see `Gpt2::forward_stage`).
+    pub fn forward_stage(
+        &self,
+        input_ids: &Tensor,
+        hidden: Option<Tensor>,
+        hooks: &mut dyn HookSite,
+        tp: &dyn TpComm,
     ) -> Result<Tensor, ModelError> {
         let size = input_ids.size();
         let [b, s] = size[..] else {
@@ -390,13 +418,26 @@ impl Llama {
             )));
         };
         let c = &self.config;
-        let (nh, nkv, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
-        let ids = input_ids.to_device(self.device);
-        let mut x = fire(
-            hooks,
-            "model.embed_tokens",
-            Tensor::embedding(&self.embed, &ids, -1, false, false),
-        )?;
+        let tp_size = self.shard.tp_size;
+        let (nh, nkv, hd) = (
+            c.num_attention_heads / tp_size,
+            c.kv_heads() / tp_size,
+            c.head_dim(),
+        );
+        let mut x = match stage_input(&self.shard, hidden, b, s, c.hidden_size, self.kind)? {
+            Some(h) => h.to_device(self.device),
+            None => {
+                let Some(table) = &self.embed else {
+                    return Err(ModelError::Internal("first stage without embeddings".into()));
+                };
+                let ids = input_ids.to_device(self.device);
+                fire(
+                    hooks,
+                    "model.embed_tokens",
+                    embed(table, &ids, self.vocab_offset, tp)?,
+                )?
+            }
+        };
         // Rotary tables as LlamaRotaryEmbedding; causal (and sliding-window) mask.
         let (cos, sin) = rope_tables(&self.inv_freq, s, self.kind, self.device);
         let mask = causal_mask(s, c.window(), self.device);
@@ -435,7 +476,8 @@ impl Llama {
                 &[&n.pattern],
             )?;
             let z = fire(hooks, &n.z, z.transpose(1, 2))?;
-            let o = fire(hooks, &n.o_proj, l.o.forward(&z.reshape([b, s, nh * hd])))?;
+            let o = l.o.forward_tp(&z.reshape([b, s, nh * hd]), Par::Row, tp)?;
+            let o = fire(hooks, &n.o_proj, o)?;
             let attn = fire(hooks, &n.attn, o)?;
             let resid_mid = fire(hooks, &n.resid_mid, resid_pre + attn)?;
             let h = fire(hooks, &n.ln2, l.ln2.forward(&resid_mid))?;
@@ -443,12 +485,15 @@ impl Llama {
             let up = fire(hooks, &n.up, l.up.forward(&h))?;
             let act = fire(hooks, &n.act, gate.silu())?;
             let post = fire(hooks, &n.post, act * up)?;
-            let down = fire(hooks, &n.down, l.down.forward(&post))?;
+            let down = fire(hooks, &n.down, l.down.forward_tp(&post, Par::Row, tp)?)?;
             let mlp = fire(hooks, &n.mlp, down)?;
             x = fire(hooks, &n.block, resid_mid + mlp)?;
         }
-        let x = fire(hooks, "model.norm", self.norm.forward(&x))?;
-        fire(hooks, "lm_head", x.matmul(&self.lm_head.tr()))
+        let (Some(norm), Some(head)) = (&self.norm, &self.lm_head) else {
+            return Ok(x);
+        };
+        let x = fire(hooks, "model.norm", norm.forward(&x))?;
+        fire(hooks, "lm_head", lm_head(&x, head, tp)?)
     }
 
     pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
@@ -474,20 +519,21 @@ impl Llama {
             v.extend([
                 PointInfo::new(&n.resid_pre, bsd.clone(), &format!("{tl}.hook_resid_pre")),
                 PointInfo::new(&n.ln1, bsd.clone(), &format!("{tl}.ln1.hook_normalized")),
-                PointInfo::new(&n.q_proj, vec![batch, seq, nh * hd], ""),
-                PointInfo::new(&n.k_proj, vec![batch, seq, nkv * hd], ""),
-                PointInfo::new(&n.v_proj, vec![batch, seq, nkv * hd], ""),
-                PointInfo::new(&n.q, qh.clone(), &format!("{tl}.attn.hook_q")),
-                PointInfo::new(&n.k, kh.clone(), &format!("{tl}.attn.hook_k")),
-                PointInfo::new(&n.v, kh.clone(), &format!("{tl}.attn.hook_v")),
-                PointInfo::new(&n.rot_q, qh.clone(), &format!("{tl}.attn.hook_rot_q")),
-                PointInfo::new(&n.rot_k, kh, &format!("{tl}.attn.hook_rot_k")),
+                PointInfo::new(&n.q_proj, vec![batch, seq, nh * hd], "").split(2),
+                PointInfo::new(&n.k_proj, vec![batch, seq, nkv * hd], "").split(2),
+                PointInfo::new(&n.v_proj, vec![batch, seq, nkv * hd], "").split(2),
+                PointInfo::new(&n.q, qh.clone(), &format!("{tl}.attn.hook_q")).split(2),
+                PointInfo::new(&n.k, kh.clone(), &format!("{tl}.attn.hook_k")).split(2),
+                PointInfo::new(&n.v, kh.clone(), &format!("{tl}.attn.hook_v")).split(2),
+                PointInfo::new(&n.rot_q, qh.clone(), &format!("{tl}.attn.hook_rot_q")).split(2),
+                PointInfo::new(&n.rot_k, kh, &format!("{tl}.attn.hook_rot_k")).split(2),
                 PointInfo::new(
                     &n.pattern,
                     vec![batch, nh, seq, seq],
                     &format!("{tl}.attn.hook_pattern"),
-                ),
-                PointInfo::new(&n.z, qh, &format!("{tl}.attn.hook_z")),
+                )
+                .split(1),
+                PointInfo::new(&n.z, qh, &format!("{tl}.attn.hook_z")).split(2),
                 PointInfo::new(&n.o_proj, bsd.clone(), ""),
                 PointInfo::new(&n.attn, bsd.clone(), &format!("{tl}.hook_attn_out")),
                 PointInfo::new(&n.resid_mid, bsd.clone(), &format!("{tl}.hook_resid_mid")),
@@ -496,18 +542,21 @@ impl Llama {
                     &n.gate,
                     vec![batch, seq, inter],
                     &format!("{tl}.mlp.hook_pre"),
-                ),
+                )
+                .split(2),
                 PointInfo::new(
                     &n.up,
                     vec![batch, seq, inter],
                     &format!("{tl}.mlp.hook_pre_linear"),
-                ),
-                PointInfo::new(&n.act, vec![batch, seq, inter], ""),
+                )
+                .split(2),
+                PointInfo::new(&n.act, vec![batch, seq, inter], "").split(2),
                 PointInfo::new(
                     &n.post,
                     vec![batch, seq, inter],
                     &format!("{tl}.mlp.hook_post"),
-                ),
+                )
+                .split(2),
                 PointInfo::new(&n.down, bsd.clone(), ""),
                 PointInfo::new(&n.mlp, bsd.clone(), &format!("{tl}.hook_mlp_out")),
                 PointInfo::new(&n.block, bsd.clone(), &format!("{tl}.hook_resid_post")),

@@ -8,6 +8,7 @@ pub mod hook_site;
 mod layers;
 pub mod llama;
 pub mod points;
+pub mod shard;
 pub mod tokenizer;
 pub mod weights;
 
@@ -17,7 +18,8 @@ use tch::{Device, Kind, Tensor};
 
 pub use error::ModelError;
 pub use hook_site::{HookSite, NoHooks};
-pub use points::{PatternError, PointInfo, PointPattern};
+pub use points::{PatternError, PointInfo, PointPattern, TpSplit};
+pub use shard::{Shard, SingleRank, TpComm};
 pub use tokenizer::Tokenizer;
 pub use weights::Weights;
 
@@ -83,26 +85,40 @@ impl Model {
     /// Load the model in folder `dir` (config.json + safetensors) as `kind`
     /// on `device`.
     pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Model, ModelError> {
+        Self::load_shard(dir, kind, device, &Shard::FULL)
+    }
+
+    /// Load the part of the model in `dir` that `shard` runs: its pipeline
+    /// stage's layers and, of each tensor-parallel weight, only its slice.
+    pub fn load_shard(
+        dir: &Path,
+        kind: Kind,
+        device: Device,
+        shard: &Shard,
+    ) -> Result<Model, ModelError> {
         let (cfg, model_type) = read_config(dir)?;
         let weights = Weights::open(dir)?;
         match model_type.as_str() {
-            "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::load(
+            "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::load_shard(
                 typed(cfg, dir)?,
                 &weights,
                 kind,
                 device,
+                shard,
             )?)),
-            "gpt_neox" => Ok(Model::GptNeoX(gpt_neox::GptNeoX::load(
+            "gpt_neox" => Ok(Model::GptNeoX(gpt_neox::GptNeoX::load_shard(
                 typed(cfg, dir)?,
                 &weights,
                 kind,
                 device,
+                shard,
             )?)),
-            "llama" | "mistral" | "qwen2" => Ok(Model::Llama(llama::Llama::load(
+            "llama" | "mistral" | "qwen2" => Ok(Model::Llama(llama::Llama::load_shard(
                 typed(cfg, dir)?,
                 &weights,
                 kind,
                 device,
+                shard,
             )?)),
             other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
         }
@@ -114,6 +130,20 @@ impl Model {
         input_ids: &Tensor,
         hooks: &mut dyn HookSite,
     ) -> Result<Tensor, ModelError> {
+        self.forward_stage(input_ids, None, hooks, &SingleRank)
+    }
+
+    /// One rank's part of a sharded forward: from the token ids (first
+    /// pipeline stage) or the previous stage's `hidden` state, through this
+    /// stage's layers, to the logits (last stage) or the hidden state for the
+    /// next stage; tensor-parallel collectives go through `tp`.
+    pub fn forward_stage(
+        &self,
+        input_ids: &Tensor,
+        hidden: Option<Tensor>,
+        hooks: &mut dyn HookSite,
+        tp: &dyn TpComm,
+    ) -> Result<Tensor, ModelError> {
         let _guard = tch::no_grad_guard();
         if input_ids.kind() != Kind::Int64 {
             return Err(ModelError::Input(format!(
@@ -123,7 +153,7 @@ impl Model {
         }
         // tch's infallible ops panic on a libtorch error; turn that into an error.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.forward_inner(input_ids, hooks)
+            self.forward_inner(input_ids, hidden, hooks, tp)
         }))
         .unwrap_or_else(|p| {
             let msg = p
@@ -140,12 +170,32 @@ impl Model {
     fn forward_inner(
         &self,
         input_ids: &Tensor,
+        hidden: Option<Tensor>,
         hooks: &mut dyn HookSite,
+        tp: &dyn TpComm,
     ) -> Result<Tensor, ModelError> {
         match self {
-            Model::Gpt2(m) => m.forward(input_ids, hooks),
-            Model::Llama(m) => m.forward(input_ids, hooks),
-            Model::GptNeoX(m) => m.forward(input_ids, hooks),
+            Model::Gpt2(m) => m.forward_stage(input_ids, hidden, hooks, tp),
+            Model::Llama(m) => m.forward_stage(input_ids, hidden, hooks, tp),
+            Model::GptNeoX(m) => m.forward_stage(input_ids, hidden, hooks, tp),
+        }
+    }
+
+    /// What this rank holds of the model.
+    pub fn shard(&self) -> &Shard {
+        match self {
+            Model::Gpt2(m) => m.shard(),
+            Model::Llama(m) => m.shard(),
+            Model::GptNeoX(m) => m.shard(),
+        }
+    }
+
+    /// The model's hidden size and layer count.
+    pub fn dims(&self) -> (i64, i64) {
+        match self {
+            Model::Gpt2(m) => (m.config.n_embd, m.config.n_layer),
+            Model::Llama(m) => (m.config.hidden_size, m.config.num_hidden_layers),
+            Model::GptNeoX(m) => (m.config.hidden_size, m.config.num_hidden_layers),
         }
     }
 

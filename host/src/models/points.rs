@@ -5,15 +5,30 @@
 
 use globset::{Glob, GlobMatcher};
 
+/// How a hook point's activation is laid out over a tensor-parallel group
+/// when it is not replicated: dimension `dim` of the logical tensor is made of
+/// `groups` equal sections (e.g. GPT-2's fused q | k | v), and each section
+/// is split into contiguous, balanced parts, one per rank in rank order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct TpSplit {
+    pub dim: i64,
+    pub groups: i64,
+}
+
 /// A hook point of a model and the shape of its activation.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PointInfo {
     /// Canonical name.
     pub name: String,
-    /// Shape for the batch and sequence length asked for.
+    /// Shape (of the logical, unsharded tensor) for the batch and sequence
+    /// length asked for.
     pub shape: Vec<i64>,
     /// TransformerLens-style alias (empty if none).
     pub alias: String,
+    /// Layout under tensor parallelism; `None`: every TP rank holds the whole
+    /// activation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tp_split: Option<TpSplit>,
 }
 
 impl PointInfo {
@@ -22,7 +37,20 @@ impl PointInfo {
             name: name.into(),
             shape,
             alias: alias.into(),
+            tp_split: None,
         }
+    }
+
+    /// Mark the point as split along `dim` over the TP group.
+    pub fn split(self, dim: i64) -> Self {
+        self.split_groups(dim, 1)
+    }
+
+    /// Mark the point as `groups` sections along `dim`, each split over the
+    /// TP group.
+    pub fn split_groups(mut self, dim: i64, groups: i64) -> Self {
+        self.tp_split = Some(TpSplit { dim, groups });
+        self
     }
 }
 

@@ -36,6 +36,19 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     }
 }
 
+fn stored_kind(dtype: Dtype, name: &str) -> Result<Kind, ModelError> {
+    match dtype {
+        Dtype::F32 => Ok(Kind::Float),
+        Dtype::F16 => Ok(Kind::Half),
+        Dtype::BF16 => Ok(Kind::BFloat16),
+        Dtype::F64 => Ok(Kind::Double),
+        Dtype::I64 => Ok(Kind::Int64),
+        other => Err(ModelError::UnsupportedDtype(format!(
+            "{other:?} (tensor `{name}`)"
+        ))),
+    }
+}
+
 impl Weights {
     /// Open the safetensors file(s) of the model folder `dir`.
     pub fn open(dir: &Path) -> Result<Weights, ModelError> {
@@ -157,21 +170,82 @@ impl Weights {
                 name: name.to_string(),
                 needed_by: needed_by.to_string(),
             })?;
-        let stored = match e.dtype {
-            Dtype::F32 => Kind::Float,
-            Dtype::F16 => Kind::Half,
-            Dtype::BF16 => Kind::BFloat16,
-            Dtype::F64 => Kind::Double,
-            Dtype::I64 => Kind::Int64,
-            other => {
-                return Err(ModelError::UnsupportedDtype(format!(
-                    "{other:?} (tensor `{name}`)"
-                )));
-            }
-        };
+        let stored = stored_kind(e.dtype, name)?;
         let bytes = &self.files[e.file].1[e.start..e.end];
         let t = Tensor::f_from_data_size(bytes, &e.shape, stored)?;
         Ok(t.to_kind(kind).to_device(device))
+    }
+
+    /// Part of `name` (stored with shape `full`): the indices
+    /// `[start, start + len)` of dimension `dim`, as `kind` on `device`. Only
+    /// those bytes are read from the file (a rank loads its slice of a
+    /// tensor-parallel weight, not the whole tensor).
+    #[allow(clippy::too_many_arguments)]
+    pub fn get_part(
+        &self,
+        name: &str,
+        full: &[i64],
+        dim: usize,
+        start: i64,
+        len: i64,
+        kind: Kind,
+        device: Device,
+        needed_by: &str,
+    ) -> Result<Tensor, ModelError> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                needed_by: needed_by.to_string(),
+            })?;
+        if e.shape != full {
+            return Err(ModelError::BadShape {
+                name: name.into(),
+                found: e.shape.clone(),
+                expected: full.to_vec(),
+            });
+        }
+        if dim >= full.len() || start < 0 || len < 0 || start + len > full[dim] {
+            return Err(ModelError::Input(format!(
+                "slice [{start}, {}) of dimension {dim} is outside `{name}` {full:?}",
+                start + len
+            )));
+        }
+        let stored = stored_kind(e.dtype, name)?;
+        let es = e.dtype.bitsize() / 8;
+        let outer: i64 = full[..dim].iter().product();
+        let inner: i64 = full[dim + 1..].iter().product();
+        let bytes = &self.files[e.file].1[e.start..e.end];
+        let run = (len * inner) as usize * es;
+        let mut out = Vec::with_capacity(outer as usize * run);
+        for o in 0..outer {
+            let at = ((o * full[dim] + start) * inner) as usize * es;
+            out.extend_from_slice(&bytes[at..at + run]);
+        }
+        let mut shape = full.to_vec();
+        shape[dim] = len;
+        let t = Tensor::f_from_data_size(&out, &shape, stored)?;
+        Ok(t.to_kind(kind).to_device(device))
+    }
+
+    /// Several parts of dimension `dim` of `name`, concatenated in order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn get_parts(
+        &self,
+        name: &str,
+        full: &[i64],
+        dim: usize,
+        parts: &[(i64, i64)],
+        kind: Kind,
+        device: Device,
+        needed_by: &str,
+    ) -> Result<Tensor, ModelError> {
+        let ts = parts
+            .iter()
+            .map(|&(s, l)| self.get_part(name, full, dim, s, l, kind, device, needed_by))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Tensor::cat(&ts, dim as i64))
     }
 
     /// Like [`Self::get`], checking the shape.

@@ -13,6 +13,9 @@ struct Config {
     /// `counter` mode: panic when the counter reaches this value.
     #[serde(default)]
     panic_at: u64,
+    /// Misbehave only on this global rank (elsewhere: do nothing).
+    #[serde(default)]
+    only_rank: Option<u32>,
 }
 
 struct Hostile(Config);
@@ -56,7 +59,10 @@ impl HookFunction for Hostile {
         }
     }
 
-    fn forward(&mut self, _ctx: &Context, act: &mut Activation<'_>) -> Result<()> {
+    fn forward(&mut self, ctx: &Context, act: &mut Activation<'_>) -> Result<()> {
+        if self.0.only_rank.is_some_and(|r| r != ctx.rank.global_rank) {
+            return Ok(());
+        }
         let n = act.numel();
         // A partial edit first: must be undone by the host when we fail.
         if !matches!(self.0.mode.as_str(), "counter" | "env") && !self.0.mode.starts_with("replace")

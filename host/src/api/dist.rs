@@ -1,0 +1,311 @@
+//! A model sharded over a mesh of ranks that are threads of this process
+//! (the thread backend): the same API as [`super::FlexModel`], with every
+//! rank running [`RankEngine`] on its own thread.
+//!
+//! ```ignore
+//! let opts = DistOptions::new(/*pp*/ 1, /*dp*/ 1, /*tp*/ 2)?;
+//! let mut dm = DistFlexModel::load(dir, opts)?;
+//! dm.register_wasm(&plugin, "blocks.*.hook_resid_post", "{}", &[])?;
+//! let out = dm.forward(&ids, &Groups::All)?; // merged at global rank 0
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+
+use tch::Tensor;
+
+use super::rank::RankEngine;
+pub use super::rank::DistOptions;
+use super::registry::{HookListing, HookSet, Registration};
+use super::{FlexError, ForwardOutput, Groups, HookHandle};
+use crate::distributed::{Communicator, ThreadComm};
+use crate::hooks::{Hook, Plugin, WasmHook};
+use crate::models::{PointInfo, PointPattern, Tokenizer};
+
+/// One rank's result of a forward.
+pub type Reply = Result<Option<ForwardOutput>, FlexError>;
+
+enum Job {
+    Forward {
+        ids: Tensor,
+        regs: Arc<Vec<Registration>>,
+        groups: Groups,
+        index: u64,
+        reply: Sender<Reply>,
+    },
+    Points {
+        batch: i64,
+        seq: i64,
+        reply: Sender<Vec<PointInfo>>,
+    },
+}
+
+struct Worker {
+    tx: Option<Sender<Job>>,
+    join: Option<JoinHandle<()>>,
+}
+
+/// A model sharded over threads.
+pub struct DistFlexModel {
+    workers: Vec<Worker>,
+    registry: HookSet,
+    points: Vec<PointInfo>,
+    tokenizer: Option<Tokenizer>,
+    opts: DistOptions,
+    forward_index: u64,
+}
+
+fn worker(
+    dir: std::path::PathBuf,
+    opts: DistOptions,
+    comm: ThreadComm,
+    ready: Sender<Result<Vec<PointInfo>, FlexError>>,
+    jobs: Receiver<Job>,
+) {
+    let world: Box<dyn Communicator> = Box::new(comm);
+    let mut engine = match RankEngine::new(&dir, &opts, world) {
+        Ok(e) => {
+            let _ = ready.send(Ok(e.points(1, 1)));
+            e
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    drop(ready);
+    for job in jobs {
+        match job {
+            Job::Forward {
+                ids,
+                regs,
+                groups,
+                index,
+                reply,
+            } => {
+                let r = engine.forward_regs(&ids, &regs, &groups, index);
+                let _ = reply.send(r);
+            }
+            Job::Points { batch, seq, reply } => {
+                let _ = reply.send(engine.points(batch, seq));
+            }
+        }
+    }
+}
+
+impl DistFlexModel {
+    /// Start one thread per rank of `opts.mesh`; each loads its shard of the
+    /// model in `dir`.
+    pub fn load(dir: &Path, opts: DistOptions) -> Result<DistFlexModel, FlexError> {
+        let n = opts.mesh.world();
+        let comms = ThreadComm::world(n, opts.timeout);
+        let (ready_tx, ready_rx) = channel();
+        let mut workers = Vec::with_capacity(n);
+        for (rank, comm) in comms.into_iter().enumerate() {
+            let (tx, rx) = channel();
+            let ready = ready_tx.clone();
+            let (d, o) = (dir.to_path_buf(), opts.clone());
+            let join = std::thread::Builder::new()
+                .name(format!("flexmodel-rank-{rank}"))
+                .spawn(move || worker(d, o, comm, ready, rx))
+                .map_err(|e| FlexError::Rank {
+                    rank,
+                    message: format!("cannot start the rank's thread: {e}"),
+                })?;
+            workers.push(Worker {
+                tx: Some(tx),
+                join: Some(join),
+            });
+        }
+        drop(ready_tx);
+        let mut points = None;
+        let mut first_err = None;
+        for r in ready_rx.iter().take(n) {
+            match r {
+                Ok(p) => points = Some(p),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let mut dm = DistFlexModel {
+            workers,
+            registry: HookSet::default(),
+            points: points.unwrap_or_default(),
+            tokenizer: None,
+            opts,
+            forward_index: 0,
+        };
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        if dm.points.is_empty() {
+            return Err(FlexError::Rank {
+                rank: 0,
+                message: "no rank finished loading".into(),
+            });
+        }
+        dm.tokenizer = Tokenizer::load(dir).map_err(FlexError::Model)?;
+        Ok(dm)
+    }
+
+    pub fn options(&self) -> &DistOptions {
+        &self.opts
+    }
+
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// Every hook point, with its logical (unsharded) shape for `batch` ×
+    /// `seq` tokens.
+    pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
+        let (tx, rx) = channel();
+        let asked = self.workers[0]
+            .tx
+            .as_ref()
+            .is_some_and(|t| t.send(Job::Points { batch, seq, reply: tx }).is_ok());
+        if asked && let Ok(p) = rx.recv() {
+            return p;
+        }
+        self.points.clone()
+    }
+
+    /// Register `hook` on every point matching `pattern`; it runs on every
+    /// rank that holds such a point.
+    pub fn register(
+        &mut self,
+        hook: Arc<dyn Hook>,
+        pattern: &str,
+        groups: &[&str],
+    ) -> Result<HookHandle, FlexError> {
+        self.registry.add(hook, pattern, groups, &self.points)
+    }
+
+    /// Register a WASM plugin with its JSON `config`.
+    pub fn register_wasm(
+        &mut self,
+        plugin: &Arc<Plugin>,
+        pattern: &str,
+        config: &str,
+        groups: &[&str],
+    ) -> Result<HookHandle, FlexError> {
+        PointPattern::new(pattern)?.select(&self.points)?;
+        let hook = WasmHook::new(plugin.clone(), config)?;
+        self.register(Arc::new(hook), pattern, groups)
+    }
+
+    pub fn remove(&mut self, h: HookHandle) -> bool {
+        self.registry.remove(h)
+    }
+
+    pub fn hooks(&self) -> Vec<HookListing> {
+        self.registry.list()
+    }
+
+    /// Run a forward on `input_ids` (`[batch, seq]` or `[seq]`) over all
+    /// ranks; the merged result (global rank 0's).
+    pub fn forward(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+    ) -> Result<ForwardOutput, FlexError> {
+        let mut out = None;
+        for r in self.forward_each(input_ids, groups)? {
+            match r {
+                Ok(Some(o)) => out = Some(o),
+                Ok(None) => {}
+                // Every rank reports the same error; the first is rank 0's.
+                Err(e) => return Err(e),
+            }
+        }
+        out.ok_or_else(|| FlexError::Rank {
+            rank: 0,
+            message: "rank 0 returned no output".into(),
+        })
+    }
+
+    /// Like [`Self::forward`], with every rank's own result (global rank
+    /// order): the merged output at rank 0, `None` at the others, or each
+    /// rank's error.
+    pub fn forward_each(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+    ) -> Result<Vec<Reply>, FlexError> {
+        let ids = match input_ids.dim() {
+            1 => input_ids.unsqueeze(0),
+            2 => input_ids.shallow_clone(),
+            d => {
+                return Err(FlexError::Input(format!(
+                    "input_ids must be [seq] or [batch, seq], got {d} dims"
+                )));
+            }
+        };
+        let index = self.forward_index;
+        self.forward_index += 1;
+        let regs = Arc::new(self.registry.regs.clone());
+        let mut replies = Vec::with_capacity(self.workers.len());
+        for (rank, w) in self.workers.iter().enumerate() {
+            let (tx, rx) = channel();
+            let job = Job::Forward {
+                ids: ids.copy(),
+                regs: regs.clone(),
+                groups: groups.clone(),
+                index,
+                reply: tx,
+            };
+            let sent = w.tx.as_ref().map(|t| t.send(job).is_ok()).unwrap_or(false);
+            if !sent {
+                return Err(FlexError::Rank {
+                    rank,
+                    message: "the rank's thread has exited".into(),
+                });
+            }
+            replies.push(rx);
+        }
+        Ok(replies
+            .into_iter()
+            .enumerate()
+            .map(|(rank, rx)| {
+                rx.recv().unwrap_or_else(|_| {
+                    Err(FlexError::Rank {
+                        rank,
+                        message: "the rank's thread died during the forward".into(),
+                    })
+                })
+            })
+            .collect())
+    }
+
+    /// Tokenize `text` and run [`Self::forward`].
+    pub fn forward_text(
+        &mut self,
+        text: &str,
+        groups: &Groups,
+    ) -> Result<ForwardOutput, FlexError> {
+        let tok = self.tokenizer.as_ref().ok_or_else(|| {
+            FlexError::Input("the model was loaded without a tokenizer.json".into())
+        })?;
+        let ids = tok.encode(text).map_err(FlexError::Model)?;
+        if ids.is_empty() {
+            return Err(FlexError::Input("the text tokenizes to no tokens".into()));
+        }
+        self.forward(&Tensor::from_slice(&ids), groups)
+    }
+}
+
+impl Drop for DistFlexModel {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            w.tx.take();
+        }
+        for w in &mut self.workers {
+            if let Some(j) = w.join.take() {
+                let _ = j.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! One rank of a distributed model: its shard, its place on the mesh, its
+//! communicators, and its part of a forward pass. The same code runs under
+//! every launcher: a thread per rank ([`super::DistFlexModel`]) or a
+//! process per rank (`mpirun`, `srun`; see the CLI).
+//!
+//! A forward on a rank: take this replica's rows of the batch (DP), receive
+//! the hidden state from the previous stage (PP), run this stage's layers
+//! with TP collectives and the distributed hook site, send the result on, and
+//! finally exchange outcomes with every rank (so that all return the same
+//! error, if any) and gather logits and retrieved tensors at global rank 0.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use bytes::Bytes;
+use tch::{Device, Kind, Tensor};
+
+use super::dist_site::DistSite;
+use super::report::{RankFailure, RankReport, merge};
+use super::site::Site;
+use super::{FlexError, ForwardOutput, Groups, HookSet, Registration};
+use crate::distributed::{self, CommError, Communicator, Coords, Mesh};
+use crate::hooks::{HookError, RankInfo};
+use crate::models::shard::balanced;
+use crate::models::{Model, ModelError, PointInfo, Shard, TpComm, TpSplit};
+
+/// The models' view of the TP group.
+struct TpAdapter<'a>(&'a dyn Communicator);
+
+impl TpComm for TpAdapter<'_> {
+    fn rank(&self) -> i64 {
+        self.0.rank() as i64
+    }
+    fn size(&self) -> i64 {
+        self.0.size() as i64
+    }
+    fn all_reduce(&self, t: Tensor) -> Result<Tensor, ModelError> {
+        self.0
+            .all_reduce_sum(&t)
+            .map_err(|e| ModelError::Comm(Box::new(e)))
+    }
+    fn all_gather_cat(&self, t: &Tensor, dim: i64) -> Result<Tensor, ModelError> {
+        let parts = self
+            .0
+            .all_gather(t)
+            .map_err(|e| ModelError::Comm(Box::new(e)))?;
+        Ok(Tensor::cat(&parts, dim))
+    }
+}
+
+/// Options of a distributed run.
+#[derive(Debug, Clone)]
+pub struct DistOptions {
+    pub mesh: Mesh,
+    pub kind: Kind,
+    pub device: Device,
+    /// How long a rank waits for a peer before failing the forward.
+    pub timeout: std::time::Duration,
+    /// Verify by checksum that every TP rank computed the same edit (costs a
+    /// hash of each edited activation).
+    pub check_edits: bool,
+}
+
+impl DistOptions {
+    pub fn new(pp: usize, dp: usize, tp: usize) -> Result<DistOptions, FlexError> {
+        Ok(DistOptions {
+            mesh: Mesh::new(pp * dp * tp, pp, dp, tp)?,
+            kind: Kind::Float,
+            device: Device::Cpu,
+            timeout: std::time::Duration::from_secs(60),
+            check_edits: cfg!(debug_assertions),
+        })
+    }
+}
+
+/// One rank of a distributed model.
+pub struct RankEngine {
+    model: Model,
+    mesh: Mesh,
+    coords: Coords,
+    groups: distributed::Groups,
+    splits: HashMap<String, Option<TpSplit>>,
+    batched: HashSet<String>,
+    check_edits: bool,
+}
+
+fn failure(e: ModelError, rank: usize) -> RankFailure {
+    match e {
+        ModelError::Hook(b) => match b.downcast::<HookError>() {
+            Ok(h) => RankFailure::Hook(*h),
+            Err(other) => RankFailure::Model {
+                rank,
+                message: other.to_string(),
+            },
+        },
+        ModelError::Comm(b) => match b.downcast::<CommError>() {
+            Ok(c) => RankFailure::Comm(*c),
+            Err(other) => RankFailure::Model {
+                rank,
+                message: other.to_string(),
+            },
+        },
+        ModelError::Input(m) => RankFailure::Input(m),
+        other => RankFailure::Model {
+            rank,
+            message: other.to_string(),
+        },
+    }
+}
+
+impl RankEngine {
+    /// Join the mesh over `world` (collective) and load this rank's shard of
+    /// the model in `dir`. Fails on every rank if it fails on any.
+    pub fn new(
+        dir: &Path,
+        opts: &DistOptions,
+        world: Box<dyn Communicator>,
+    ) -> Result<RankEngine, FlexError> {
+        let mesh = opts.mesh;
+        let groups = mesh.groups(world)?;
+        let rank = groups.world.rank();
+        let coords = mesh.coords(rank);
+        let shard = Shard {
+            tp_rank: coords.tp as i64,
+            tp_size: mesh.tp as i64,
+            pp_rank: coords.pp as i64,
+            pp_size: mesh.pp as i64,
+        };
+        let loaded = Model::load_shard(dir, opts.kind, opts.device, &shard);
+        // Every rank learns whether every rank loaded.
+        let status = match &loaded {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        let all = groups.world.all_gather_bytes(Bytes::from(status))?;
+        if let Some((r, msg)) = all.iter().enumerate().find(|(_, b)| !b.is_empty()) {
+            return match loaded {
+                Err(e) if r == rank => Err(FlexError::Model(e)),
+                _ => Err(FlexError::Rank {
+                    rank: r,
+                    message: String::from_utf8_lossy(msg).into_owned(),
+                }),
+            };
+        }
+        let model = loaded.map_err(FlexError::Model)?;
+        let points = model.points(1, 1);
+        let splits = points
+            .iter()
+            .map(|p| (p.name.clone(), p.tp_split))
+            .collect();
+        let twice = model.points(2, 1);
+        let batched = points
+            .iter()
+            .zip(&twice)
+            .filter(|(a, b)| a.shape.first() != b.shape.first())
+            .map(|(a, _)| a.name.clone())
+            .collect();
+        Ok(RankEngine {
+            model,
+            mesh,
+            coords,
+            groups,
+            splits,
+            batched,
+            check_edits: opts.check_edits,
+        })
+    }
+
+    pub fn mesh(&self) -> Mesh {
+        self.mesh
+    }
+
+    pub fn global_rank(&self) -> usize {
+        self.groups.world.rank()
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Every hook point of the (whole) model, logical shapes.
+    pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
+        self.model.points(batch, seq)
+    }
+
+    /// Bytes this rank has received from its TP group so far.
+    pub fn tp_bytes_received(&self) -> u64 {
+        self.groups.tp.bytes_received()
+    }
+
+    fn rank_info(&self) -> RankInfo {
+        let m = &self.mesh;
+        RankInfo {
+            tp_rank: self.coords.tp as u32,
+            tp_size: m.tp as u32,
+            pp_rank: self.coords.pp as u32,
+            pp_size: m.pp as u32,
+            dp_rank: self.coords.dp as u32,
+            dp_size: m.dp as u32,
+            global_rank: self.global_rank() as u32,
+            world_size: m.world() as u32,
+        }
+    }
+
+    /// This rank's part of forward number `index` (the same on every rank)
+    /// on the full batch `ids` (`[batch, seq]`, the same on every rank).
+    /// Returns the merged output at global rank 0, `None` elsewhere; an
+    /// error on any rank is returned on every rank.
+    pub fn forward(
+        &mut self,
+        ids: &Tensor,
+        hooks: &HookSet,
+        groups: &Groups,
+        index: u64,
+    ) -> Result<Option<ForwardOutput>, FlexError> {
+        self.forward_regs(ids, &hooks.regs, groups, index)
+    }
+
+    pub(crate) fn forward_regs(
+        &mut self,
+        ids: &Tensor,
+        regs: &[Registration],
+        groups: &Groups,
+        index: u64,
+    ) -> Result<Option<ForwardOutput>, FlexError> {
+        let g = &self.groups;
+        for c in [&g.world, &g.tp, &g.dp, &g.pp] {
+            c.set_epoch(index);
+        }
+        let me = g.world.rank();
+        let (pp, c) = (self.mesh.pp, self.coords);
+        let mut local_batch = 0;
+        let mut site_out = None;
+        let result: Result<Option<Tensor>, RankFailure> = (|| {
+            let size = ids.size();
+            let [b, _s] = size[..] else {
+                return Err(RankFailure::Input(format!(
+                    "input_ids must be [batch, seq], got {size:?}"
+                )));
+            };
+            if b < self.mesh.dp as i64 {
+                return Err(RankFailure::Input(format!(
+                    "a batch of {b} cannot be split over {} data-parallel replicas",
+                    self.mesh.dp
+                )));
+            }
+            let (start, rows) = balanced(b, self.mesh.dp as i64, c.dp as i64);
+            local_batch = rows;
+            let local_ids = ids.narrow(0, start, rows);
+            let hidden = if c.pp > 0 {
+                let msg = g.pp.recv_bytes(c.pp - 1).map_err(RankFailure::Comm)?;
+                Some(decode_stage(&msg, me)?.to_device(self.model.device()))
+            } else {
+                None
+            };
+            let site = Site::new(regs, groups, index, None, self.rank_info());
+            let mut site = DistSite::new(
+                site,
+                g.tp.as_ref(),
+                &self.splits,
+                self.check_edits,
+                me as u32,
+            );
+            let out = self
+                .model
+                .forward_stage(&local_ids, hidden, &mut site, &TpAdapter(g.tp.as_ref()));
+            site_out = Some((site.inner.outputs, site.inner.logs, site.gathered));
+            let out = out.map_err(|e| failure(e, me))?;
+            Ok(Some(out))
+        })();
+        // Pass the hidden state (or the failure) to the next stage.
+        let mut result = result;
+        if c.pp + 1 < pp {
+            let msg = encode_stage(&result);
+            if let Err(e) = g.pp.send_bytes(msg, c.pp + 1) {
+                result = Err(RankFailure::Comm(e));
+            }
+        }
+        if let Err(f) = &result
+            && !matches!(f, RankFailure::Hook(_) | RankFailure::Input(_))
+        {
+            // Not an outcome the TP group agreed on: let peers waiting on
+            // this rank fail now rather than at their timeout.
+            g.tp.abort(&format!("{f:?}"));
+        }
+        // Every rank learns every rank's outcome.
+        let status = serde_json::to_vec(&result.as_ref().err()).unwrap_or_default();
+        let statuses = g.world.all_gather_bytes(Bytes::from(status))?;
+        let failures: Vec<Option<RankFailure>> = statuses
+            .iter()
+            .map(|b| serde_json::from_slice(b).unwrap_or(None))
+            .collect();
+        let failed = RankFailure::pick(failures);
+        // Results reach global rank 0, also from a failed forward.
+        let (outputs, logs, gathered) = site_out.unwrap_or_default();
+        let logits = match (&result, c.pp + 1 == pp && c.tp == 0) {
+            (Ok(Some(t)), true) => Some(t.shallow_clone()),
+            _ => None,
+        };
+        let report = RankReport {
+            coords: c,
+            batch: local_batch,
+            outputs,
+            logs,
+            gathered,
+            logits,
+        };
+        let bytes = report.encode().map_err(|m| FlexError::Rank {
+            rank: me,
+            message: m,
+        })?;
+        let gathered = g.world.gather_bytes(bytes, 0)?;
+        let merged = match gathered {
+            Some(all) => {
+                let mut reports = Vec::with_capacity(all.len());
+                for (r, b) in all.iter().enumerate() {
+                    reports.push(RankReport::decode(b).map_err(|message| FlexError::Rank {
+                        rank: r,
+                        message: format!("malformed report: {message}"),
+                    })?);
+                }
+                Some(merge(reports, &self.mesh, &self.batched))
+            }
+            None => None,
+        };
+        if let Some(f) = failed {
+            let partial = merged.map(|m| m.outputs).unwrap_or_default();
+            return Err(match f {
+                RankFailure::Hook(error) => FlexError::Hook {
+                    error,
+                    partial: std::sync::Mutex::new(partial),
+                },
+                RankFailure::Input(m) => FlexError::Input(m),
+                RankFailure::Model { rank, message } => FlexError::Rank { rank, message },
+                RankFailure::Comm(e) => FlexError::Comm(e),
+            });
+        }
+        Ok(match merged {
+            Some(m) => Some(ForwardOutput {
+                logits: m.logits.ok_or_else(|| FlexError::Rank {
+                    rank: me,
+                    message: "no logits reached rank 0".into(),
+                })?,
+                outputs: m.outputs,
+                logs: m.logs,
+                forward_index: index,
+                gathered_bytes: m.gathered,
+            }),
+            None => None,
+        })
+    }
+}
+
+/// The message between pipeline stages: the hidden state, or why there is none.
+fn encode_stage(r: &Result<Option<Tensor>, RankFailure>) -> Bytes {
+    let mut out = Vec::new();
+    match r {
+        Ok(Some(t)) => match distributed::wire::encode(t) {
+            Ok(b) => {
+                out.push(0);
+                out.extend_from_slice(&b);
+            }
+            Err(m) => {
+                out.push(1);
+                out.extend(serde_json::to_vec(&RankFailure::Input(m)).unwrap_or_default());
+            }
+        },
+        Ok(None) => out.push(2),
+        Err(f) => {
+            out.push(1);
+            out.extend(serde_json::to_vec(f).unwrap_or_default());
+        }
+    }
+    Bytes::from(out)
+}
+
+fn decode_stage(b: &[u8], me: usize) -> Result<Tensor, RankFailure> {
+    let bad = |m: String| RankFailure::Model {
+        rank: me,
+        message: format!("malformed message from the previous stage: {m}"),
+    };
+    match b.first() {
+        Some(0) => distributed::wire::decode(&b[1..]).map_err(bad),
+        Some(1) => Err(serde_json::from_slice(&b[1..]).map_err(|e| bad(e.to_string()))?),
+        _ => Err(bad("empty".into())),
+    }
+}

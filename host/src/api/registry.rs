@@ -1,0 +1,80 @@
+//! The registered hooks of a wrapped model (single-rank or distributed):
+//! which hook, bound to which canonical points, in which groups.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::{FlexError, HookHandle};
+use crate::hooks::Hook;
+use crate::models::{PointInfo, PointPattern};
+
+/// A hook bound to hook points.
+#[derive(Clone)]
+pub struct Registration {
+    pub(crate) handle: HookHandle,
+    pub(crate) hook: Arc<dyn Hook>,
+    pub(crate) pattern: String,
+    /// Canonical hook points it is bound to.
+    pub(crate) points: BTreeSet<String>,
+    pub(crate) groups: BTreeSet<String>,
+}
+
+/// One entry of [`HookSet::list`]: handle, hook name, pattern, bound points, groups.
+pub type HookListing = (HookHandle, String, String, Vec<String>, Vec<String>);
+
+/// The hooks registered on a model, in registration (= call) order.
+#[derive(Default, Clone)]
+pub struct HookSet {
+    pub(crate) regs: Vec<Registration>,
+    next_handle: u64,
+}
+
+impl HookSet {
+    /// Bind `hook` to the points of `points` that `pattern` selects (by
+    /// canonical name, alias or glob), tagged with `groups`.
+    pub fn add(
+        &mut self,
+        hook: Arc<dyn Hook>,
+        pattern: &str,
+        groups: &[&str],
+        points: &[PointInfo],
+    ) -> Result<HookHandle, FlexError> {
+        let pat = PointPattern::new(pattern)?;
+        let bound: BTreeSet<String> = pat.select(points)?.into_iter().collect();
+        let handle = HookHandle(self.next_handle);
+        self.next_handle += 1;
+        let mut tags: BTreeSet<String> = groups.iter().map(|g| g.to_string()).collect();
+        tags.insert("all".into());
+        self.regs.push(Registration {
+            handle,
+            hook,
+            pattern: pattern.into(),
+            points: bound,
+            groups: tags,
+        });
+        Ok(handle)
+    }
+
+    /// Remove a hook; `false` if it was not registered.
+    pub fn remove(&mut self, h: HookHandle) -> bool {
+        let n = self.regs.len();
+        self.regs.retain(|r| r.handle != h);
+        self.regs.len() != n
+    }
+
+    /// (handle, hook name, pattern, bound points, groups) of every hook.
+    pub fn list(&self) -> Vec<HookListing> {
+        self.regs
+            .iter()
+            .map(|r| {
+                (
+                    r.handle,
+                    r.hook.name().to_string(),
+                    r.pattern.clone(),
+                    r.points.iter().cloned().collect(),
+                    r.groups.iter().cloned().collect(),
+                )
+            })
+            .collect()
+    }
+}

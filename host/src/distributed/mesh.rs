@@ -1,0 +1,112 @@
+//! The device mesh `(pp, dp, tp)` in FlexModel's order: tensor-parallel ranks
+//! are contiguous, then data-parallel replicas, then pipeline stages:
+//! `rank = (pp_rank * dp + dp_rank) * tp + tp_rank`.
+
+use super::comm::Communicator;
+use super::error::CommError;
+
+/// Sizes of the three axes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Mesh {
+    pub pp: usize,
+    pub dp: usize,
+    pub tp: usize,
+}
+
+/// A rank's coordinates on the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coords {
+    pub pp: usize,
+    pub dp: usize,
+    pub tp: usize,
+}
+
+/// The sub-groups a rank belongs to.
+pub struct Groups {
+    pub world: Box<dyn Communicator>,
+    /// Ranks sharing a layer's weights (same stage, same replica).
+    pub tp: Box<dyn Communicator>,
+    /// Replicas of the same shard (same stage, same TP rank).
+    pub dp: Box<dyn Communicator>,
+    /// The stages of one pipeline (same replica, same TP rank).
+    pub pp: Box<dyn Communicator>,
+}
+
+impl Mesh {
+    /// A mesh over `world` ranks; the sizes must multiply to it.
+    pub fn new(world: usize, pp: usize, dp: usize, tp: usize) -> Result<Mesh, CommError> {
+        if pp == 0 || dp == 0 || tp == 0 || pp * dp * tp != world {
+            return Err(CommError::Invalid(format!(
+                "mesh pp {pp} × dp {dp} × tp {tp} does not match a world of {world} ranks"
+            )));
+        }
+        Ok(Mesh { pp, dp, tp })
+    }
+
+    pub fn world(&self) -> usize {
+        self.pp * self.dp * self.tp
+    }
+
+    pub fn coords(&self, rank: usize) -> Coords {
+        Coords {
+            tp: rank % self.tp,
+            dp: (rank / self.tp) % self.dp,
+            pp: rank / (self.tp * self.dp),
+        }
+    }
+
+    pub fn rank_of(&self, c: Coords) -> usize {
+        (c.pp * self.dp + c.dp) * self.tp + c.tp
+    }
+
+    /// Split `world` into this rank's TP, DP and PP groups (collective).
+    pub fn groups(&self, world: Box<dyn Communicator>) -> Result<Groups, CommError> {
+        if world.size() != self.world() {
+            return Err(CommError::Invalid(format!(
+                "mesh of {} ranks over a world of {}",
+                self.world(),
+                world.size()
+            )));
+        }
+        let c = self.coords(world.rank());
+        let tp = world.split((c.pp * self.dp + c.dp) as u32, c.tp as u32)?;
+        let dp = world.split((c.pp * self.tp + c.tp) as u32, c.dp as u32)?;
+        let pp = world.split((c.dp * self.tp + c.tp) as u32, c.pp as u32)?;
+        Ok(Groups { world, tp, dp, pp })
+    }
+}
+
+/// Rank and world size from the environment of a launcher: Open MPI
+/// (`mpirun`), PMI (MPICH, Intel MPI), Slurm (`srun`), or torchrun-style
+/// `RANK`/`WORLD_SIZE`. `None` when not launched by any of them.
+pub fn rank_from_env() -> Option<(usize, usize)> {
+    let pairs = [
+        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+        ("PMI_RANK", "PMI_SIZE"),
+        ("SLURM_PROCID", "SLURM_NTASKS"),
+        ("RANK", "WORLD_SIZE"),
+    ];
+    pairs.iter().find_map(|(r, w)| {
+        let rank = std::env::var(r).ok()?.parse().ok()?;
+        let world = std::env::var(w).ok()?.parse().ok()?;
+        (rank < world).then_some((rank, world))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tp_ranks_are_contiguous() {
+        let m = Mesh::new(8, 2, 2, 2).unwrap();
+        assert_eq!(m.coords(0), Coords { pp: 0, dp: 0, tp: 0 });
+        assert_eq!(m.coords(1), Coords { pp: 0, dp: 0, tp: 1 });
+        assert_eq!(m.coords(2), Coords { pp: 0, dp: 1, tp: 0 });
+        assert_eq!(m.coords(5), Coords { pp: 1, dp: 0, tp: 1 });
+        for r in 0..8 {
+            assert_eq!(m.rank_of(m.coords(r)), r);
+        }
+        assert!(Mesh::new(6, 2, 2, 2).is_err());
+    }
+}

@@ -1,0 +1,98 @@
+//! Tensors as bytes for the collectives: a small header (dtype, shape) and
+//! the row-major data.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tch::{Device, Kind, Tensor};
+
+fn code(kind: Kind) -> Option<u8> {
+    Some(match kind {
+        Kind::Float => 0,
+        Kind::Half => 1,
+        Kind::BFloat16 => 2,
+        Kind::Double => 3,
+        Kind::Int64 => 4,
+        Kind::Int => 5,
+        Kind::Uint8 => 6,
+        Kind::Bool => 7,
+        _ => return None,
+    })
+}
+
+fn kind(code: u8) -> Option<Kind> {
+    Some(match code {
+        0 => Kind::Float,
+        1 => Kind::Half,
+        2 => Kind::BFloat16,
+        3 => Kind::Double,
+        4 => Kind::Int64,
+        5 => Kind::Int,
+        6 => Kind::Uint8,
+        7 => Kind::Bool,
+        _ => return None,
+    })
+}
+
+/// Serialise `t` (any device; copied to the host).
+pub fn encode(t: &Tensor) -> Result<Bytes, String> {
+    let c = code(t.kind()).ok_or_else(|| format!("dtype {:?} cannot be sent", t.kind()))?;
+    let t = t.to_device(Device::Cpu).contiguous();
+    let shape = t.size();
+    let numel = t.numel();
+    let nbytes = numel * t.kind().elt_size_in_bytes();
+    let mut out = BytesMut::with_capacity(2 + 8 * shape.len() + nbytes);
+    out.put_u8(c);
+    out.put_u8(shape.len() as u8);
+    for d in &shape {
+        out.put_i64_le(*d);
+    }
+    let start = out.len();
+    out.resize(start + nbytes, 0);
+    if nbytes > 0 {
+        t.f_copy_data_u8(&mut out[start..], numel)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(out.freeze())
+}
+
+/// The tensor `encode` serialised, on the CPU.
+pub fn decode(b: &[u8]) -> Result<Tensor, String> {
+    if b.len() < 2 {
+        return Err("tensor message shorter than its header".into());
+    }
+    let k = kind(b[0]).ok_or_else(|| format!("unknown dtype code {}", b[0]))?;
+    let nd = b[1] as usize;
+    let hdr = 2 + 8 * nd;
+    if b.len() < hdr {
+        return Err("tensor message shorter than its shape".into());
+    }
+    let shape: Vec<i64> = (0..nd)
+        .map(|i| i64::from_le_bytes(b[2 + 8 * i..10 + 8 * i].try_into().unwrap_or([0; 8])))
+        .collect();
+    if shape.iter().any(|&d| d < 0) {
+        return Err(format!("negative dimension in shape {shape:?}"));
+    }
+    let numel: i64 = shape.iter().product();
+    let want = numel as usize * k.elt_size_in_bytes();
+    if b.len() - hdr != want {
+        return Err(format!(
+            "tensor {shape:?} {k:?} needs {want} bytes, message has {}",
+            b.len() - hdr
+        ));
+    }
+    Tensor::f_from_data_size(&b[hdr..], &shape, k).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let t = Tensor::arange(24, (Kind::Float, Device::Cpu)).view([2, 3, 4]);
+        let back = decode(&encode(&t.transpose(0, 2)).unwrap()).unwrap();
+        assert!(back.equal(&t.transpose(0, 2).contiguous()));
+        let e = Tensor::zeros([0, 5], (Kind::BFloat16, Device::Cpu));
+        assert_eq!(decode(&encode(&e).unwrap()).unwrap().size(), vec![0, 5]);
+        assert!(decode(&[0, 1, 2]).is_err());
+    }
+}
