@@ -5,7 +5,8 @@
 #   - Python venv with componentize-py (Python guest plugin) and torch +
 #     transformers (reference outputs for the fidelity tests), cached;
 #   - tiny random reference models made with transformers;
-#   - build the host, the guest components, and run the hook demo.
+#   - Open MPI and libclang (Debian packages) for the MPI backend;
+#   - build the host (with MPI), the guest components, and run the hook demo.
 # Idempotent: a second run only checks and rebuilds what changed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +17,15 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "Rust target wasm32-wasip2"
 rustup target add wasm32-wasip2 >/dev/null
+
+step "Open MPI and libclang (MPI backend)"
+mpi_pkgs="libopenmpi-dev openmpi-bin libclang-dev"
+if ! dpkg -s $mpi_pkgs >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $mpi_pkgs >/dev/null
+fi
+command -v mpirun >/dev/null
 
 step "libtorch $TORCH_VERSION for tch (in $(dirname "$LIBTORCH"))"
 if [ ! -f "$LIBTORCH/lib/libtorch_cpu.so" ]; then
@@ -35,7 +45,7 @@ step "Reference models (tiny random HF checkpoints + transformers outputs)"
 scripts/make-models.sh
 
 step "Build host and guest components"
-cargo build --release -p flexmodel --bins --examples
+cargo build --release -p flexmodel --bins --examples --features "$FLEXMODEL_FEATURES"
 scripts/build-guests.sh
 
 step "Demo: residual norms per layer and the effect of ablating heads (flexmodel demo)"

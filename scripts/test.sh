@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: (re)build the guest components, then every Rust test
-# (unit tests of the host library and the integration tests in tests/).
+# (unit tests of the host library and the integration tests in tests/),
+# built with the MPI backend; then the NCCL backend's build and its test
+# (which checks it refuses cleanly where there is no GPU).
 # Ends with one summary line "N passed, M failed".
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -9,12 +11,15 @@ source scripts/env.sh
 scripts/build-guests.sh >/dev/null
 scripts/make-models.sh
 # tests/cli.rs runs the `flexmodel` binary: `cargo test` alone does not rebuild it.
-cargo build --release --quiet -p flexmodel --bins
+cargo build --release --quiet -p flexmodel --bins --features "$FLEXMODEL_FEATURES"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --release --no-fail-fast "$@" 2>&1 | tee "$log"
+cargo test --release --no-fail-fast --features "flexmodel/$FLEXMODEL_FEATURES" "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+cargo test --release -p flexmodel --lib --features nccl nccl 2>&1 | tee -a "$log"
+nccl_status=${PIPESTATUS[0]}
+[ "$status" -ne 0 ] || status=$nccl_status
 set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"

@@ -253,3 +253,181 @@ fn demo_prints_norms_and_the_effect_of_an_ablation() {
         "{out}"
     );
 }
+
+fn saved(path: &std::path::Path) -> std::collections::BTreeMap<String, tch::Tensor> {
+    tch::Tensor::read_safetensors(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .collect()
+}
+
+fn assert_same_file(a: &std::path::Path, b: &std::path::Path, what: &str) {
+    let (a, b) = (saved(a), saved(b));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{what}: same tensors"
+    );
+    for (k, t) in &a {
+        assert_eq!(t.size(), b[k].size(), "{what}: shape of {k}");
+        let d = flexmodel_tests::max_abs(t, &b[k]);
+        assert!(d <= 1e-5, "{what}: {k} differs by {d}");
+    }
+}
+
+/// Hooks for the distributed runs: retrievals at replicated and split
+/// points, an edit at a split point.
+fn mesh_hooks() -> Vec<String> {
+    let w = artifacts_dir();
+    let r = w.join("retrieve.wasm");
+    let s = w.join("scale.wasm");
+    let r = r.to_str().unwrap();
+    vec![
+        format!("{r}@blocks.*.hook_resid_post"),
+        format!("{r}@blocks.0.attn.hook_pattern"),
+        format!("{r}@blocks.1.mlp.hook_post={{\"slice\": [null, -1], \"name\": \"last\"}}"),
+        format!(
+            "{}@blocks.0.mlp.hook_post={{\"factor\": 2}}",
+            s.to_str().unwrap()
+        ),
+    ]
+}
+
+fn run_args(model: &str, out: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "run".into(),
+        "--model".into(),
+        models().join(model).to_str().unwrap().into(),
+        "--save".into(),
+        out.to_str().unwrap().into(),
+    ];
+    for h in mesh_hooks() {
+        a.push("--hook".into());
+        a.push(h);
+    }
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+#[test]
+fn tp_pp_dp_on_threads_save_the_same_file_as_one_rank() {
+    let dir = std::env::temp_dir().join(format!("fm-cli-mesh-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prompts = dir.join("p.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"token_ids\": [5, 9, 2, 77, 13, 40]}\n{\"token_ids\": [1, 2, 3, 4, 5, 6]}\n",
+    )
+    .unwrap();
+    let p = prompts.to_str().unwrap();
+    let one = dir.join("one.safetensors");
+    let args = run_args("llama-mesh", &one, &["--prompts", p]);
+    ok(&Command::new(bin()).args(&args).output().unwrap());
+    for mesh in [
+        ["--tp", "2", "--pp", "2", "--dp", "1"],
+        ["--tp", "2", "--pp", "1", "--dp", "2"],
+    ] {
+        let out = dir.join(format!("{}.safetensors", mesh.join("")));
+        let mut args = run_args("llama-mesh", &out, &["--prompts", p]);
+        args.extend(mesh.iter().map(|s| s.to_string()));
+        ok(&Command::new(bin()).args(&args).output().unwrap());
+        assert_same_file(&one, &out, &mesh.join(" "));
+    }
+    // --dp needs whole batches.
+    let o = flexmodel(&[
+        "run",
+        "--model",
+        models().join("llama-mesh").to_str().unwrap(),
+        "--token-ids",
+        "1,2",
+        "--dp",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("multiple of 2"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn mpirun() -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--oversubscribe", "--bind-to", "none"]);
+    // Open MPI refuses to run as root unless told; containers launch as root.
+    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_plm", "isolated")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1");
+    c
+}
+
+#[test]
+fn mpirun_tp2_pp2_saves_the_same_file_as_one_rank() {
+    let dir = std::env::temp_dir().join(format!("fm-cli-mpi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for model in ["gpt2-tiny", "neox-parallel"] {
+        let one = dir.join(format!("{model}-one.safetensors"));
+        let ids = ["--token-ids", "3,17,42,5,88,9,60"];
+        ok(&Command::new(bin())
+            .args(run_args(model, &one, &ids))
+            .output()
+            .unwrap());
+        let four = dir.join(format!("{model}-mpi.safetensors"));
+        let mut args = run_args(model, &four, &ids);
+        args.extend(["--tp", "2", "--pp", "2"].map(String::from));
+        let o = mpirun()
+            .args(["-np", "4"])
+            .arg(bin())
+            .args(&args)
+            .output()
+            .expect("mpirun (Open MPI) must be installed: scripts/setup.sh installs it");
+        let stdout = ok(&o);
+        assert_eq!(
+            stdout.matches("next token").count(),
+            1,
+            "only global rank 0 prints: {stdout}"
+        );
+        assert_same_file(&one, &four, &format!("{model} mpirun -np 4 --tp 2 --pp 2"));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn mpirun_a_hook_failing_on_one_rank_fails_every_rank() {
+    let hostile = artifacts_dir().join("hostile.wasm");
+    let hook = format!(
+        "{}@blocks.1.hook_resid_mid={{\"mode\": \"error\", \"only_rank\": 1}}",
+        hostile.to_str().unwrap()
+    );
+    let o = mpirun()
+        .args(["-np", "2"])
+        .arg(bin())
+        .args([
+            "run",
+            "--model",
+            models().join("gpt2-tiny").to_str().unwrap(),
+        ])
+        .args([
+            "--token-ids",
+            "1,2,3",
+            "--tp",
+            "2",
+            "--comm-timeout",
+            "20",
+            "--hook",
+            &hook,
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("hostile plugin failed on purpose"))
+        .collect();
+    assert_eq!(lines.len(), 2, "both ranks report it: {err}");
+    for l in &lines {
+        assert!(
+            l.contains("plugin `hostile` at hook point `transformer.h.1.hook_resid_mid` on rank 1"),
+            "{l}"
+        );
+    }
+}

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
-use flexmodel::api::{FlexModel, Groups};
+use flexmodel::api::{DistFlexModel, DistOptions, FlexModel, Groups};
+use flexmodel::distributed::rank_from_env;
 use flexmodel::hooks::{CpuLimit, Runtime, RuntimeConfig};
 use flexmodel::models::{Model, Tokenizer, parse_dtype};
 use tch::{Device, Kind, Tensor};
@@ -41,6 +42,27 @@ struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+}
+
+/// How the model is split over ranks. Without a launcher, the ranks are
+/// threads of this process; under `mpirun`/`srun` (MPI build), processes.
+#[derive(clap::Args, Clone, Copy)]
+struct MeshArgs {
+    /// Tensor-parallel ranks (attention heads and MLP split).
+    #[arg(long, default_value_t = 1)]
+    tp: usize,
+    /// Pipeline stages (contiguous runs of layers).
+    #[arg(long, default_value_t = 1)]
+    pp: usize,
+    /// Data-parallel replicas (prompts are batched dp at a time).
+    #[arg(long, default_value_t = 1)]
+    dp: usize,
+    /// Seconds a rank waits for a peer before failing the run.
+    #[arg(long, default_value_t = 120)]
+    comm_timeout: u64,
+    /// Tensor-parallel collectives through NCCL (CUDA devices; `nccl` build).
+    #[arg(long)]
+    nccl: bool,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +113,8 @@ enum Cmd {
         /// only the hooks up to there run; no logits are computed or saved.
         #[arg(long)]
         stop_at: Option<String>,
+        #[command(flatten)]
+        mesh: MeshArgs,
     },
     /// The built-in example: residual-stream norms per layer and how ablating
     /// attention heads changes the next-token predictions.
@@ -222,10 +246,6 @@ fn token_ids(p: &Prompt, tok: Option<&Tokenizer>, vocab: i64) -> Result<Vec<i64>
     Ok(ids)
 }
 
-fn vocab_size(m: &Model) -> i64 {
-    m.points(1, 1).last().map(|p| p.shape[2]).unwrap_or(0)
-}
-
 fn top_k(logits: &Tensor, k: i64, tok: Option<&Tokenizer>) -> Vec<(String, f64)> {
     let last = logits
         .select(0, 0)
@@ -265,6 +285,177 @@ struct RunOpts<'a> {
     fuel: u64,
     seed: u64,
     stop_at: Option<&'a str>,
+    mesh: MeshArgs,
+}
+
+/// What runs the forwards: the model on one rank, on threads, or this
+/// process's rank of an MPI job.
+enum Runner {
+    Single(Box<FlexModel>),
+    Threads(Box<DistFlexModel>),
+    #[cfg(feature = "mpi")]
+    Mpi(Box<mpi_rank::MpiRank>),
+}
+
+#[cfg(feature = "mpi")]
+mod mpi_rank {
+    use super::*;
+    use flexmodel::api::{HookSet, RankEngine};
+    use flexmodel::distributed::mpi::{MpiRuntime, init};
+
+    pub struct MpiRank {
+        pub engine: RankEngine,
+        pub hooks: HookSet,
+        pub index: u64,
+        // Last: MPI is finalised after the engine's communicators are gone.
+        pub _mpi: MpiRuntime,
+    }
+
+    pub fn start(model: &ModelArgs, mesh: MeshArgs) -> Result<MpiRank> {
+        let timeout = std::time::Duration::from_secs(mesh.comm_timeout);
+        let (rt, world) = init(timeout)?;
+        let n = flexmodel::distributed::Communicator::size(&world);
+        if mesh.tp * mesh.pp * mesh.dp != n {
+            bail!(
+                "--tp {} × --pp {} × --dp {} must equal the {n} MPI ranks",
+                mesh.tp,
+                mesh.pp,
+                mesh.dp
+            );
+        }
+        let mut opts = DistOptions::new(mesh.pp, mesh.dp, mesh.tp)?;
+        opts.timeout = timeout;
+        opts.nccl = mesh.nccl;
+        opts.kind = parse_dtype(&model.dtype)?;
+        opts.device = device(&model.device)?;
+        let engine = RankEngine::new(&model.model, &opts, Box::new(world))
+            .with_context(|| format!("loading {}", model.model.display()))?;
+        Ok(MpiRank {
+            engine,
+            hooks: HookSet::default(),
+            index: 0,
+            _mpi: rt,
+        })
+    }
+}
+
+impl Runner {
+    fn start(model: &ModelArgs, mesh: MeshArgs) -> Result<(Runner, Option<Tokenizer>)> {
+        let tok = Tokenizer::load(&model.model)?;
+        if let Some((rank, world)) = rank_from_env().filter(|(_, w)| *w > 1) {
+            #[cfg(feature = "mpi")]
+            {
+                let _ = (rank, world);
+                return Ok((Runner::Mpi(Box::new(mpi_rank::start(model, mesh)?)), tok));
+            }
+            #[cfg(not(feature = "mpi"))]
+            bail!(
+                "launched as rank {rank} of {world} (mpirun/srun), but this flexmodel was \
+                 built without MPI: rebuild with `--features mpi`"
+            );
+        }
+        if mesh.tp * mesh.pp * mesh.dp > 1 {
+            let mut opts = DistOptions::new(mesh.pp, mesh.dp, mesh.tp)?;
+            opts.timeout = std::time::Duration::from_secs(mesh.comm_timeout);
+            opts.nccl = mesh.nccl;
+            opts.kind = parse_dtype(&model.dtype)?;
+            opts.device = device(&model.device)?;
+            let dm = DistFlexModel::load(&model.model, opts)
+                .with_context(|| format!("loading {}", model.model.display()))?;
+            return Ok((Runner::Threads(Box::new(dm)), tok));
+        }
+        let (m, _) = load_model(model)?;
+        Ok((Runner::Single(Box::new(FlexModel::new(m))), tok))
+    }
+
+    fn points(&self) -> Vec<flexmodel::models::PointInfo> {
+        match self {
+            Runner::Single(f) => f.points(1, 1),
+            Runner::Threads(d) => d.points(1, 1),
+            #[cfg(feature = "mpi")]
+            Runner::Mpi(m) => m.engine.points(1, 1),
+        }
+    }
+
+    /// Whether this process prints and saves (global rank 0).
+    fn is_root(&self) -> bool {
+        match self {
+            #[cfg(feature = "mpi")]
+            Runner::Mpi(m) => m.engine.global_rank() == 0,
+            _ => true,
+        }
+    }
+
+    fn register(
+        &mut self,
+        plugin: &std::sync::Arc<flexmodel::hooks::Plugin>,
+        pattern: &str,
+        config: &str,
+    ) -> Result<()> {
+        match self {
+            Runner::Single(f) => {
+                f.register_wasm(plugin, pattern, config, &[])?;
+            }
+            Runner::Threads(d) => {
+                d.register_wasm(plugin, pattern, config, &[])?;
+            }
+            #[cfg(feature = "mpi")]
+            Runner::Mpi(m) => {
+                let hook = flexmodel::hooks::WasmHook::new(plugin.clone(), config)?;
+                let points = m.engine.points(1, 1);
+                m.hooks
+                    .add(std::sync::Arc::new(hook), pattern, &[], &points)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Logits (None: stopped early, or not global rank 0), outputs, logs.
+    #[allow(clippy::type_complexity)]
+    fn forward(
+        &mut self,
+        t: &Tensor,
+        stop_at: Option<&str>,
+    ) -> Result<
+        Option<(
+            Option<Tensor>,
+            BTreeMap<String, Tensor>,
+            Vec<(String, String, flexmodel::hooks::LogLevel, String)>,
+        )>,
+    > {
+        match (self, stop_at) {
+            (Runner::Single(f), None) => {
+                let o = f.forward(t, &Groups::All)?;
+                Ok(Some((Some(o.logits), o.outputs, o.logs)))
+            }
+            (Runner::Single(f), Some(p)) => {
+                let o = f.forward_until(t, &Groups::All, p)?;
+                Ok(Some((None, o.outputs, o.logs)))
+            }
+            (Runner::Threads(d), None) => {
+                let o = d.forward(t, &Groups::All)?;
+                Ok(Some((Some(o.logits), o.outputs, o.logs)))
+            }
+            #[cfg(feature = "mpi")]
+            (Runner::Mpi(m), None) => {
+                let i = m.index;
+                m.index += 1;
+                Ok(m.engine
+                    .forward(t, &m.hooks, &Groups::All, i)?
+                    .map(|o| (Some(o.logits), o.outputs, o.logs)))
+            }
+            _ => bail!("--stop-at is not supported with --tp/--pp/--dp"),
+        }
+    }
+}
+
+/// Row `j` of a batched tensor (first dimension `n` > 1), else the tensor.
+fn row(t: &Tensor, j: i64, n: i64) -> Tensor {
+    if n > 1 && t.dim() > 0 && t.size()[0] == n {
+        t.narrow(0, j, 1)
+    } else {
+        t.shallow_clone()
+    }
 }
 
 fn run(model: &ModelArgs, prompts: Vec<Prompt>, o: RunOpts<'_>) -> Result<()> {
@@ -275,10 +466,11 @@ fn run(model: &ModelArgs, prompts: Vec<Prompt>, o: RunOpts<'_>) -> Result<()> {
         fuel,
         seed,
         stop_at,
+        mesh,
     } = o;
-    let (m, tok) = load_model(model)?;
-    let vocab = vocab_size(&m);
-    let mut fm = FlexModel::new(m);
+    let (mut runner, tok) = Runner::start(model, mesh)?;
+    let root = runner.is_root();
+    let vocab = runner.points().last().map(|p| p.shape[2]).unwrap_or(0);
     let rt = Runtime::new(RuntimeConfig {
         cpu: CpuLimit::Fuel(fuel),
         seed,
@@ -289,11 +481,20 @@ fn run(model: &ModelArgs, prompts: Vec<Prompt>, o: RunOpts<'_>) -> Result<()> {
         let plugin = rt
             .load_file(&path)
             .with_context(|| format!("--hook {spec}"))?;
-        fm.register_wasm(&plugin, &pattern, &config, &[])
+        runner
+            .register(&plugin, &pattern, &config)
             .with_context(|| format!("--hook {spec}"))?;
     }
+    // Data parallelism splits a batch: prompts go dp at a time.
+    let chunk = mesh.dp.max(1);
+    if prompts.len() % chunk != 0 {
+        bail!(
+            "--dp {chunk} batches prompts {chunk} at a time: give a multiple of {chunk} prompts (got {})",
+            prompts.len()
+        );
+    }
     let many = prompts.len() > 1;
-    let bar = if many {
+    let bar = if many && root {
         let b = indicatif::ProgressBar::new(prompts.len() as u64);
         b.set_style(
             indicatif::ProgressStyle::with_template(
@@ -305,62 +506,77 @@ fn run(model: &ModelArgs, prompts: Vec<Prompt>, o: RunOpts<'_>) -> Result<()> {
     } else {
         None
     };
+    let say = |line: String| match &bar {
+        Some(b) => b.println(line),
+        None => println!("{line}"),
+    };
     let mut saved = BTreeMap::new();
-    for (i, p) in prompts.iter().enumerate() {
-        let ids = token_ids(p, tok.as_ref(), vocab).with_context(|| format!("prompt {i}"))?;
-        let t = Tensor::from_slice(&ids).unsqueeze(0);
-        let (logits, outputs, logs) = match stop_at {
-            None => {
-                let o = fm
-                    .forward(&t, &Groups::All)
-                    .map_err(|e| anyhow!("prompt {i}: {e}"))?;
-                (Some(o.logits), o.outputs, o.logs)
-            }
-            Some(p) => {
-                let o = fm
-                    .forward_until(&t, &Groups::All, p)
-                    .map_err(|e| anyhow!("prompt {i}: {e}"))?;
-                (None, o.outputs, o.logs)
-            }
+    for (c, group) in prompts.chunks(chunk).enumerate() {
+        let first = c * chunk;
+        let mut rows = Vec::with_capacity(group.len());
+        for (j, p) in group.iter().enumerate() {
+            let ids = token_ids(p, tok.as_ref(), vocab)
+                .with_context(|| format!("prompt {}", first + j))?;
+            rows.push(ids);
+        }
+        if rows.iter().any(|r| r.len() != rows[0].len()) {
+            bail!(
+                "prompts {first}..{} are batched for --dp {chunk} and must have the same number of tokens",
+                first + group.len()
+            );
+        }
+        let t = Tensor::stack(
+            &rows
+                .iter()
+                .map(|r| Tensor::from_slice(r))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let result = runner
+            .forward(&t, stop_at)
+            .map_err(|e| anyhow!("prompt {first}: {e:#}"))?;
+        let Some((logits, outputs, logs)) = result else {
+            continue; // not global rank 0
         };
         for (hook, point, level, msg) in &logs {
-            let line = format!("[{hook} @ {point}] {level:?}: {msg}");
-            match &bar {
-                Some(b) => b.println(line),
-                None => eprintln!("{line}"),
-            }
+            say(format!("[{hook} @ {point}] {level:?}: {msg}"));
         }
-        let line = match &logits {
-            Some(l) => format!(
-                "prompt {i}: {} tokens; next token: {}",
-                ids.len(),
-                show(&top_k(l, k, tok.as_ref()))
-            ),
-            None => format!(
-                "prompt {i}: {} tokens; stopped after {}",
-                ids.len(),
-                stop_at.unwrap_or("")
-            ),
-        };
-        match &bar {
-            Some(b) => {
-                b.println(line);
+        let n = rows.len() as i64;
+        for (j, ids) in rows.iter().enumerate() {
+            let i = first + j;
+            let jl = j as i64;
+            let line = match &logits {
+                Some(l) => format!(
+                    "prompt {i}: {} tokens; next token: {}",
+                    ids.len(),
+                    show(&top_k(&row(l, jl, n), k, tok.as_ref()))
+                ),
+                None => format!(
+                    "prompt {i}: {} tokens; stopped after {}",
+                    ids.len(),
+                    stop_at.unwrap_or("")
+                ),
+            };
+            say(line);
+            if let Some(b) = &bar {
                 b.inc(1);
             }
-            None => println!("{line}"),
-        }
-        let prefix = if many { format!("{i}/") } else { String::new() };
-        if let Some(l) = logits {
-            saved.insert(format!("{prefix}logits"), l.to_device(Device::Cpu));
-        }
-        for (key, v) in outputs {
-            saved.insert(format!("{prefix}{key}"), v);
+            let prefix = if many { format!("{i}/") } else { String::new() };
+            if let Some(l) = &logits {
+                saved.insert(
+                    format!("{prefix}logits"),
+                    row(l, jl, n).to_device(Device::Cpu),
+                );
+            }
+            for (key, v) in &outputs {
+                saved.insert(format!("{prefix}{key}"), row(v, jl, n));
+            }
         }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if let Some(path) = out {
+    if let (Some(path), true) = (out, root) {
         save(path, &saved)?;
         println!("saved {} tensors to {}", saved.len(), path.display());
     }
@@ -508,6 +724,7 @@ fn main() {
             fuel,
             seed,
             stop_at,
+            mesh,
         } => {
             let ps = if let Some(p) = prompt {
                 Ok(vec![Prompt::Text(p)])
@@ -526,6 +743,7 @@ fn main() {
                     fuel,
                     seed,
                     stop_at: stop_at.as_deref(),
+                    mesh,
                 };
                 run(&model, ps, o)
             })

@@ -16,8 +16,8 @@ use std::thread::JoinHandle;
 
 use tch::Tensor;
 
-use super::rank::RankEngine;
 pub use super::rank::DistOptions;
+use super::rank::RankEngine;
 use super::registry::{HookListing, HookSet, Registration};
 use super::{FlexError, ForwardOutput, Groups, HookHandle};
 use crate::distributed::{Communicator, ThreadComm};
@@ -163,10 +163,14 @@ impl DistFlexModel {
     /// `seq` tokens.
     pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
         let (tx, rx) = channel();
-        let asked = self.workers[0]
-            .tx
-            .as_ref()
-            .is_some_and(|t| t.send(Job::Points { batch, seq, reply: tx }).is_ok());
+        let asked = self.workers[0].tx.as_ref().is_some_and(|t| {
+            t.send(Job::Points {
+                batch,
+                seq,
+                reply: tx,
+            })
+            .is_ok()
+        });
         if asked && let Ok(p) = rx.recv() {
             return p;
         }

@@ -76,7 +76,12 @@ impl<'a, 'c> DistSite<'a, 'c> {
         same.then(|| reads.iter().map(to_range).collect())
     }
 
-    fn logical_view(&mut self, point: &str, local: &Tensor, split: TpSplit) -> Result<Tensor, ModelError> {
+    fn logical_view(
+        &mut self,
+        point: &str,
+        local: &Tensor,
+        split: TpSplit,
+    ) -> Result<Tensor, ModelError> {
         let gathered = match self.common_read_slice(point) {
             Some(reads) => layout::gather_slice(self.tp, local, split, &reads).map_err(comm)?,
             None => None,
@@ -91,7 +96,8 @@ impl<'a, 'c> DistSite<'a, 'c> {
 
     /// Agree with the other TP ranks on the outcome at `point`.
     fn agree(&self, point: &str, outcome: Outcome) -> Result<(), ModelError> {
-        let bytes = serde_json::to_vec(&outcome).map_err(|e| ModelError::Internal(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec(&outcome).map_err(|e| ModelError::Internal(e.to_string()))?;
         let all = self.tp.all_gather_bytes(bytes.into()).map_err(comm)?;
         let mut outcomes = Vec::with_capacity(all.len());
         for (r, b) in all.iter().enumerate() {
@@ -179,9 +185,7 @@ impl HookSite for DistSite<'_, '_> {
         }
         let (t, edited) = result.map_err(|e| ModelError::Hook(Box::new(e)))?;
         Ok(match split {
-            Some(s) if edited => {
-                layout::local_part(&t, s, self.tp.rank(), tp_size).contiguous()
-            }
+            Some(s) if edited => layout::local_part(&t, s, self.tp.rank(), tp_size).contiguous(),
             Some(_) => local,
             None => t,
         })

@@ -295,7 +295,13 @@ impl FlexModel {
         };
         let index = self.forward_index;
         self.forward_index += 1;
-        let mut site = site::Site::new(&self.registry.regs, groups, index, stop, crate::hooks::RankInfo::SINGLE);
+        let mut site = site::Site::new(
+            &self.registry.regs,
+            groups,
+            index,
+            stop,
+            crate::hooks::RankInfo::SINGLE,
+        );
         match self.model.forward(&ids, &mut site) {
             Ok(logits) => Ok((Some(logits), site.outputs, site.logs, index)),
             Err(ModelError::Stopped(_)) => Ok((None, site.outputs, site.logs, index)),

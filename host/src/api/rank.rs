@@ -59,6 +59,9 @@ pub struct DistOptions {
     /// Verify by checksum that every TP rank computed the same edit (costs a
     /// hash of each edited activation).
     pub check_edits: bool,
+    /// Run the tensor-parallel collectives through NCCL (CUDA devices, build
+    /// with the `nccl` feature); refused cleanly where NCCL or a GPU is missing.
+    pub nccl: bool,
 }
 
 impl DistOptions {
@@ -69,6 +72,7 @@ impl DistOptions {
             device: Device::Cpu,
             timeout: std::time::Duration::from_secs(60),
             check_edits: cfg!(debug_assertions),
+            nccl: false,
         })
     }
 }
@@ -117,16 +121,38 @@ impl RankEngine {
         world: Box<dyn Communicator>,
     ) -> Result<RankEngine, FlexError> {
         let mesh = opts.mesh;
-        let groups = mesh.groups(world)?;
+        #[allow(unused_mut)]
+        let mut groups = mesh.groups(world)?;
         let rank = groups.world.rank();
         let coords = mesh.coords(rank);
+        // One GPU per rank, round robin from the one asked for.
+        let device = match opts.device {
+            Device::Cuda(base) if tch::Cuda::is_available() => {
+                Device::Cuda((base + rank) % tch::Cuda::device_count().max(1) as usize)
+            }
+            d => d,
+        };
+        if opts.nccl {
+            #[cfg(feature = "nccl")]
+            {
+                let Device::Cuda(ordinal) = device else {
+                    return Err(FlexError::Input("--nccl needs a CUDA device".into()));
+                };
+                let tp = distributed::nccl::NcclComm::new(groups.tp, ordinal)?;
+                groups.tp = Box::new(tp);
+            }
+            #[cfg(not(feature = "nccl"))]
+            return Err(FlexError::Comm(CommError::Unavailable(
+                "this build has no NCCL backend: rebuild with `--features nccl`".into(),
+            )));
+        }
         let shard = Shard {
             tp_rank: coords.tp as i64,
             tp_size: mesh.tp as i64,
             pp_rank: coords.pp as i64,
             pp_size: mesh.pp as i64,
         };
-        let loaded = Model::load_shard(dir, opts.kind, opts.device, &shard);
+        let loaded = Model::load_shard(dir, opts.kind, device, &shard);
         // Every rank learns whether every rank loaded.
         let status = match &loaded {
             Ok(_) => String::new(),
@@ -261,9 +287,9 @@ impl RankEngine {
                 self.check_edits,
                 me as u32,
             );
-            let out = self
-                .model
-                .forward_stage(&local_ids, hidden, &mut site, &TpAdapter(g.tp.as_ref()));
+            let out =
+                self.model
+                    .forward_stage(&local_ids, hidden, &mut site, &TpAdapter(g.tp.as_ref()));
             site_out = Some((site.inner.outputs, site.inner.logs, site.gathered));
             let out = out.map_err(|e| failure(e, me))?;
             Ok(Some(out))

@@ -93,7 +93,10 @@ impl RankReport {
             has_logits: self.logits.is_some(),
         };
         let mut out = BytesMut::new();
-        put_chunk(&mut out, &serde_json::to_vec(&header).map_err(|e| e.to_string())?);
+        put_chunk(
+            &mut out,
+            &serde_json::to_vec(&header).map_err(|e| e.to_string())?,
+        );
         for t in self.outputs.values().chain(self.logits.iter()) {
             put_chunk(&mut out, &wire::encode(t)?);
         }
@@ -156,7 +159,10 @@ pub(crate) fn merge(reports: Vec<RankReport>, mesh: &Mesh, batched: &HashSet<Str
         }
         logs.extend(r.logs);
         for (k, t) in r.outputs {
-            per_key.entry(k).or_default().push((r.coords.dp, r.batch, t));
+            per_key
+                .entry(k)
+                .or_default()
+                .push((r.coords.dp, r.batch, t));
         }
         if let Some(l) = r.logits {
             logits.push((r.coords.dp, l));
@@ -176,10 +182,12 @@ pub(crate) fn merge(reports: Vec<RankReport>, mesh: &Mesh, batched: &HashSet<Str
         }
         let point = key.split(['#', ':']).next().unwrap_or(&key);
         let by_batch = batched.contains(point)
-            && parts.iter().all(|(_, b, t)| t.dim() > 0 && t.size()[0] == *b)
             && parts
                 .iter()
-                .all(|(_, _, t)| t.size()[1..] == parts[0].2.size()[1..] && t.kind() == parts[0].2.kind());
+                .all(|(_, b, t)| t.dim() > 0 && t.size()[0] == *b)
+            && parts.iter().all(|(_, _, t)| {
+                t.size()[1..] == parts[0].2.size()[1..] && t.kind() == parts[0].2.kind()
+            });
         if by_batch {
             let ts: Vec<Tensor> = parts.into_iter().map(|(_, _, t)| t).collect();
             outputs.insert(key, Tensor::cat(&ts, 0));

@@ -48,39 +48,22 @@ pub trait Communicator {
 
     /// Every rank's tensor, in rank order, on `t`'s device.
     fn all_gather(&self, t: &Tensor) -> Result<Vec<Tensor>, CommError> {
-        let parts = self.all_gather_bytes(encode(t)?)?;
-        parts
-            .iter()
-            .enumerate()
-            .map(|(r, b)| decode(b, self.global_rank(r), "all-gather", t.device(), self))
-            .collect()
+        host_all_gather(self, t)
     }
 
     /// Elementwise sum over the group, added in rank order so that every
     /// rank gets the same bits.
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, CommError> {
-        if self.size() == 1 {
-            return Ok(t.shallow_clone());
-        }
-        let parts = self.all_gather(t)?;
-        let mut acc = parts[0].copy();
-        for p in &parts[1..] {
-            if p.size() != acc.size() || p.kind() != acc.kind() {
-                return Err(CommError::Invalid(format!(
-                    "all-reduce over tensors of different shapes/dtypes: {:?} {:?} vs {:?} {:?}",
-                    acc.size(),
-                    acc.kind(),
-                    p.size(),
-                    p.kind()
-                )));
-            }
-            acc += p;
-        }
-        Ok(acc)
+        host_all_reduce_sum(self, t)
     }
 
     /// `root`'s tensor on every rank, on `like`'s device.
-    fn broadcast(&self, t: Option<&Tensor>, root: usize, like: Device) -> Result<Tensor, CommError> {
+    fn broadcast(
+        &self,
+        t: Option<&Tensor>,
+        root: usize,
+        like: Device,
+    ) -> Result<Tensor, CommError> {
         let b = t.map(encode).transpose()?;
         let b = self.broadcast_bytes(b, root)?;
         decode(&b, self.global_rank(root), "broadcast", like, self)
@@ -129,4 +112,44 @@ fn decode<C: Communicator + ?Sized>(
             peer,
             message,
         })
+}
+
+/// [`Communicator::all_gather`] through the byte-level operations (the
+/// tensors travel through host memory).
+pub fn host_all_gather<C: Communicator + ?Sized>(
+    c: &C,
+    t: &Tensor,
+) -> Result<Vec<Tensor>, CommError> {
+    let parts = c.all_gather_bytes(encode(t)?)?;
+    parts
+        .iter()
+        .enumerate()
+        .map(|(r, b)| decode(b, c.global_rank(r), "all-gather", t.device(), c))
+        .collect()
+}
+
+/// [`Communicator::all_reduce_sum`] through [`host_all_gather`], summed in
+/// rank order.
+pub fn host_all_reduce_sum<C: Communicator + ?Sized>(
+    c: &C,
+    t: &Tensor,
+) -> Result<Tensor, CommError> {
+    if c.size() == 1 {
+        return Ok(t.shallow_clone());
+    }
+    let parts = host_all_gather(c, t)?;
+    let mut acc = parts[0].copy();
+    for p in &parts[1..] {
+        if p.size() != acc.size() || p.kind() != acc.kind() {
+            return Err(CommError::Invalid(format!(
+                "all-reduce over tensors of different shapes/dtypes: {:?} {:?} vs {:?} {:?}",
+                acc.size(),
+                acc.kind(),
+                p.size(),
+                p.kind()
+            )));
+        }
+        acc += p;
+    }
+    Ok(acc)
 }

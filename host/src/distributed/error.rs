@@ -13,7 +13,11 @@ pub enum CommError {
         timeout: Duration,
     },
     #[error("{op} on rank {rank}: rank {peer} is gone (it exited or dropped its communicator)")]
-    PeerGone { op: String, rank: usize, peer: usize },
+    PeerGone {
+        op: String,
+        rank: usize,
+        peer: usize,
+    },
     #[error("rank {peer} gave up the forward: {reason}")]
     PeerAborted { peer: usize, reason: String },
     #[error("{op} on rank {rank}: malformed message from rank {peer}: {message}")]

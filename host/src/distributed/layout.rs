@@ -114,7 +114,10 @@ pub fn gather_slice(
     let mut shape = local.size();
     shape[dim] = sizes.iter().sum();
     let kind = local.kind();
-    let fill = if matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) {
+    let fill = if matches!(
+        kind,
+        Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double
+    ) {
         f64::NAN
     } else {
         0.0
@@ -144,7 +147,10 @@ mod tests {
         let l = Tensor::arange(7, (Kind::Float, Device::Cpu));
         let s = TpSplit { dim: 0, groups: 1 };
         let parts: Vec<Tensor> = (0..3).map(|r| local_part(&l, s, r, 3)).collect();
-        assert_eq!(parts.iter().map(|p| p.size()[0]).collect::<Vec<_>>(), vec![3, 2, 2]);
+        assert_eq!(
+            parts.iter().map(|p| p.size()[0]).collect::<Vec<_>>(),
+            vec![3, 2, 2]
+        );
         assert!(assemble(&parts, s).equal(&l));
     }
 }

@@ -100,10 +100,38 @@ mod tests {
     #[test]
     fn tp_ranks_are_contiguous() {
         let m = Mesh::new(8, 2, 2, 2).unwrap();
-        assert_eq!(m.coords(0), Coords { pp: 0, dp: 0, tp: 0 });
-        assert_eq!(m.coords(1), Coords { pp: 0, dp: 0, tp: 1 });
-        assert_eq!(m.coords(2), Coords { pp: 0, dp: 1, tp: 0 });
-        assert_eq!(m.coords(5), Coords { pp: 1, dp: 0, tp: 1 });
+        assert_eq!(
+            m.coords(0),
+            Coords {
+                pp: 0,
+                dp: 0,
+                tp: 0
+            }
+        );
+        assert_eq!(
+            m.coords(1),
+            Coords {
+                pp: 0,
+                dp: 0,
+                tp: 1
+            }
+        );
+        assert_eq!(
+            m.coords(2),
+            Coords {
+                pp: 0,
+                dp: 1,
+                tp: 0
+            }
+        );
+        assert_eq!(
+            m.coords(5),
+            Coords {
+                pp: 1,
+                dp: 0,
+                tp: 1
+            }
+        );
         for r in 0..8 {
             assert_eq!(m.rank_of(m.coords(r)), r);
         }

@@ -11,6 +11,7 @@ pub mod mesh;
 pub mod mpi;
 #[cfg(feature = "nccl")]
 pub mod nccl;
+mod p2p;
 pub mod thread;
 pub mod wire;
 

@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use super::comm::Communicator;
 use super::error::CommError;
+use super::p2p::{self, PointToPoint};
 
 enum Msg {
     Data { epoch: u64, bytes: Bytes },
@@ -176,9 +177,9 @@ impl ThreadComm {
                 return r;
             }
         }
-        let rx = self.rx[src].as_ref().ok_or_else(|| {
-            CommError::Invalid(format!("{op}: no channel from rank {peer}"))
-        })?;
+        let rx = self.rx[src]
+            .as_ref()
+            .ok_or_else(|| CommError::Invalid(format!("{op}: no channel from rank {peer}")))?;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -207,9 +208,27 @@ impl ThreadComm {
             }
         }
     }
+}
 
+impl PointToPoint for ThreadComm {
+    type Pending = ();
+    fn p2p_rank(&self) -> usize {
+        self.rank
+    }
+    fn p2p_size(&self) -> usize {
+        self.members.len()
+    }
     fn deadline(&self) -> Instant {
         Instant::now() + self.timeout
+    }
+    fn post(&self, dst: usize, b: &Bytes, op: &str) -> Result<(), CommError> {
+        ThreadComm::post(self, dst, b.clone(), op)
+    }
+    fn take(&self, src: usize, op: &str, deadline: Instant) -> Result<Bytes, CommError> {
+        ThreadComm::take(self, src, op, deadline)
+    }
+    fn finish(&self, _: (), _: &str, _: Instant) -> Result<(), CommError> {
+        Ok(())
     }
 }
 
@@ -231,98 +250,34 @@ impl Communicator for ThreadComm {
     }
 
     fn barrier(&self) -> Result<(), CommError> {
-        self.all_gather_bytes(Bytes::new()).map(|_| ())
+        p2p::all_gather(self, Bytes::new()).map(|_| ())
     }
 
     fn all_gather_bytes(&self, b: Bytes) -> Result<Vec<Bytes>, CommError> {
-        let n = self.size();
-        for p in (0..n).filter(|&p| p != self.rank) {
-            self.post(p, b.clone(), "all-gather")?;
-        }
-        let deadline = self.deadline();
-        (0..n)
-            .map(|p| {
-                if p == self.rank {
-                    Ok(b.clone())
-                } else {
-                    self.take(p, "all-gather", deadline)
-                }
-            })
-            .collect()
+        p2p::all_gather(self, b)
     }
 
     fn gather_bytes(&self, b: Bytes, root: usize) -> Result<Option<Vec<Bytes>>, CommError> {
-        if root >= self.size() {
-            return Err(CommError::Invalid(format!("gather root {root}")));
-        }
-        if self.rank != root {
-            self.post(root, b, "gather")?;
-            return Ok(None);
-        }
-        let deadline = self.deadline();
-        (0..self.size())
-            .map(|p| {
-                if p == root {
-                    Ok(b.clone())
-                } else {
-                    self.take(p, "gather", deadline)
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        p2p::gather(self, b, root)
     }
 
     fn broadcast_bytes(&self, b: Option<Bytes>, root: usize) -> Result<Bytes, CommError> {
-        if root >= self.size() {
-            return Err(CommError::Invalid(format!("broadcast root {root}")));
-        }
-        if self.rank == root {
-            let b = b.ok_or_else(|| CommError::Invalid("broadcast root has no data".into()))?;
-            for p in (0..self.size()).filter(|&p| p != root) {
-                self.post(p, b.clone(), "broadcast")?;
-            }
-            Ok(b)
-        } else {
-            self.take(root, "broadcast", self.deadline())
-        }
+        p2p::broadcast(self, b, root)
     }
 
     fn send_bytes(&self, b: Bytes, dst: usize) -> Result<(), CommError> {
-        self.post(dst, b, "send")
+        p2p::send(self, b, dst)
     }
 
     fn recv_bytes(&self, src: usize) -> Result<Bytes, CommError> {
-        self.take(src, "recv", self.deadline())
+        self.take(src, "recv", PointToPoint::deadline(self))
     }
 
     fn split(&self, color: u32, key: u32) -> Result<Box<dyn Communicator>, CommError> {
-        let mine = Bytes::from([color.to_le_bytes(), key.to_le_bytes()].concat());
-        let all = self.all_gather_bytes(mine)?;
-        let mut same: Vec<(u32, usize)> = Vec::new();
-        for (r, b) in all.iter().enumerate() {
-            let word = |i: usize| -> Result<u32, CommError> {
-                b.get(i..i + 4)
-                    .and_then(|s| s.try_into().ok())
-                    .map(u32::from_le_bytes)
-                    .ok_or_else(|| CommError::Protocol {
-                        op: "split".into(),
-                        rank: self.me(),
-                        peer: self.members[r],
-                        message: "short color/key".into(),
-                    })
-            };
-            if word(0)? == color {
-                same.push((word(4)?, r));
-            }
-        }
-        same.sort();
+        let (same, my_index) = p2p::split_members(self, color, key)?;
         let n = self.splits.get();
         self.splits.set(n + 1);
         let id = format!("{}/{n}:{color}", self.id);
-        let my_index = same
-            .iter()
-            .position(|&(_, r)| r == self.rank)
-            .ok_or_else(|| CommError::Invalid("split: this rank is not in its own group".into()))?;
         let e = {
             let mut pending = self
                 .hub
@@ -339,7 +294,7 @@ impl Communicator for ThreadComm {
             e
         }
         .ok_or_else(|| CommError::Invalid(format!("split: group {id} slot taken twice")))?;
-        let members = same.iter().map(|&(_, r)| self.members[r]).collect();
+        let members = same.iter().map(|&r| self.members[r]).collect();
         let c = ThreadComm::from_parts(my_index, members, e, self.hub.clone(), id, self.timeout);
         c.set_epoch(self.epoch.get());
         Ok(Box::new(c))
@@ -427,12 +382,21 @@ mod tests {
             if c.rank() == 1 {
                 return Ok(vec![]); // exits: drops its channel ends
             }
-            c.all_reduce_sum(&Tensor::from_slice(&[1.0f32])).map(|t| vec(&t))
+            c.all_reduce_sum(&Tensor::from_slice(&[1.0f32]))
+                .map(|t| vec(&t))
         });
         // Rank 0 fails first on rank 1; rank 2 on rank 1 or on rank 0, which
         // exits when it fails.
-        assert!(matches!(out[0], Err(CommError::PeerGone { peer: 1, .. })), "{:?}", out[0]);
-        assert!(matches!(out[2], Err(CommError::PeerGone { .. })), "{:?}", out[2]);
+        assert!(
+            matches!(out[0], Err(CommError::PeerGone { peer: 1, .. })),
+            "{:?}",
+            out[0]
+        );
+        assert!(
+            matches!(out[2], Err(CommError::PeerGone { .. })),
+            "{:?}",
+            out[2]
+        );
         assert!(start.elapsed() < Duration::from_secs(4));
     }
 
@@ -446,7 +410,9 @@ mod tests {
             }
             c.recv_bytes(1).map(|_| vec![])
         });
-        assert!(matches!(&out[0], Err(CommError::PeerAborted { peer: 1, reason }) if reason == "boom"));
+        assert!(
+            matches!(&out[0], Err(CommError::PeerAborted { peer: 1, reason }) if reason == "boom")
+        );
         let comms = ThreadComm::world(2, Duration::from_millis(100));
         let t0 = Instant::now();
         let e = comms[0].recv_bytes(1).unwrap_err();

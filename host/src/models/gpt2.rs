@@ -289,7 +289,12 @@ impl Gpt2 {
         let (vocab_offset, vocab_rows) = shard.part(v);
         let tied = config.tie_word_embeddings || !w.contains("lm_head.weight");
         let wte = if shard.first_stage() || (shard.last_stage() && tied) {
-            Some(part("wte.weight", &[v, d], 0, &[(vocab_offset, vocab_rows)])?)
+            Some(part(
+                "wte.weight",
+                &[v, d],
+                0,
+                &[(vocab_offset, vocab_rows)],
+            )?)
         } else {
             None
         };
@@ -383,7 +388,9 @@ impl Gpt2 {
             Some(h) => h.to_device(self.device),
             None => {
                 let (Some(wte), Some(wpe)) = (&self.wte, &self.wpe) else {
-                    return Err(ModelError::Internal("first stage without embeddings".into()));
+                    return Err(ModelError::Internal(
+                        "first stage without embeddings".into(),
+                    ));
                 };
                 let ids = input_ids.to_device(self.device);
                 let tok = fire(

@@ -243,10 +243,22 @@ impl GptNeoX {
             // contiguous run of rows is a run of whole heads.
             layers.push(Layer {
                 ln1: ln(&format!("{p}.input_layernorm"))?,
-                qkv: lin(&format!("{p}.attention.query_key_value"), d, 3 * d, bias, Par::Column)?,
+                qkv: lin(
+                    &format!("{p}.attention.query_key_value"),
+                    d,
+                    3 * d,
+                    bias,
+                    Par::Column,
+                )?,
                 dense: lin(&format!("{p}.attention.dense"), d, d, bias, Par::Row)?,
                 ln2: ln(&format!("{p}.post_attention_layernorm"))?,
-                fc_in: lin(&format!("{p}.mlp.dense_h_to_4h"), d, inter, true, Par::Column)?,
+                fc_in: lin(
+                    &format!("{p}.mlp.dense_h_to_4h"),
+                    d,
+                    inter,
+                    true,
+                    Par::Column,
+                )?,
                 fc_out: lin(&format!("{p}.mlp.dense_4h_to_h"), inter, d, true, Par::Row)?,
                 names: Names::new(i),
             });
@@ -254,7 +266,16 @@ impl GptNeoX {
         let v = config.vocab_size;
         let (vocab_offset, vocab_rows) = shard.part(v);
         let rows = |name: &str| {
-            w.get_part(name, &[v, d], 0, vocab_offset, vocab_rows, kind, device, "GPT-NeoX")
+            w.get_part(
+                name,
+                &[v, d],
+                0,
+                vocab_offset,
+                vocab_rows,
+                kind,
+                device,
+                "GPT-NeoX",
+            )
         };
         let tied = config.tie_word_embeddings;
         let embed = if shard.first_stage() || (shard.last_stage() && tied) {
@@ -340,7 +361,9 @@ impl GptNeoX {
             Some(h) => h.to_device(self.device),
             None => {
                 let Some(table) = &self.embed else {
-                    return Err(ModelError::Internal("first stage without embeddings".into()));
+                    return Err(ModelError::Internal(
+                        "first stage without embeddings".into(),
+                    ));
                 };
                 let ids = input_ids.to_device(self.device);
                 let x = fire(
@@ -373,7 +396,9 @@ impl GptNeoX {
             let k = fire(hooks, &n.rot_k, rope(&k).transpose(1, 2))?.transpose(1, 2);
             let z = attention(&q, &k, &v, scaling, &mask, false, hooks, &[&n.pattern])?;
             let z = fire(hooks, &n.z, z.transpose(1, 2))?;
-            let o = l.dense.forward_tp(&z.reshape([b, s, nh * hd]), Par::Row, tp)?;
+            let o = l
+                .dense
+                .forward_tp(&z.reshape([b, s, nh * hd]), Par::Row, tp)?;
             let o = fire(hooks, &n.dense, o)?;
             let attn = fire(hooks, &n.attn, o)?;
             let attn = fire(hooks, &n.post_attn_dropout, attn)?;

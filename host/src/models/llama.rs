@@ -338,18 +338,51 @@ impl Llama {
                 q: lin(&format!("{a}.q_proj"), d, nh * hd, qkv_bias, Par::Column)?,
                 k: lin(&format!("{a}.k_proj"), d, nkv * hd, qkv_bias, Par::Column)?,
                 v: lin(&format!("{a}.v_proj"), d, nkv * hd, qkv_bias, Par::Column)?,
-                o: lin(&format!("{a}.o_proj"), nh * hd, d, config.o_bias(), Par::Row)?,
+                o: lin(
+                    &format!("{a}.o_proj"),
+                    nh * hd,
+                    d,
+                    config.o_bias(),
+                    Par::Row,
+                )?,
                 ln2: norm(&format!("{p}.post_attention_layernorm"))?,
-                gate: lin(&format!("{m}.gate_proj"), d, inter, config.mlp_bias, Par::Column)?,
-                up: lin(&format!("{m}.up_proj"), d, inter, config.mlp_bias, Par::Column)?,
-                down: lin(&format!("{m}.down_proj"), inter, d, config.mlp_bias, Par::Row)?,
+                gate: lin(
+                    &format!("{m}.gate_proj"),
+                    d,
+                    inter,
+                    config.mlp_bias,
+                    Par::Column,
+                )?,
+                up: lin(
+                    &format!("{m}.up_proj"),
+                    d,
+                    inter,
+                    config.mlp_bias,
+                    Par::Column,
+                )?,
+                down: lin(
+                    &format!("{m}.down_proj"),
+                    inter,
+                    d,
+                    config.mlp_bias,
+                    Par::Row,
+                )?,
                 names: Names::new(i),
             });
         }
         let v = config.vocab_size;
         let (vocab_offset, vocab_rows) = shard.part(v);
         let rows = |name: &str| {
-            w.get_part(name, &[v, d], 0, vocab_offset, vocab_rows, kind, device, "LLaMA")
+            w.get_part(
+                name,
+                &[v, d],
+                0,
+                vocab_offset,
+                vocab_rows,
+                kind,
+                device,
+                "LLaMA",
+            )
         };
         let tied = config.tie_word_embeddings;
         if !tied && !w.contains("lm_head.weight") {
@@ -428,7 +461,9 @@ impl Llama {
             Some(h) => h.to_device(self.device),
             None => {
                 let Some(table) = &self.embed else {
-                    return Err(ModelError::Internal("first stage without embeddings".into()));
+                    return Err(ModelError::Internal(
+                        "first stage without embeddings".into(),
+                    ));
                 };
                 let ids = input_ids.to_device(self.device);
                 fire(

@@ -150,8 +150,8 @@ pub(crate) fn embed(
     let rows = table.size()[0];
     let outside = ids.lt(offset).logical_or(&ids.ge(offset + rows));
     let local = (ids - offset).masked_fill(&outside, 0);
-    let e = Tensor::embedding(table, &local, -1, false, false)
-        .masked_fill(&outside.unsqueeze(-1), 0.0);
+    let e =
+        Tensor::embedding(table, &local, -1, false, false).masked_fill(&outside.unsqueeze(-1), 0.0);
     tp.all_reduce(e)
 }
 
