@@ -131,8 +131,13 @@ fn check_layout(
                 .map(|(_, v)| *v)
                 .unwrap_or(0);
             // hook_z has hook_q's shape; its last-token retrieval gathers
-            // 1/seq (6 tokens) of what a full gather moves.
-            assert!(z > 0 && z * 6 == q, "{what}: z gathered {z} bytes, q {q}");
+            // 1/seq (6 tokens) of what a full gather moves, plus headers
+            // (under 100 bytes per message).
+            let msgs = 2 * (tp as u64 - 1) * tp as u64;
+            assert!(
+                z > 0 && z <= q / 6 + 100 * msgs,
+                "{what}: z gathered {z} bytes, q {q}"
+            );
         } else {
             assert!(
                 got.gathered_bytes.values().all(|&b| b == 0),

@@ -16,7 +16,11 @@ pub mod models;
 /// 1 GiB), so activations of the same size are reused warm instead of being
 /// unmapped and page-faulted in again on every forward. Process-wide: the
 /// `flexmodel` binary and the benchmarks call it at start-up; the library never
-/// does on its own. Returns whether glibc accepted both settings.
+/// does on its own. Returns whether glibc accepted the settings.
+///
+/// Also one arena for all threads: glibc's per-thread arenas cannot hold a
+/// block over 64 MiB and map it afresh every time, which made the ranks of
+/// the thread backend (and their collectives) page-fault on every message.
 pub fn tune_allocator() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -24,6 +28,7 @@ pub fn tune_allocator() -> bool {
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
+                && libc::mallopt(libc::M_ARENA_MAX, 1) == 1
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

@@ -29,7 +29,8 @@ pub(crate) struct DistSite<'a, 'c> {
     splits: &'c HashMap<String, Option<TpSplit>>,
     check_edits: bool,
     global_rank: u32,
-    /// Bytes received from other ranks to build hook views, per point.
+    /// Bytes received from other ranks to build hook views (as sent: data
+    /// and message headers), per point.
     pub gathered: BTreeMap<String, u64>,
 }
 

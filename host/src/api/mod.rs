@@ -102,8 +102,9 @@ pub struct ForwardOutput {
     pub logs: Vec<(String, String, LogLevel, String)>,
     /// Index of this forward pass (0 for the first).
     pub forward_index: u64,
-    /// Distributed runs: bytes gathered from other ranks for the hooks, per
-    /// hook point, summed over all ranks (empty on one rank).
+    /// Distributed runs: bytes received from other ranks to build the hooks'
+    /// views (data and message headers), per hook point, summed over all
+    /// ranks (empty on one rank).
     pub gathered_bytes: BTreeMap<String, u64>,
 }
 

@@ -39,13 +39,6 @@ impl TpComm for TpAdapter<'_> {
             .all_reduce_sum(&t)
             .map_err(|e| ModelError::Comm(Box::new(e)))
     }
-    fn all_gather_cat(&self, t: &Tensor, dim: i64) -> Result<Tensor, ModelError> {
-        let parts = self
-            .0
-            .all_gather(t)
-            .map_err(|e| ModelError::Comm(Box::new(e)))?;
-        Ok(Tensor::cat(&parts, dim))
-    }
 }
 
 /// Options of a distributed run.
@@ -62,6 +55,9 @@ pub struct DistOptions {
     /// Run the tensor-parallel collectives through NCCL (CUDA devices, build
     /// with the `nccl` feature); refused cleanly where NCCL or a GPU is missing.
     pub nccl: bool,
+    /// libtorch intra-op threads of each rank's thread (thread backend):
+    /// by default the machine's cores shared out over the ranks.
+    pub threads_per_rank: Option<i32>,
 }
 
 impl DistOptions {
@@ -73,6 +69,7 @@ impl DistOptions {
             timeout: std::time::Duration::from_secs(60),
             check_edits: cfg!(debug_assertions),
             nccl: false,
+            threads_per_rank: None,
         })
     }
 }
@@ -292,6 +289,13 @@ impl RankEngine {
                     .forward_stage(&local_ids, hidden, &mut site, &TpAdapter(g.tp.as_ref()));
             site_out = Some((site.inner.outputs, site.inner.logs, site.gathered));
             let out = out.map_err(|e| failure(e, me))?;
+            if c.pp + 1 == pp && self.mesh.tp > 1 {
+                // Vocab-parallel logits: whole at TP rank 0 only.
+                return match g.tp.gather(&out, 0).map_err(RankFailure::Comm)? {
+                    Some(parts) => Ok(Some(Tensor::cat(&parts, -1).to_device(self.model.device()))),
+                    None => Ok(None),
+                };
+            }
             Ok(Some(out))
         })();
         // Pass the hidden state (or the failure) to the next stage.

@@ -90,7 +90,7 @@ fn main() -> Result<()> {
             // Our allocator settings, for PyTorch through glibc's tunables.
             cmd.env(
                 "GLIBC_TUNABLES",
-                "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824",
+                "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824:glibc.malloc.arena_max=1",
             );
         } else {
             cmd.env_remove("GLIBC_TUNABLES");
@@ -210,7 +210,7 @@ fn main() -> Result<()> {
     md.push_str(&format!(
         "glibc allocator: {}.\n\n",
         if tuned {
-            "FlexModel-rs runs with mmap threshold 256 MiB and trim threshold 1 GiB (`flexmodel::tune_allocator()`, \
+            "FlexModel-rs runs with mmap threshold 256 MiB, trim threshold 1 GiB and one arena (`flexmodel::tune_allocator()`, \
              as the `flexmodel` binary does); the PyTorch column is PyTorch as users run it (default allocator), \
              and each P1/P3 row also gives the ratio against PyTorch run with the same settings (`GLIBC_TUNABLES`)"
         } else {

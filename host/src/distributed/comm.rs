@@ -121,10 +121,17 @@ pub fn host_all_gather<C: Communicator + ?Sized>(
     t: &Tensor,
 ) -> Result<Vec<Tensor>, CommError> {
     let parts = c.all_gather_bytes(encode(t)?)?;
+    let me = c.rank();
     parts
         .iter()
         .enumerate()
-        .map(|(r, b)| decode(b, c.global_rank(r), "all-gather", t.device(), c))
+        .map(|(r, b)| {
+            if r == me {
+                Ok(t.shallow_clone())
+            } else {
+                decode(b, c.global_rank(r), "all-gather", t.device(), c)
+            }
+        })
         .collect()
 }
 
@@ -138,8 +145,18 @@ pub fn host_all_reduce_sum<C: Communicator + ?Sized>(
         return Ok(t.shallow_clone());
     }
     let parts = host_all_gather(c, t)?;
-    let mut acc = parts[0].copy();
-    for p in &parts[1..] {
+    let same = |p: &Tensor| p.size() == parts[0].size() && p.kind() == parts[0].kind();
+    if !same(&parts[1]) {
+        return Err(CommError::Invalid(format!(
+            "all-reduce over tensors of different shapes/dtypes: {:?} {:?} vs {:?} {:?}",
+            parts[0].size(),
+            parts[0].kind(),
+            parts[1].size(),
+            parts[1].kind()
+        )));
+    }
+    let mut acc = &parts[0] + &parts[1];
+    for p in &parts[2..] {
         if p.size() != acc.size() || p.kind() != acc.kind() {
             return Err(CommError::Invalid(format!(
                 "all-reduce over tensors of different shapes/dtypes: {:?} {:?} vs {:?} {:?}",

@@ -104,12 +104,13 @@ fn split_frame(v: Vec<u8>) -> Option<(u64, Bytes)> {
     Some((epoch, Bytes::from(v).slice(8..)))
 }
 
-fn pause(spins: &mut u32) {
-    *spins += 1;
-    if *spins < 1000 {
+/// Between polls: spin (keeping MPI's progress engine turning for the
+/// peer's rendezvous) for the first 50 ms of a wait, then sleep briefly.
+fn pause(since: &Instant) {
+    if since.elapsed() < Duration::from_millis(50) {
         std::thread::yield_now();
     } else {
-        std::thread::sleep(Duration::from_micros(50));
+        std::thread::sleep(Duration::from_micros(100));
     }
 }
 
@@ -139,7 +140,7 @@ impl PointToPoint for MpiComm {
 
     fn finish(&self, p: PendingSend, op: &str, deadline: Instant) -> Result<(), CommError> {
         let mut req = p.req;
-        let mut spins = 0;
+        let since = Instant::now();
         loop {
             match req.test() {
                 Ok(_) => {
@@ -162,7 +163,7 @@ impl PointToPoint for MpiComm {
                 }
                 Err(r) => {
                     req = r;
-                    pause(&mut spins);
+                    pause(&since);
                 }
             }
         }
@@ -185,7 +186,7 @@ impl PointToPoint for MpiComm {
             }
         }
         let process = self.comm.process_at_rank(src as i32);
-        let mut spins = 0;
+        let since = Instant::now();
         loop {
             if let Some(m) = process.immediate_matched_probe_with_tag(ABORT) {
                 let (v, _) = m.matched_receive_vec::<u8>();
@@ -225,7 +226,7 @@ impl PointToPoint for MpiComm {
                     timeout: self.timeout,
                 });
             }
-            pause(&mut spins);
+            pause(&since);
         }
     }
 }

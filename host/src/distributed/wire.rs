@@ -45,11 +45,11 @@ pub fn encode(t: &Tensor) -> Result<Bytes, String> {
     for d in &shape {
         out.put_i64_le(*d);
     }
-    let start = out.len();
-    out.resize(start + nbytes, 0);
-    if nbytes > 0 {
-        t.f_copy_data_u8(&mut out[start..], numel)
-            .map_err(|e| e.to_string())?;
+    if numel > 0 {
+        // SAFETY: `t` is a contiguous CPU tensor of `nbytes` bytes that stays
+        // alive (and unaliased for writing) while its bytes are copied.
+        let data = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, nbytes) };
+        out.extend_from_slice(data);
     }
     Ok(out.freeze())
 }

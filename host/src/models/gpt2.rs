@@ -448,7 +448,7 @@ impl Gpt2 {
             return Ok(x);
         };
         let x = fire(hooks, "transformer.ln_f", ln_f.forward(&x))?;
-        fire(hooks, "lm_head", lm_head(&x, head, tp)?)
+        fire(hooks, "lm_head", lm_head(&x, head))
     }
 
     /// Every hook point with its shape for `batch` × `seq` tokens, in forward
@@ -510,11 +510,7 @@ impl Gpt2 {
             bsd,
             "ln_final.hook_normalized",
         ));
-        v.push(PointInfo::new(
-            "lm_head",
-            vec![batch, seq, c.vocab_size],
-            "logits",
-        ));
+        v.push(PointInfo::new("lm_head", vec![batch, seq, c.vocab_size], "logits").split(2));
         v
     }
 }

@@ -424,7 +424,7 @@ impl GptNeoX {
             return Ok(x);
         };
         let x = fire(hooks, "gpt_neox.final_layer_norm", final_ln.forward(&x))?;
-        fire(hooks, "lm_head", lm_head(&x, head, tp)?)
+        fire(hooks, "lm_head", lm_head(&x, head))
     }
 
     pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
@@ -496,11 +496,7 @@ impl GptNeoX {
             bsd,
             "ln_final.hook_normalized",
         ));
-        v.push(PointInfo::new(
-            "lm_head",
-            vec![batch, seq, c.vocab_size],
-            "logits",
-        ));
+        v.push(PointInfo::new("lm_head", vec![batch, seq, c.vocab_size], "logits").split(2));
         v
     }
 }

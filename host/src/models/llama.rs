@@ -528,7 +528,7 @@ impl Llama {
             return Ok(x);
         };
         let x = fire(hooks, "model.norm", norm.forward(&x))?;
-        fire(hooks, "lm_head", lm_head(&x, head, tp)?)
+        fire(hooks, "lm_head", lm_head(&x, head))
     }
 
     pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
@@ -602,11 +602,7 @@ impl Llama {
             bsd,
             "ln_final.hook_normalized",
         ));
-        v.push(PointInfo::new(
-            "lm_head",
-            vec![batch, seq, c.vocab_size],
-            "logits",
-        ));
+        v.push(PointInfo::new("lm_head", vec![batch, seq, c.vocab_size], "logits").split(2));
         v
     }
 }

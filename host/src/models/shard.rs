@@ -23,9 +23,6 @@ pub trait TpComm {
     fn size(&self) -> i64;
     /// Elementwise sum over the group; the same bits on every rank.
     fn all_reduce(&self, t: Tensor) -> Result<Tensor, ModelError>;
-    /// Every rank's `t` concatenated along `dim`, in rank order (sizes along
-    /// `dim` may differ between ranks).
-    fn all_gather_cat(&self, t: &Tensor, dim: i64) -> Result<Tensor, ModelError>;
 }
 
 /// No parallelism: one rank holds everything.
@@ -40,9 +37,6 @@ impl TpComm for SingleRank {
     }
     fn all_reduce(&self, t: Tensor) -> Result<Tensor, ModelError> {
         Ok(t)
-    }
-    fn all_gather_cat(&self, t: &Tensor, _dim: i64) -> Result<Tensor, ModelError> {
-        Ok(t.shallow_clone())
     }
 }
 
@@ -169,14 +163,12 @@ pub(crate) fn reduce_bias(
     })
 }
 
-/// LM head over this rank's slice of the vocabulary (`w` `[rows, d]`), the
-/// logits gathered over the group.
-pub(crate) fn lm_head(x: &Tensor, w: &Tensor, tp: &dyn TpComm) -> Result<Tensor, ModelError> {
-    let local = x.matmul(&w.tr());
-    if tp.size() == 1 {
-        return Ok(local);
-    }
-    tp.all_gather_cat(&local, -1)
+/// LM head over this rank's slice of the vocabulary (`w` `[rows, d]`): this
+/// rank's columns of the logits (all of them on one rank). The hook point
+/// `lm_head` is split along the vocabulary; whoever needs whole logits
+/// gathers them (the distributed engine, at TP rank 0 only).
+pub(crate) fn lm_head(x: &Tensor, w: &Tensor) -> Tensor {
+    x.matmul(&w.tr())
 }
 
 /// Whether a stage's input is the token ids (first stage) or the hidden
