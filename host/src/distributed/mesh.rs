@@ -80,6 +80,11 @@ impl Mesh {
 /// (`mpirun`), PMI (MPICH, Intel MPI), Slurm (`srun`), or torchrun-style
 /// `RANK`/`WORLD_SIZE`. `None` when not launched by any of them.
 pub fn rank_from_env() -> Option<(usize, usize)> {
+    rank_from(|k| std::env::var(k).ok())
+}
+
+/// [`rank_from_env`] over any variable lookup.
+pub fn rank_from(var: impl Fn(&str) -> Option<String>) -> Option<(usize, usize)> {
     let pairs = [
         ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
         ("PMI_RANK", "PMI_SIZE"),
@@ -87,8 +92,8 @@ pub fn rank_from_env() -> Option<(usize, usize)> {
         ("RANK", "WORLD_SIZE"),
     ];
     pairs.iter().find_map(|(r, w)| {
-        let rank = std::env::var(r).ok()?.parse().ok()?;
-        let world = std::env::var(w).ok()?.parse().ok()?;
+        let rank = var(r)?.trim().parse().ok()?;
+        let world = var(w)?.trim().parse().ok()?;
         (rank < world).then_some((rank, world))
     })
 }
@@ -136,5 +141,39 @@ mod tests {
             assert_eq!(m.rank_of(m.coords(r)), r);
         }
         assert!(Mesh::new(6, 2, 2, 2).is_err());
+    }
+
+    #[test]
+    fn launchers_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            rank_from(env(&[
+                ("OMPI_COMM_WORLD_RANK", "3"),
+                ("OMPI_COMM_WORLD_SIZE", "4")
+            ])),
+            Some((3, 4))
+        );
+        assert_eq!(
+            rank_from(env(&[("SLURM_PROCID", "1"), ("SLURM_NTASKS", "2")])),
+            Some((1, 2))
+        );
+        assert_eq!(
+            rank_from(env(&[("RANK", "0"), ("WORLD_SIZE", "8")])),
+            Some((0, 8))
+        );
+        assert_eq!(
+            rank_from(env(&[("PMI_RANK", "2"), ("PMI_SIZE", "2")])),
+            None,
+            "rank < size"
+        );
+        assert_eq!(rank_from(env(&[("RANK", "x"), ("WORLD_SIZE", "2")])), None);
+        assert_eq!(rank_from(env(&[])), None);
     }
 }

@@ -17,5 +17,5 @@ pub mod wire;
 
 pub use comm::Communicator;
 pub use error::CommError;
-pub use mesh::{Coords, Groups, Mesh, rank_from_env};
+pub use mesh::{Coords, Groups, Mesh, rank_from, rank_from_env};
 pub use thread::ThreadComm;
