@@ -431,3 +431,63 @@ fn mpirun_a_hook_failing_on_one_rank_fails_every_rank() {
         );
     }
 }
+
+#[test]
+fn generate_streams_and_saves_the_same_on_one_rank_threads_and_mpirun() {
+    let dir = std::env::temp_dir().join(format!("fm-cli-gen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = models().join("llama-mesh");
+    let hook = format!(
+        "{}@blocks.1.hook_resid_post={{\"slice\": [null, -1]}}",
+        artifacts_dir().join("retrieve.wasm").to_str().unwrap()
+    );
+    let args = |out: &std::path::Path| -> Vec<String> {
+        [
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--token-ids",
+            "5,9,2,77",
+            "--max-new-tokens",
+            "6",
+            "--hook",
+            &hook,
+            "--save",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let one = dir.join("one.safetensors");
+    let text = ok(&Command::new(bin()).args(args(&one)).output().unwrap());
+    assert!(text.contains("(6 new tokens:"), "{text}");
+    let t = saved(&one);
+    assert_eq!(t["tokens"].size(), vec![1, 10]);
+    assert_eq!(
+        t.keys().filter(|k| k.starts_with("step")).count(),
+        6,
+        "one retrieval per step"
+    );
+    let threads = dir.join("threads.safetensors");
+    let mut a = args(&threads);
+    a.extend(["--tp", "2", "--pp", "2"].map(String::from));
+    ok(&Command::new(bin()).args(&a).output().unwrap());
+    assert_same_file(&one, &threads, "generate --tp 2 --pp 2");
+    let mpi = dir.join("mpi.safetensors");
+    let mut a = args(&mpi);
+    a.extend(["--tp", "2"].map(String::from));
+    let o = mpirun()
+        .args(["-np", "2"])
+        .arg(bin())
+        .args(&a)
+        .output()
+        .unwrap();
+    let stdout = ok(&o);
+    assert_eq!(
+        stdout.matches("new tokens").count(),
+        1,
+        "rank 0 prints: {stdout}"
+    );
+    assert_same_file(&one, &mpi, "mpirun -np 2 generate --tp 2");
+    std::fs::remove_dir_all(&dir).ok();
+}

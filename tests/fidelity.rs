@@ -147,6 +147,7 @@ impl HookSite for One<'_> {
             hook_point: point.into(),
             rank: RankInfo::SINGLE,
             forward_index: 0,
+            generation: None,
         };
         self.hook
             .call(&c, &mut t)

@@ -25,6 +25,7 @@ fn ctx() -> CallContext {
             ..RankInfo::SINGLE
         },
         forward_index: 0,
+        generation: None,
     }
 }
 

@@ -16,6 +16,7 @@ fn ctx(point: &str) -> CallContext {
         hook_point: point.into(),
         rank: RankInfo::SINGLE,
         forward_index: 0,
+        generation: None,
     }
 }
 
@@ -353,6 +354,7 @@ fn random_stream_is_host_seeded_and_identical_across_ranks() {
                 ..RankInfo::SINGLE
             },
             forward_index: fwd,
+            generation: None,
         };
         let r = h.call(&c, &mut t.shallow_clone()).unwrap();
         r.emitted

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
-use flexmodel::api::{DistFlexModel, DistOptions, FlexModel, Groups};
+use flexmodel::api::{DistFlexModel, DistOptions, FlexModel, GenerateOptions, Groups, Sampling};
 use flexmodel::distributed::rank_from_env;
 use flexmodel::hooks::{CpuLimit, Runtime, RuntimeConfig};
 use flexmodel::models::{Model, Tokenizer, parse_dtype};
@@ -113,6 +113,43 @@ enum Cmd {
         /// only the hooks up to there run; no logits are computed or saved.
         #[arg(long)]
         stop_at: Option<String>,
+        #[command(flatten)]
+        mesh: MeshArgs,
+    },
+    /// Generate text (greedy, or sampled with --temperature), hooks firing at
+    /// every step; tokens are printed as they come.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The prompt (needs tokenizer.json in the model folder).
+        #[arg(long, conflicts_with = "token_ids")]
+        prompt: Option<String>,
+        /// Comma-separated token ids of the prompt.
+        #[arg(long, value_delimiter = ',')]
+        token_ids: Option<Vec<i64>>,
+        #[arg(long, default_value_t = 32)]
+        max_new_tokens: usize,
+        /// Sample with this temperature (default: greedy).
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Sample among the K most likely tokens (with --temperature).
+        #[arg(long)]
+        top_k: Option<i64>,
+        /// Seed of the sampler and of the hooks' random streams.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop at this token id.
+        #[arg(long)]
+        eos: Option<i64>,
+        /// PLUGIN.wasm@PATTERN[=CONFIG_JSON], repeatable.
+        #[arg(long = "hook")]
+        hooks: Vec<String>,
+        /// Save `tokens` and the hooks' tensors (`step{k}/<point>`).
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Fuel per hook call.
+        #[arg(long, default_value_t = 4_000_000_000)]
+        fuel: u64,
         #[command(flatten)]
         mesh: MeshArgs,
     },
@@ -410,6 +447,26 @@ impl Runner {
         Ok(())
     }
 
+    /// Generate; `None` on ranks other than global rank 0.
+    fn generate(
+        &mut self,
+        t: &Tensor,
+        opts: &GenerateOptions,
+        on_token: impl FnMut(usize, &[i64]),
+    ) -> Result<Option<flexmodel::api::GenerateOutput>> {
+        Ok(match self {
+            Runner::Single(f) => Some(f.generate(t, &Groups::All, opts, on_token)?),
+            Runner::Threads(d) => Some(d.generate(t, &Groups::All, opts, on_token)?),
+            #[cfg(feature = "mpi")]
+            Runner::Mpi(m) => {
+                let i = m.index;
+                m.index += opts.max_new_tokens as u64;
+                m.engine
+                    .generate(t, &m.hooks, &Groups::All, i, opts, on_token)?
+            }
+        })
+    }
+
     /// Logits (None: stopped early, or not global rank 0), outputs, logs.
     #[allow(clippy::type_complexity)]
     fn forward(
@@ -583,6 +640,88 @@ fn run(model: &ModelArgs, prompts: Vec<Prompt>, o: RunOpts<'_>) -> Result<()> {
     Ok(())
 }
 
+struct GenOpts<'a> {
+    hooks: &'a [String],
+    out: Option<&'a Path>,
+    fuel: u64,
+    generation: GenerateOptions,
+    mesh: MeshArgs,
+}
+
+fn generate(model: &ModelArgs, prompt: Prompt, o: GenOpts<'_>) -> Result<()> {
+    let (mut runner, tok) = Runner::start(model, o.mesh)?;
+    let root = runner.is_root();
+    let vocab = runner.points().last().map(|p| p.shape[2]).unwrap_or(0);
+    let seed = match o.generation.sampling {
+        Sampling::Sample { seed, .. } => seed,
+        Sampling::Greedy => 0,
+    };
+    let rt = Runtime::new(RuntimeConfig {
+        cpu: CpuLimit::Fuel(o.fuel),
+        seed,
+        ..RuntimeConfig::default()
+    })?;
+    for spec in o.hooks {
+        let (path, pattern, config) = parse_hook(spec)?;
+        let plugin = rt
+            .load_file(&path)
+            .with_context(|| format!("--hook {spec}"))?;
+        runner
+            .register(&plugin, &pattern, &config)
+            .with_context(|| format!("--hook {spec}"))?;
+    }
+    let ids = token_ids(&prompt, tok.as_ref(), vocab)?;
+    let t = Tensor::from_slice(&ids).unsqueeze(0);
+    // Stream: print the text each new token adds (decoding the whole tail
+    // keeps multi-byte characters and spacing right).
+    let mut shown = String::new();
+    let mut new: Vec<i64> = Vec::new();
+    let mut out = std::io::stdout();
+    if root {
+        match &tok {
+            Some(tk) => print!("{}", tk.decode(&ids)),
+            None => print!("{ids:?} ->"),
+        }
+    }
+    let result = runner.generate(&t, &o.generation, |_, next| {
+        new.push(next[0]);
+        let piece = match &tok {
+            Some(tk) => {
+                let text = tk.decode(&new);
+                let piece = text
+                    .strip_prefix(shown.as_str())
+                    .unwrap_or(&text)
+                    .to_string();
+                shown = text;
+                piece
+            }
+            None => format!(" {}", next[0]),
+        };
+        print!("{piece}");
+        let _ = std::io::Write::flush(&mut out);
+    });
+    let result = result?;
+    let Some(g) = result else {
+        return Ok(()); // not global rank 0
+    };
+    println!();
+    println!(
+        "({} new tokens: {:?})",
+        g.new_tokens[0].len(),
+        g.new_tokens[0]
+    );
+    for (hook, point, level, msg) in &g.logs {
+        eprintln!("[{hook} @ {point}] {level:?}: {msg}");
+    }
+    if let Some(path) = o.out {
+        let mut saved = g.outputs;
+        saved.insert("tokens".into(), g.tokens);
+        save(path, &saved)?;
+        println!("saved {} tensors to {}", saved.len(), path.display());
+    }
+    Ok(())
+}
+
 fn inspect(model: &ModelArgs, seq: i64, batch: i64, json: bool) -> Result<()> {
     if seq < 1 || batch < 1 {
         bail!("--seq-len and --batch must be at least 1");
@@ -746,6 +885,48 @@ fn main() {
                     mesh,
                 };
                 run(&model, ps, o)
+            })
+        }
+        Cmd::Generate {
+            model,
+            prompt,
+            token_ids,
+            max_new_tokens,
+            temperature,
+            top_k,
+            seed,
+            eos,
+            hooks,
+            save,
+            fuel,
+            mesh,
+        } => {
+            let p = match (prompt, token_ids) {
+                (Some(p), _) => Ok(Prompt::Text(p)),
+                (None, Some(ids)) => Ok(Prompt::Ids(ids)),
+                (None, None) => Err(anyhow!("give --prompt or --token-ids")),
+            };
+            let sampling = match temperature {
+                Some(temperature) => Sampling::Sample {
+                    temperature,
+                    top_k,
+                    seed,
+                },
+                None => Sampling::Greedy,
+            };
+            p.and_then(|p| {
+                let o = GenOpts {
+                    hooks: &hooks,
+                    out: save.as_deref(),
+                    fuel,
+                    generation: GenerateOptions {
+                        max_new_tokens,
+                        sampling,
+                        eos,
+                    },
+                    mesh,
+                };
+                generate(&model, p, o)
             })
         }
         Cmd::Demo {

@@ -29,6 +29,7 @@ from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb 
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 BATCH, SEQ = 2, 7
+GEN_TOKENS = 9
 
 
 def gpt2_models():
@@ -294,6 +295,12 @@ def record(folder, model, ids, logits, acts, block):
               metadata={"edit_point": edit_point, "torch": torch.__version__,
                         "transformers": __import__("transformers").__version__})
     (folder / "reference.json").write_text(json.dumps({"edit_point": edit_point, "points": sorted(acts)}, indent=1))
+    # Greedy generation with transformers' `generate` (KV cache), no early stop.
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    with torch.no_grad():
+        greedy = model.generate(ids, max_new_tokens=GEN_TOKENS, do_sample=False, attention_mask=torch.ones_like(ids))
+    save_file({"prompt": ids.contiguous(), "greedy": greedy.contiguous()}, str(folder / "generate.safetensors"))
     print(f"{folder.name}: {len(acts)} hook points, logits {tuple(logits.shape)} -> {folder}")
 
 

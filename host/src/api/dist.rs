@@ -19,7 +19,7 @@ use tch::Tensor;
 pub use super::rank::DistOptions;
 use super::rank::RankEngine;
 use super::registry::{HookListing, HookSet, Registration};
-use super::{FlexError, ForwardOutput, Groups, HookHandle};
+use super::{FlexError, ForwardOutput, GenerateOptions, GenerateOutput, Groups, HookHandle};
 use crate::distributed::{Communicator, ThreadComm};
 use crate::hooks::{Hook, Plugin, WasmHook};
 use crate::models::{PointInfo, PointPattern, Tokenizer};
@@ -39,6 +39,16 @@ enum Job {
         batch: i64,
         seq: i64,
         reply: Sender<Vec<PointInfo>>,
+    },
+    Generate {
+        ids: Tensor,
+        regs: Arc<Vec<Registration>>,
+        groups: Groups,
+        index: u64,
+        opts: GenerateOptions,
+        /// Rank 0 streams each step's tokens here.
+        stream: Sender<(usize, Vec<i64>)>,
+        reply: Sender<Result<Option<GenerateOutput>, FlexError>>,
     },
 }
 
@@ -89,11 +99,26 @@ fn worker(
                 index,
                 reply,
             } => {
-                let r = engine.forward_regs(&ids, &regs, &groups, index);
+                let r = engine.forward_regs(&ids, &regs, &groups, index, None);
                 let _ = reply.send(r);
             }
             Job::Points { batch, seq, reply } => {
                 let _ = reply.send(engine.points(batch, seq));
+            }
+            Job::Generate {
+                ids,
+                regs,
+                groups,
+                index,
+                opts,
+                stream,
+                reply,
+            } => {
+                let r = engine.generate_regs(&ids, &regs, &groups, index, &opts, |step, t| {
+                    let _ = stream.send((step, t.to_vec()));
+                });
+                drop(stream);
+                let _ = reply.send(r);
             }
         }
     }
@@ -286,6 +311,63 @@ impl DistFlexModel {
                 })
             })
             .collect())
+    }
+
+    /// Generate on every rank (see `FlexModel::generate`); `on_token` gets
+    /// each step's tokens as global rank 0 chooses them.
+    pub fn generate(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(usize, &[i64]),
+    ) -> Result<GenerateOutput, FlexError> {
+        let index = self.forward_index;
+        self.forward_index += opts.max_new_tokens as u64;
+        let regs = Arc::new(self.registry.regs.clone());
+        let (stream_tx, stream_rx) = channel();
+        let mut replies = Vec::with_capacity(self.workers.len());
+        for (rank, w) in self.workers.iter().enumerate() {
+            let (tx, rx) = channel();
+            let job = Job::Generate {
+                ids: input_ids.copy(),
+                regs: regs.clone(),
+                groups: groups.clone(),
+                index,
+                opts: opts.clone(),
+                stream: stream_tx.clone(),
+                reply: tx,
+            };
+            if !w.tx.as_ref().is_some_and(|t| t.send(job).is_ok()) {
+                return Err(FlexError::Rank {
+                    rank,
+                    message: "the rank's thread has exited".into(),
+                });
+            }
+            replies.push(rx);
+        }
+        drop(stream_tx);
+        for (step, t) in stream_rx {
+            on_token(step, &t);
+        }
+        let mut out = None;
+        for (rank, rx) in replies.into_iter().enumerate() {
+            match rx.recv() {
+                Ok(Ok(Some(o))) => out = Some(o),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(FlexError::Rank {
+                        rank,
+                        message: "the rank's thread died during generation".into(),
+                    });
+                }
+            }
+        }
+        out.ok_or_else(|| FlexError::Rank {
+            rank: 0,
+            message: "rank 0 returned no output".into(),
+        })
     }
 
     /// Tokenize `text` and run [`Self::forward`].

@@ -12,6 +12,7 @@
 
 mod dist;
 mod dist_site;
+mod generate;
 mod native;
 mod rank;
 mod registry;
@@ -27,6 +28,7 @@ use crate::hooks::{Hook, HookError, LoadError, LogLevel, Plugin, WasmHook};
 use crate::models::{Model, ModelError, PatternError, PointInfo, PointPattern, Tokenizer};
 
 pub use dist::{DistFlexModel, DistOptions};
+pub use generate::{GenerateOptions, GenerateOutput, Sampling};
 pub use native::FnHook;
 pub use rank::RankEngine;
 pub use registry::HookListing;
@@ -117,6 +119,21 @@ pub struct StoppedOutput {
     pub outputs: BTreeMap<String, Tensor>,
     pub logs: Vec<(String, String, LogLevel, String)>,
     pub forward_index: u64,
+}
+
+/// A model error as the API reports it: a hook's error with what had been
+/// emitted before it, or the model's.
+fn model_error(e: ModelError, partial: BTreeMap<String, Tensor>) -> FlexError {
+    match e {
+        ModelError::Hook(e) => match e.downcast::<HookError>() {
+            Ok(error) => FlexError::Hook {
+                error: *error,
+                partial: std::sync::Mutex::new(partial),
+            },
+            Err(other) => FlexError::Model(ModelError::Hook(other)),
+        },
+        e => FlexError::Model(e),
+    }
 }
 
 /// A model wrapped for hooks.
@@ -306,14 +323,75 @@ impl FlexModel {
         match self.model.forward(&ids, &mut site) {
             Ok(logits) => Ok((Some(logits), site.outputs, site.logs, index)),
             Err(ModelError::Stopped(_)) => Ok((None, site.outputs, site.logs, index)),
-            Err(ModelError::Hook(e)) => match e.downcast::<HookError>() {
-                Ok(error) => Err(FlexError::Hook {
-                    error: *error,
-                    partial: std::sync::Mutex::new(site.outputs),
-                }),
-                Err(other) => Err(FlexError::Model(ModelError::Hook(other))),
-            },
-            Err(e) => Err(FlexError::Model(e)),
+            Err(e) => Err(model_error(e, site.outputs)),
         }
+    }
+
+    /// Generate up to `opts.max_new_tokens` tokens after `input_ids`
+    /// (`[seq]` or `[batch, seq]`) with a key/value cache, the hooks `groups`
+    /// enables firing at every step (`CallContext::generation` says which);
+    /// `on_token(step, tokens)` gets each step's new token per sequence as it
+    /// comes.
+    pub fn generate(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(usize, &[i64]),
+    ) -> Result<GenerateOutput, FlexError> {
+        let ids = generate::prompt_ids(input_ids, groups)?;
+        let b = ids.size()[0] as usize;
+        let mut chooser = generate::Chooser::new(opts, b)?;
+        let mut cache = crate::models::KvCache::new();
+        let mut tokens = ids.to_device(tch::Device::Cpu);
+        let mut new_tokens = vec![Vec::new(); b];
+        let mut outputs = BTreeMap::new();
+        let mut logs = Vec::new();
+        let mut input = ids;
+        for step in 0..opts.max_new_tokens {
+            let index = self.forward_index;
+            self.forward_index += 1;
+            let mut site = site::Site::new(
+                &self.registry.regs,
+                groups,
+                index,
+                None,
+                crate::hooks::RankInfo::SINGLE,
+            );
+            site.generation = Some(crate::hooks::GenStep {
+                step: step as u64,
+                position: cache.len() as u64,
+            });
+            let r = self.model.forward_stage(
+                &input,
+                None,
+                &mut site,
+                &crate::models::SingleRank,
+                Some(&mut cache),
+            );
+            let step_outputs = std::mem::take(&mut site.outputs);
+            for (k, v) in step_outputs {
+                outputs.insert(generate::step_key(step, &k), v);
+            }
+            logs.append(&mut site.logs);
+            let logits = r.map_err(|e| model_error(e, std::mem::take(&mut outputs)))?;
+            let next = chooser.next(&logits)?;
+            on_token(step, &next);
+            for (row, t) in new_tokens.iter_mut().zip(&next) {
+                row.push(*t);
+            }
+            let col = Tensor::from_slice(&next).view([b as i64, 1]);
+            tokens = Tensor::cat(&[tokens, col.shallow_clone()], 1);
+            if chooser.all_done() {
+                break;
+            }
+            input = col.to_device(self.model.device());
+        }
+        Ok(GenerateOutput {
+            tokens,
+            new_tokens,
+            outputs,
+            logs,
+        })
     }
 }

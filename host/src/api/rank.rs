@@ -16,13 +16,14 @@ use bytes::Bytes;
 use tch::{Device, Kind, Tensor};
 
 use super::dist_site::DistSite;
+use super::generate::{self, GenerateOptions, GenerateOutput};
 use super::report::{RankFailure, RankReport, merge};
 use super::site::Site;
 use super::{FlexError, ForwardOutput, Groups, HookSet, Registration};
 use crate::distributed::{self, CommError, Communicator, Coords, Mesh};
-use crate::hooks::{HookError, RankInfo};
+use crate::hooks::{GenStep, HookError, RankInfo};
 use crate::models::shard::balanced;
-use crate::models::{Model, ModelError, PointInfo, Shard, TpComm, TpSplit};
+use crate::models::{KvCache, Model, ModelError, PointInfo, Shard, TpComm, TpSplit};
 
 /// The models' view of the TP group.
 struct TpAdapter<'a>(&'a dyn Communicator);
@@ -83,6 +84,8 @@ pub struct RankEngine {
     splits: HashMap<String, Option<TpSplit>>,
     batched: HashSet<String>,
     check_edits: bool,
+    /// This rank's key/value cache while generating.
+    cache: Option<KvCache>,
 }
 
 fn failure(e: ModelError, rank: usize) -> RankFailure {
@@ -186,6 +189,7 @@ impl RankEngine {
             splits,
             batched,
             check_edits: opts.check_edits,
+            cache: None,
         })
     }
 
@@ -236,7 +240,119 @@ impl RankEngine {
         groups: &Groups,
         index: u64,
     ) -> Result<Option<ForwardOutput>, FlexError> {
-        self.forward_regs(ids, &hooks.regs, groups, index)
+        self.forward_regs(ids, &hooks.regs, groups, index, None)
+    }
+
+    /// Generate after `ids` (the same on every rank), forward numbers
+    /// `first_index..`: every rank runs each step; global rank 0 chooses the
+    /// next tokens, calls `on_token`, and shares them; rank 0 returns the
+    /// output, the others `None`.
+    pub fn generate(
+        &mut self,
+        ids: &Tensor,
+        hooks: &HookSet,
+        groups: &Groups,
+        first_index: u64,
+        opts: &GenerateOptions,
+        on_token: impl FnMut(usize, &[i64]),
+    ) -> Result<Option<GenerateOutput>, FlexError> {
+        self.generate_regs(ids, &hooks.regs, groups, first_index, opts, on_token)
+    }
+
+    pub(crate) fn generate_regs(
+        &mut self,
+        ids: &Tensor,
+        regs: &[Registration],
+        groups: &Groups,
+        first_index: u64,
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(usize, &[i64]),
+    ) -> Result<Option<GenerateOutput>, FlexError> {
+        let ids = generate::prompt_ids(ids, groups)?;
+        let b = ids.size()[0] as usize;
+        let root = self.global_rank() == 0;
+        let mut chooser = generate::Chooser::new(opts, b)?;
+        self.cache = Some(KvCache::new());
+        let mut tokens = ids.to_device(Device::Cpu);
+        let mut new_tokens = vec![Vec::new(); b];
+        let mut outputs = std::collections::BTreeMap::new();
+        let mut logs = Vec::new();
+        let mut input = ids;
+        let result = (|| {
+            for step in 0..opts.max_new_tokens {
+                let position = self.cache.as_ref().map_or(0, |c| c.len()) as u64;
+                let step_at = GenStep {
+                    step: step as u64,
+                    position,
+                };
+                let out = self.forward_regs(
+                    &input,
+                    regs,
+                    groups,
+                    first_index + step as u64,
+                    Some(step_at),
+                );
+                let out = match out {
+                    Ok(o) => o,
+                    Err(FlexError::Hook { error, partial }) => {
+                        // Earlier steps' outputs are kept too.
+                        let mut all = std::mem::take(&mut outputs);
+                        for (k, v) in partial.into_inner().unwrap_or_default() {
+                            all.insert(generate::step_key(step, &k), v);
+                        }
+                        return Err(FlexError::Hook {
+                            error,
+                            partial: std::sync::Mutex::new(all),
+                        });
+                    }
+                    Err(e) => return Err(e),
+                };
+                // Rank 0 picks the next tokens and tells everyone.
+                let msg = match out {
+                    Some(o) if root => {
+                        for (k, v) in o.outputs {
+                            outputs.insert(generate::step_key(step, &k), v);
+                        }
+                        logs.extend(o.logs);
+                        let next = chooser.next(&o.logits)?;
+                        on_token(step, &next);
+                        let mut m = vec![u8::from(chooser.all_done())];
+                        m.extend(next.iter().flat_map(|t| t.to_le_bytes()));
+                        Some(bytes::Bytes::from(m))
+                    }
+                    _ => None,
+                };
+                let m = self.groups.world.broadcast_bytes(msg, 0)?;
+                let next: Vec<i64> = m[1..]
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                    .collect();
+                if next.len() != b {
+                    return Err(FlexError::Rank {
+                        rank: 0,
+                        message: format!("sent {} next tokens for {b} sequences", next.len()),
+                    });
+                }
+                for (row, t) in new_tokens.iter_mut().zip(&next) {
+                    row.push(*t);
+                }
+                let col = Tensor::from_slice(&next).view([b as i64, 1]);
+                tokens = Tensor::cat(&[&tokens, &col], 1);
+                if m[0] == 1 {
+                    break;
+                }
+                input = col;
+            }
+            Ok(())
+        })();
+        self.cache = None;
+        result?;
+        Ok(root.then_some(GenerateOutput {
+            tokens,
+            new_tokens,
+            outputs,
+            logs,
+        }))
     }
 
     pub(crate) fn forward_regs(
@@ -245,6 +361,28 @@ impl RankEngine {
         regs: &[Registration],
         groups: &Groups,
         index: u64,
+        step_at: Option<GenStep>,
+    ) -> Result<Option<ForwardOutput>, FlexError> {
+        let mut cache = if step_at.is_some() {
+            self.cache.take()
+        } else {
+            None
+        };
+        let r = self.forward_cached(ids, regs, groups, index, step_at, cache.as_mut());
+        if step_at.is_some() {
+            self.cache = cache;
+        }
+        r
+    }
+
+    fn forward_cached(
+        &mut self,
+        ids: &Tensor,
+        regs: &[Registration],
+        groups: &Groups,
+        index: u64,
+        step_at: Option<GenStep>,
+        mut cache: Option<&mut KvCache>,
     ) -> Result<Option<ForwardOutput>, FlexError> {
         let g = &self.groups;
         for c in [&g.world, &g.tp, &g.dp, &g.pp] {
@@ -276,7 +414,8 @@ impl RankEngine {
             } else {
                 None
             };
-            let site = Site::new(regs, groups, index, None, self.rank_info());
+            let mut site = Site::new(regs, groups, index, None, self.rank_info());
+            site.generation = step_at;
             let mut site = DistSite::new(
                 site,
                 g.tp.as_ref(),
@@ -284,9 +423,13 @@ impl RankEngine {
                 self.check_edits,
                 me as u32,
             );
-            let out =
-                self.model
-                    .forward_stage(&local_ids, hidden, &mut site, &TpAdapter(g.tp.as_ref()));
+            let out = self.model.forward_stage(
+                &local_ids,
+                hidden,
+                &mut site,
+                &TpAdapter(g.tp.as_ref()),
+                cache.as_deref_mut(),
+            );
             site_out = Some((site.inner.outputs, site.inner.logs, site.gathered));
             let out = out.map_err(|e| failure(e, me))?;
             if c.pp + 1 == pp && self.mesh.tp > 1 {

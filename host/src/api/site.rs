@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use tch::Tensor;
 
 use super::{Groups, Registration};
-use crate::hooks::{CallContext, HookError, LogLevel, RankInfo};
+use crate::hooks::{CallContext, GenStep, HookError, LogLevel, RankInfo};
 use crate::models::{HookSite, ModelError};
 
 pub(crate) struct Site<'a> {
@@ -15,6 +15,8 @@ pub(crate) struct Site<'a> {
     by_point: HashMap<&'a str, Vec<&'a Registration>>,
     forward_index: u64,
     rank: RankInfo,
+    /// Set during generation.
+    pub generation: Option<GenStep>,
     /// Stop the forward after this point's hooks ran.
     stop: Option<String>,
     pub outputs: BTreeMap<String, Tensor>,
@@ -39,6 +41,7 @@ impl<'a> Site<'a> {
             by_point,
             forward_index,
             rank,
+            generation: None,
             stop,
             outputs: BTreeMap::new(),
             logs: Vec::new(),
@@ -83,6 +86,7 @@ impl<'a> Site<'a> {
             hook_point: point.to_string(),
             rank: self.rank,
             forward_index: self.forward_index,
+            generation: self.generation,
         };
         let mut edited = false;
         for r in regs {

@@ -113,6 +113,7 @@ fn ctx() -> CallContext {
         hook_point: "bench".into(),
         rank: RankInfo::SINGLE,
         forward_index: 0,
+        generation: None,
     }
 }
 

@@ -49,6 +49,19 @@ pub struct CallContext {
     pub rank: RankInfo,
     /// Number of forward passes started before this one.
     pub forward_index: u64,
+    /// During generation: which step and at which position (`None` in a
+    /// plain forward).
+    pub generation: Option<GenStep>,
+}
+
+/// Where a forward pass of generation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GenStep {
+    /// 0 for the prompt (prefill), then 1, 2, ... for each new token.
+    pub step: u64,
+    /// Position of the first token of this pass (0 for the prompt; then the
+    /// position of the token being fed back).
+    pub position: u64,
 }
 
 /// The access a hook declared at registration.

@@ -26,7 +26,7 @@ pub use activation::{DType, EditMode};
 pub use artifact::{Plugin, PluginInfo, WIT_VERSION};
 pub use engine::{CpuLimit, NonFinitePolicy, Runtime, RuntimeConfig};
 pub use error::{HookError, HookErrorKind, LoadError, PluginError};
-pub use hook::{Access, CallContext, CallReport, Emitted, Hook, LogLevel, RankInfo};
+pub use hook::{Access, CallContext, CallReport, Emitted, GenStep, Hook, LogLevel, RankInfo};
 pub use plugin::WasmHook;
 pub use sandbox::Grants;
 pub use slice::DimRange;

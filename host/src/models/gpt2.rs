@@ -20,6 +20,7 @@
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
+use super::cache::{KvCache, with_cache};
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
 use super::layers::{LayerNorm, attention, causal_mask};
@@ -353,18 +354,20 @@ impl Gpt2 {
         input_ids: &Tensor,
         hooks: &mut dyn HookSite,
     ) -> Result<Tensor, ModelError> {
-        self.forward_stage(input_ids, None, hooks, &SingleRank)
+        self.forward_stage(input_ids, None, hooks, &SingleRank, None)
     }
 
     /// This rank's part of the forward: from the token ids (first pipeline
     /// stage) or the previous stage's `hidden` state, through this stage's
     /// blocks, to the logits (last stage) or the hidden state to send on.
+    /// With a `cache`, the tokens continue the cached positions.
     pub fn forward_stage(
         &self,
         input_ids: &Tensor,
         hidden: Option<Tensor>,
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
+        mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor, ModelError> {
         let size = input_ids.size();
         let [b, s] = size[..] else {
@@ -372,9 +375,11 @@ impl Gpt2 {
                 "input_ids must be [batch, seq], got {size:?}"
             )));
         };
-        if s > self.config.n_positions {
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        if start + s > self.config.n_positions {
             return Err(ModelError::Input(format!(
-                "sequence of {s} tokens exceeds the model's {} positions",
+                "sequence of {} tokens exceeds the model's {} positions",
+                start + s,
                 self.config.n_positions
             )));
         }
@@ -398,7 +403,8 @@ impl Gpt2 {
                     "transformer.wte",
                     embed(wte, &ids, self.vocab_offset, tp)?,
                 )?;
-                let pos_ids = Tensor::arange(s, (Kind::Int64, self.device)).unsqueeze(0);
+                let pos_ids =
+                    Tensor::arange_start(start, start + s, (Kind::Int64, self.device)).unsqueeze(0);
                 let pos = fire(
                     hooks,
                     "transformer.wpe",
@@ -408,8 +414,8 @@ impl Gpt2 {
             }
         };
         // Causal mask, additive, as HF builds it.
-        let mask = causal_mask(s, None, self.device);
-        for blk in &self.blocks {
+        let mask = causal_mask(start, s, None, self.device);
+        for (li, blk) in self.blocks.iter().enumerate() {
             let n = &blk.names;
             let resid_pre = fire(hooks, &n.resid_pre, x)?;
             let h = fire(hooks, &n.ln_1, blk.ln_1.forward(&resid_pre))?;
@@ -419,7 +425,17 @@ impl Gpt2 {
             let k = fire(hooks, &n.k, parts[1].view([b, s, nh, hd]))?;
             let v = fire(hooks, &n.v, parts[2].view([b, s, nh, hd]))?;
             let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
-            let z = attention(&q, &k, &v, blk.scaling, &mask, false, hooks, &[&n.pattern])?;
+            let (k, v) = with_cache(&mut cache, li, k, v);
+            let z = attention(
+                &q,
+                &k,
+                &v,
+                blk.scaling,
+                &mask,
+                start > 0,
+                hooks,
+                &[&n.pattern],
+            )?;
             let z = fire(hooks, &n.z, z.transpose(1, 2))?;
             let z = z.reshape([b, s, dl]);
             let attn = if full {
@@ -443,6 +459,9 @@ impl Gpt2 {
             let h = fire(hooks, &n.mlp_dropout, h)?;
             let mlp = fire(hooks, &n.mlp, h)?;
             x = fire(hooks, &n.block, resid_mid + mlp)?;
+        }
+        if let Some(c) = cache {
+            c.advance(s);
         }
         let (Some(ln_f), Some(head)) = (&self.ln_f, &self.lm_head) else {
             return Ok(x);

@@ -19,6 +19,7 @@
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
+use super::cache::{KvCache, with_cache};
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
 use super::layers::{LayerNorm, Linear, Par, attention, causal_mask, rope_tables, rotate_half};
@@ -334,7 +335,7 @@ impl GptNeoX {
         input_ids: &Tensor,
         hooks: &mut dyn HookSite,
     ) -> Result<Tensor, ModelError> {
-        self.forward_stage(input_ids, None, hooks, &SingleRank)
+        self.forward_stage(input_ids, None, hooks, &SingleRank, None)
     }
 
     /// This rank's part of the forward (see `Gpt2::forward_stage`).
@@ -344,7 +345,9 @@ impl GptNeoX {
         hidden: Option<Tensor>,
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
+        mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor, ModelError> {
+        let start = cache.as_ref().map_or(0, |c| c.len());
         let size = input_ids.size();
         let [b, s] = size[..] else {
             return Err(ModelError::Input(format!(
@@ -374,15 +377,15 @@ impl GptNeoX {
                 fire(hooks, "gpt_neox.emb_dropout", x)?
             }
         };
-        let (cos, sin) = rope_tables(&self.inv_freq, s, self.kind, self.device);
+        let (cos, sin) = rope_tables(&self.inv_freq, start, s, self.kind, self.device);
         let rope = |t: &Tensor| -> Tensor {
             let r = t.narrow(3, 0, rd);
             let rest = t.narrow(3, rd, hd - rd);
             Tensor::cat(&[&r * &cos + rotate_half(&r) * &sin, rest], 3)
         };
-        let mask = causal_mask(s, None, self.device);
+        let mask = causal_mask(start, s, None, self.device);
         let scaling = (hd as f64).powf(-0.5);
-        for l in &self.layers {
+        for (li, l) in self.layers.iter().enumerate() {
             let n = &l.names;
             let resid_pre = fire(hooks, &n.resid_pre, x)?;
             let h = fire(hooks, &n.ln1, l.ln1.forward(&resid_pre))?;
@@ -394,7 +397,8 @@ impl GptNeoX {
             let v = fire(hooks, &n.v, parts[2].contiguous())?.transpose(1, 2);
             let q = fire(hooks, &n.rot_q, rope(&q).transpose(1, 2))?.transpose(1, 2);
             let k = fire(hooks, &n.rot_k, rope(&k).transpose(1, 2))?.transpose(1, 2);
-            let z = attention(&q, &k, &v, scaling, &mask, false, hooks, &[&n.pattern])?;
+            let (k, v) = with_cache(&mut cache, li, k, v);
+            let z = attention(&q, &k, &v, scaling, &mask, start > 0, hooks, &[&n.pattern])?;
             let z = fire(hooks, &n.z, z.transpose(1, 2))?;
             let o = l
                 .dense
@@ -419,6 +423,9 @@ impl GptNeoX {
                 mlp + mlp_in
             };
             x = fire(hooks, &n.block, out)?;
+        }
+        if let Some(c) = cache {
+            c.advance(s);
         }
         let (Some(final_ln), Some(head)) = (&self.final_ln, &self.lm_head) else {
             return Ok(x);

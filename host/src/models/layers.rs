@@ -106,14 +106,15 @@ pub(crate) fn rotate_half(x: &Tensor) -> Tensor {
 }
 
 /// `(cos, sin)`, each `[1, 1, seq, 2 * len(inv_freq)]`, for positions
-/// `0..seq`: float32 angles, then the model's dtype.
+/// `start..start + seq`: float32 angles, then the model's dtype.
 pub(crate) fn rope_tables(
     inv_freq: &Tensor,
+    start: i64,
     seq: i64,
     kind: Kind,
     device: Device,
 ) -> (Tensor, Tensor) {
-    let pos = Tensor::arange(seq, (Kind::Float, device)).unsqueeze(0);
+    let pos = Tensor::arange_start(start, start + seq, (Kind::Float, device)).unsqueeze(0);
     let freqs = pos.unsqueeze(-1) * inv_freq.unsqueeze(0).unsqueeze(0);
     let emb = Tensor::cat(&[&freqs, &freqs], -1);
     (
@@ -122,11 +123,13 @@ pub(crate) fn rope_tables(
     )
 }
 
-/// Causal mask `[seq, seq]`, true where a query may NOT attend; with a
-/// sliding `window`, keys older than `window` positions are masked too.
-pub(crate) fn causal_mask(seq: i64, window: Option<i64>, device: Device) -> Tensor {
-    let q = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(1);
-    let k = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(0);
+/// Causal mask `[seq, start + seq]` for queries at positions
+/// `start..start + seq` over keys at `0..start + seq`, true where a query may
+/// NOT attend; with a sliding `window`, keys older than `window` positions
+/// are masked too.
+pub(crate) fn causal_mask(start: i64, seq: i64, window: Option<i64>, device: Device) -> Tensor {
+    let q = Tensor::arange_start(start, start + seq, (Kind::Int64, device)).unsqueeze(1);
+    let k = Tensor::arange(start + seq, (Kind::Int64, device)).unsqueeze(0);
     let mask = k.gt_tensor(&q);
     match window {
         Some(w) => mask.logical_or(&k.le_tensor(&(&q - w))),
@@ -139,14 +142,15 @@ pub(crate) fn causal_mask(seq: i64, window: Option<i64>, device: Device) -> Tens
 /// (the post-softmax pattern, then e.g. the attention-dropout module, which is
 /// the identity in eval) the pattern is materialised and fired at each, as
 /// transformers' eager path computes it; otherwise a fused kernel runs.
-/// `windowed`: `mask` holds more than causality.
+/// `explicit`: `mask` holds more than square causality (a sliding window, or
+/// queries after cached positions).
 pub(crate) fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scaling: f64,
     mask: &Tensor,
-    windowed: bool,
+    explicit: bool,
     hooks: &mut dyn HookSite,
     pattern_points: &[&str],
 ) -> Result<Tensor, ModelError> {
@@ -158,7 +162,7 @@ pub(crate) fn attention(
             pattern = fire(hooks, p, pattern)?;
         }
         Ok(pattern.matmul(v))
-    } else if windowed {
+    } else if explicit {
         // Fused, with the mask inverted to SDPA's convention (true = attend).
         Ok(Tensor::scaled_dot_product_attention(
             q,

@@ -19,6 +19,7 @@
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
+use super::cache::{KvCache, with_cache};
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
 use super::layers::{Linear, Par, attention, causal_mask, rope_tables, rotate_half};
@@ -433,7 +434,7 @@ impl Llama {
         input_ids: &Tensor,
         hooks: &mut dyn HookSite,
     ) -> Result<Tensor, ModelError> {
-        self.forward_stage(input_ids, None, hooks, &SingleRank)
+        self.forward_stage(input_ids, None, hooks, &SingleRank, None)
     }
 
     /// This rank's part of the forward (see `Gpt2::forward_stage`).
@@ -443,7 +444,9 @@ impl Llama {
         hidden: Option<Tensor>,
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
+        mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor, ModelError> {
+        let start = cache.as_ref().map_or(0, |c| c.len());
         let size = input_ids.size();
         let [b, s] = size[..] else {
             return Err(ModelError::Input(format!(
@@ -474,11 +477,11 @@ impl Llama {
             }
         };
         // Rotary tables as LlamaRotaryEmbedding; causal (and sliding-window) mask.
-        let (cos, sin) = rope_tables(&self.inv_freq, s, self.kind, self.device);
-        let mask = causal_mask(s, c.window(), self.device);
+        let (cos, sin) = rope_tables(&self.inv_freq, start, s, self.kind, self.device);
+        let mask = causal_mask(start, s, c.window(), self.device);
         let scaling = (hd as f64).powf(-0.5);
         let rep = nh / nkv;
-        for l in &self.layers {
+        for (li, l) in self.layers.iter().enumerate() {
             let n = &l.names;
             let resid_pre = fire(hooks, &n.resid_pre, x)?;
             let h = fire(hooks, &n.ln1, l.ln1.forward(&resid_pre))?;
@@ -492,6 +495,7 @@ impl Llama {
             let k = &k * &cos + rotate_half(&k) * &sin;
             let q = fire(hooks, &n.rot_q, q.transpose(1, 2))?.transpose(1, 2);
             let k = fire(hooks, &n.rot_k, k.transpose(1, 2))?.transpose(1, 2);
+            let (k, v) = with_cache(&mut cache, li, k, v);
             let (k, v) = if rep > 1 {
                 (
                     k.repeat_interleave_self_int(rep, 1, None),
@@ -506,7 +510,7 @@ impl Llama {
                 &v,
                 scaling,
                 &mask,
-                c.window().is_some(),
+                c.window().is_some() || start > 0,
                 hooks,
                 &[&n.pattern],
             )?;
@@ -523,6 +527,9 @@ impl Llama {
             let down = fire(hooks, &n.down, l.down.forward_tp(&post, Par::Row, tp)?)?;
             let mlp = fire(hooks, &n.mlp, down)?;
             x = fire(hooks, &n.block, resid_mid + mlp)?;
+        }
+        if let Some(c) = cache {
+            c.advance(s);
         }
         let (Some(norm), Some(head)) = (&self.norm, &self.lm_head) else {
             return Ok(x);

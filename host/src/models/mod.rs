@@ -1,6 +1,7 @@
 //! Hugging Face checkpoints run with tch, one file per architecture, with
 //! named hook points.
 
+pub mod cache;
 pub mod error;
 pub mod gpt2;
 pub mod gpt_neox;
@@ -16,6 +17,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+pub use cache::KvCache;
 pub use error::ModelError;
 pub use hook_site::{HookSite, NoHooks};
 pub use points::{PatternError, PointInfo, PointPattern, TpSplit};
@@ -130,19 +132,22 @@ impl Model {
         input_ids: &Tensor,
         hooks: &mut dyn HookSite,
     ) -> Result<Tensor, ModelError> {
-        self.forward_stage(input_ids, None, hooks, &SingleRank)
+        self.forward_stage(input_ids, None, hooks, &SingleRank, None)
     }
 
     /// One rank's part of a sharded forward: from the token ids (first
     /// pipeline stage) or the previous stage's `hidden` state, through this
     /// stage's layers, to the logits (last stage) or the hidden state for the
-    /// next stage; tensor-parallel collectives go through `tp`.
+    /// next stage; tensor-parallel collectives go through `tp`. With a
+    /// `cache`, the tokens continue the cached positions (incremental
+    /// decoding) and their keys and values are appended to it.
     pub fn forward_stage(
         &self,
         input_ids: &Tensor,
         hidden: Option<Tensor>,
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor, ModelError> {
         let _guard = tch::no_grad_guard();
         if input_ids.kind() != Kind::Int64 {
@@ -153,7 +158,7 @@ impl Model {
         }
         // tch's infallible ops panic on a libtorch error; turn that into an error.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.forward_inner(input_ids, hidden, hooks, tp)
+            self.forward_inner(input_ids, hidden, hooks, tp, cache)
         }))
         .unwrap_or_else(|p| {
             let msg = p
@@ -173,11 +178,12 @@ impl Model {
         hidden: Option<Tensor>,
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor, ModelError> {
         match self {
-            Model::Gpt2(m) => m.forward_stage(input_ids, hidden, hooks, tp),
-            Model::Llama(m) => m.forward_stage(input_ids, hidden, hooks, tp),
-            Model::GptNeoX(m) => m.forward_stage(input_ids, hidden, hooks, tp),
+            Model::Gpt2(m) => m.forward_stage(input_ids, hidden, hooks, tp, cache),
+            Model::Llama(m) => m.forward_stage(input_ids, hidden, hooks, tp, cache),
+            Model::GptNeoX(m) => m.forward_stage(input_ids, hidden, hooks, tp, cache),
         }
     }
 

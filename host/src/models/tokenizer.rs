@@ -31,6 +31,12 @@ impl Tokenizer {
         Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
     }
 
+    /// The text of a sequence of token ids.
+    pub fn decode(&self, ids: &[i64]) -> String {
+        let ids: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
+        self.0.decode(&ids, false).unwrap_or_default()
+    }
+
     /// The text of one token id.
     pub fn token(&self, id: i64) -> String {
         u32::try_from(id)
