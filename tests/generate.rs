@@ -215,3 +215,38 @@ fn every_parallel_layout_generates_the_same_tokens_and_step_outputs() {
         }
     }
 }
+
+#[test]
+fn the_steer_plugin_can_steer_new_tokens_only() {
+    let r = reference("gpt2-tiny");
+    let prompt = &r["prompt"];
+    let rt = runtime();
+    let steer = rt.load(&wasm("steer")).unwrap();
+    let vector: Vec<f32> = (0..64).map(|i| if i < 8 { 10.0 } else { 0.0 }).collect();
+    let mut fm = FlexModel::load(&model_dir("gpt2-tiny"), Kind::Float, Device::Cpu).unwrap();
+    let plain = fm
+        .generate(prompt, &Groups::All, &greedy(6), |_, _| {})
+        .unwrap();
+    let cfg = serde_json::json!({"vector": vector, "new_tokens_only": true}).to_string();
+    fm.register_wasm(&steer, "blocks.0.hook_resid_post", &cfg, &[])
+        .unwrap();
+    let steered = fm
+        .generate(prompt, &Groups::All, &greedy(6), |_, _| {})
+        .unwrap();
+    let first =
+        |o: &flexmodel::api::GenerateOutput| o.new_tokens.iter().map(|v| v[0]).collect::<Vec<_>>();
+    assert_eq!(
+        first(&plain),
+        first(&steered),
+        "the prompt pass is not steered"
+    );
+    assert_ne!(plain.new_tokens, steered.new_tokens, "new tokens are");
+    // In a plain forward (no generation) it does nothing either.
+    let a = fm.forward(prompt, &Groups::All).unwrap().logits;
+    let b = FlexModel::load(&model_dir("gpt2-tiny"), Kind::Float, Device::Cpu)
+        .unwrap()
+        .forward(prompt, &Groups::All)
+        .unwrap()
+        .logits;
+    assert!(a.equal(&b));
+}

@@ -44,6 +44,7 @@ pub mod __private {
     pub use flexmodel::hook::types as wit;
 }
 
+use __private::flexmodel::hook::generation as wit_gen;
 use __private::flexmodel::hook::{log as wlog, output as wout, random as wrand, state as wstate};
 use __private::wit;
 
@@ -263,7 +264,13 @@ pub struct Context {
     pub rank: RankInfo,
     /// Forward passes started before this one.
     pub forward_index: u64,
+    /// During generation: the step (0 = the prompt) and the position of the
+    /// first token of this pass; `None` in a plain forward.
+    pub generation: Option<GenStep>,
 }
+
+/// Where a generation is (WIT `generation.gen-step`).
+pub type GenStep = wit_gen::GenStep;
 
 /// How a hook changes the activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -622,6 +629,7 @@ pub mod __dispatch {
             dtype,
             rank: ctx.rank,
             forward_index: ctx.forward_index,
+            generation: super::wit_gen::current(),
         };
         let mut a = Activation::__new(act, shape, dtype);
         cell.with(|cell| match cell.borrow_mut().as_mut() {

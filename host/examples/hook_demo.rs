@@ -52,6 +52,7 @@ fn main() -> Result<()> {
         hook_point: "blocks.3.hook_resid_post".into(),
         rank: RankInfo::SINGLE,
         forward_index: 0,
+        generation: None,
     };
     println!(
         "\nactivation at {}: shape {:?}, norm {:.4}",

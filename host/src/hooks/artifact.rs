@@ -15,7 +15,7 @@ use super::instance::PluginInstance;
 /// The WIT package this host implements.
 pub const WIT_PACKAGE: &str = "flexmodel:hook";
 /// Its version (see `wit/hook.wit`).
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.1.1";
 
 /// What a plugin says about itself (WIT `plugin-info`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -45,6 +45,8 @@ pub struct CallScope {
     pub logs_dropped: usize,
     /// Pending state writes (`None` = removal), applied on success.
     pub state_writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// The generation step of the call, if any.
+    pub generation: Option<crate::hooks::GenStep>,
     seed: u64,
     rng: Option<StdRng>,
 }
@@ -59,6 +61,7 @@ impl CallScope {
             logs: Vec::new(),
             logs_dropped: 0,
             state_writes: BTreeMap::new(),
+            generation: None,
             seed,
             rng: None,
         }

@@ -4,6 +4,8 @@
 //! Config: `{"vector": [..d_model floats..], "alpha": 4.0, "positions": [-1]}`;
 //! `alpha` defaults to 1, `positions` (token positions on axis 1, negative
 //! from the end) to all. `normalize: true` scales the vector to unit norm first.
+//! `new_tokens_only: true` steers only the tokens generation adds (steps after
+//! the prompt), leaving the prompt's pass untouched.
 
 use flexmodel_hook_sdk::prelude::*;
 
@@ -17,6 +19,8 @@ struct Config {
     positions: Vec<i64>,
     #[serde(default)]
     normalize: bool,
+    #[serde(default)]
+    new_tokens_only: bool,
 }
 
 fn one() -> f32 {
@@ -59,6 +63,9 @@ impl HookFunction for Steer {
     }
 
     fn forward(&mut self, ctx: &Context, act: &mut Activation<'_>) -> Result<()> {
+        if self.0.new_tokens_only && !ctx.generation.is_some_and(|g| g.step > 0) {
+            return Ok(());
+        }
         let d = *ctx.shape.last().unwrap_or(&0);
         if d != self.0.vector.len() {
             return Err(Error::InvalidArgument(format!(

@@ -1,6 +1,7 @@
 //! Host side of the WIT interfaces, one module per interface, implemented on
 //! [`HostState`](super::store::HostState).
 
+mod generation;
 mod log;
 mod output;
 mod random;
