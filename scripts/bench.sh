@@ -3,15 +3,18 @@
 #   hook-bench  (hook runtime: per-call cost, data movement, instantiation, CPU limits)
 #   model-bench (model host: P1-P3 against transformers / PyTorch hooks / nnsight)
 #   dist-bench  (distributed engine: P6, P7, collectives vs memcpy; MPI via mpirun)
+#   gen-bench   (generation: tokens/s with and without a steering hook, vs transformers generate)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 source scripts/env.sh
 scripts/build-guests.sh >/dev/null
-cargo build --release -p flexmodel --bin hook-bench --bin model-bench --bin dist-bench --features "$FLEXMODEL_FEATURES"
+cargo build --release -p flexmodel --bin hook-bench --bin model-bench --bin dist-bench --bin gen-bench --features "$FLEXMODEL_FEATURES"
 "$CARGO_TARGET_DIR/release/hook-bench" --artifacts artifacts/wasm --out BENCHMARKS.md
 "$FLEXMODEL_VENV/bin/pip" install --quiet nnsight 2>/dev/null || echo "nnsight could not be installed; its row is skipped" >&2
 "$CARGO_TARGET_DIR/release/model-bench" --python "$FLEXMODEL_VENV/bin/python" --artifacts artifacts/wasm \
   --model-dir artifacts/bench/gpt2-small --out BENCHMARKS.md "$@"
 "$CARGO_TARGET_DIR/release/dist-bench" --artifacts artifacts/wasm --model-dir artifacts/bench/gpt2-small \
   --out BENCHMARKS.md
+"$CARGO_TARGET_DIR/release/gen-bench" --python "$FLEXMODEL_VENV/bin/python" --artifacts artifacts/wasm \
+  --model-dir artifacts/bench/gpt2-small --out BENCHMARKS.md

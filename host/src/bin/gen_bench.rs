@@ -1,0 +1,135 @@
+//! Generation benchmark (issue 5). Writes its section of BENCHMARKS.md.
+//!
+//! ```text
+//! gen-bench [--python PY] [--model-dir artifacts/bench/gpt2-small] [--artifacts artifacts/wasm]
+//!           [--prompt 32] [--new 64] [--threads 2] [--reps 3] [--out BENCHMARKS.md]
+//! ```
+//! In one run, with the GPT-2-small-sized random weights `model-bench` saves,
+//! batch 1, greedy, the same thread count: transformers' `generate` in
+//! PyTorch (`tests/reference/gen_baseline.py`), then FlexModel-rs's
+//! `generate` without hooks and with the `steer` plugin on every block
+//! output (timed round-robin). Our greedy tokens must equal transformers'.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[path = "shared/report.rs"]
+mod report;
+
+use anyhow::{Context, Result, bail};
+use flexmodel::api::{FlexModel, GenerateOptions, Groups, Sampling};
+use flexmodel::hooks::{Runtime, RuntimeConfig};
+use tch::{Device, Kind, Tensor};
+
+fn main() -> Result<()> {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let venv = std::env::var("FLEXMODEL_VENV").unwrap_or(format!("{home}/.cache/flexmodel/venv"));
+    let mut python = PathBuf::from(format!("{venv}/bin/python"));
+    let mut model_dir = PathBuf::from("artifacts/bench/gpt2-small");
+    let mut artifacts = PathBuf::from("artifacts/wasm");
+    let (mut prompt, mut new, mut threads, mut reps) = (32i64, 64usize, 2i32, 3usize);
+    let mut out: Option<PathBuf> = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().with_context(|| format!("{k} needs a value"));
+        match k.as_str() {
+            "--python" => python = v()?.into(),
+            "--model-dir" => model_dir = v()?.into(),
+            "--artifacts" => artifacts = v()?.into(),
+            "--prompt" => prompt = v()?.parse()?,
+            "--new" => new = v()?.parse()?,
+            "--threads" => threads = v()?.parse()?,
+            "--reps" => reps = v()?.parse()?,
+            "--out" => out = Some(v()?.into()),
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    flexmodel::tune_allocator();
+    eprintln!("transformers generate...");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/gen_baseline.py");
+    let o = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(&model_dir)
+        .args([prompt.to_string(), new.to_string(), threads.to_string(), reps.to_string()])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !o.status.success() {
+        bail!("baseline failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let line = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .unwrap_or("{}")
+        .to_string();
+    let py: serde_json::Value = serde_json::from_str(&line)?;
+    let py_secs = py["secs"].as_f64().context("baseline time")?;
+    let ids: Vec<i64> = serde_json::from_value(py["prompt"].clone())?;
+    let want: Vec<i64> = serde_json::from_value(py["tokens"].clone())?;
+
+    eprintln!("FlexModel-rs generate...");
+    tch::set_num_threads(threads);
+    let mut fm = FlexModel::load(&model_dir, Kind::Float, Device::Cpu)?;
+    let rt = Runtime::new(RuntimeConfig::default())?;
+    let steer = rt.load_file(artifacts.join("steer.wasm"))?;
+    let d = fm.points(1, 1)[0].shape[2] as usize;
+    let vector: Vec<f32> = (0..d).map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5).collect();
+    let cfg = serde_json::json!({"vector": vector, "alpha": 0.05}).to_string();
+    fm.register_wasm(&steer, "blocks.*.hook_resid_post", &cfg, &["steer"])?;
+    let t = Tensor::from_slice(&ids).unsqueeze(0);
+    let opts = GenerateOptions {
+        max_new_tokens: new,
+        sampling: Sampling::Greedy,
+        eos: None,
+    };
+    let mut times = [Vec::new(), Vec::new()];
+    let mut tokens = None;
+    for round in 0..=reps {
+        for (i, g) in [Groups::only(["none"]), Groups::only(["steer"])].iter().enumerate() {
+            let s = Instant::now();
+            let o = fm
+                .generate(&t, g, &opts, |_, _| {})
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if round > 0 {
+                times[i].push(s.elapsed().as_secs_f64());
+            }
+            if i == 0 {
+                tokens = Some(Vec::<i64>::try_from(o.tokens.flatten(0, -1))?);
+            }
+        }
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let [plain, steered] = times.map(med);
+    let same = tokens.as_deref() == Some(want.as_slice());
+    let tps = |s: f64| new as f64 / s;
+    let mut md = format!(
+        "## Generation (issue 5) — `gen-bench`\n\nMachine: {}. GPT-2-small dimensions (random weights), \
+         batch 1, prompt {prompt} tokens, {new} new tokens, greedy with a KV cache, {threads} threads on \
+         both sides, median of {reps} runs after a warm-up (ours round-robin). Our greedy tokens {} \
+         transformers'.\n\n| measurement | baseline | ours | ratio |\n|---|---|---|---|\n",
+        report::machine(),
+        if same { "equal" } else { "DIFFER from" }
+    );
+    md.push_str(&format!(
+        "| generate, no hooks, vs transformers `generate` | {:.1} tok/s | {:.1} tok/s | {:.3}× time |\n",
+        tps(py_secs),
+        tps(plain),
+        plain / py_secs
+    ));
+    md.push_str(&format!(
+        "| generate with the `steer` WASM plugin on all 12 block outputs vs without hooks | {:.1} tok/s | {:.1} tok/s | {:.3}× time |\n\n",
+        tps(plain),
+        tps(steered),
+        steered / plain
+    ));
+    print!("{md}");
+    if let Some(p) = &out {
+        report::write_section(p, "gen-bench", &md)?;
+    }
+    if !same {
+        bail!("greedy tokens differ from transformers'");
+    }
+    Ok(())
+}
