@@ -46,11 +46,17 @@ fn main() -> Result<()> {
     }
     flexmodel::tune_allocator();
     eprintln!("transformers generate...");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/gen_baseline.py");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/gen_baseline.py");
     let o = std::process::Command::new(&python)
         .arg(&script)
         .arg(&model_dir)
-        .args([prompt.to_string(), new.to_string(), threads.to_string(), reps.to_string()])
+        .args([
+            prompt.to_string(),
+            new.to_string(),
+            threads.to_string(),
+            reps.to_string(),
+        ])
         .output()
         .with_context(|| format!("running {}", python.display()))?;
     if !o.status.success() {
@@ -72,7 +78,9 @@ fn main() -> Result<()> {
     let rt = Runtime::new(RuntimeConfig::default())?;
     let steer = rt.load_file(artifacts.join("steer.wasm"))?;
     let d = fm.points(1, 1)[0].shape[2] as usize;
-    let vector: Vec<f32> = (0..d).map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5).collect();
+    let vector: Vec<f32> = (0..d)
+        .map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5)
+        .collect();
     let cfg = serde_json::json!({"vector": vector, "alpha": 0.05}).to_string();
     fm.register_wasm(&steer, "blocks.*.hook_resid_post", &cfg, &["steer"])?;
     let t = Tensor::from_slice(&ids).unsqueeze(0);
@@ -84,7 +92,10 @@ fn main() -> Result<()> {
     let mut times = [Vec::new(), Vec::new()];
     let mut tokens = None;
     for round in 0..=reps {
-        for (i, g) in [Groups::only(["none"]), Groups::only(["steer"])].iter().enumerate() {
+        for (i, g) in [Groups::only(["none"]), Groups::only(["steer"])]
+            .iter()
+            .enumerate()
+        {
             let s = Instant::now();
             let o = fm
                 .generate(&t, g, &opts, |_, _| {})
