@@ -11,7 +11,7 @@ source scripts/env.sh
 out=artifacts/wasm
 mkdir -p "$out"
 
-rust_guests=(plugins/retrieve plugins/scale plugins/ablate plugins/steer plugins/patch
+rust_guests=(plugins/retrieve plugins/scale plugins/ablate plugins/steer plugins/patch plugins/probe
              tests/guests/hostile tests/guests/bench tests/guests/other-world tests/guests/old-version tests/guests/v010)
 pkgs=()
 for g in "${rust_guests[@]}"; do
