@@ -351,6 +351,10 @@ mod mpi_rank {
     pub fn start(model: &ModelArgs, mesh: MeshArgs) -> Result<MpiRank> {
         let timeout = std::time::Duration::from_secs(mesh.comm_timeout);
         let (rt, world) = init(timeout)?;
+        // The ranks on this machine share its cores.
+        if let Some(local) = flexmodel::distributed::local_ranks_from_env() {
+            tch::set_num_threads(flexmodel::distributed::threads_per_rank(local));
+        }
         let n = flexmodel::distributed::Communicator::size(&world);
         if mesh.tp * mesh.pp * mesh.dp != n {
             bail!(

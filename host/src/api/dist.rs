@@ -75,9 +75,10 @@ fn worker(
     jobs: Receiver<Job>,
 ) {
     // The ranks share the machine's cores.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
-    let world_size = opts.mesh.world() as i32;
-    tch::set_num_threads(opts.threads_per_rank.unwrap_or((cores / world_size).max(1)));
+    tch::set_num_threads(
+        opts.threads_per_rank
+            .unwrap_or_else(|| crate::distributed::threads_per_rank(opts.mesh.world())),
+    );
     let world: Box<dyn Communicator> = Box::new(comm);
     let mut engine = match RankEngine::new(&dir, &opts, world) {
         Ok(e) => {

@@ -149,6 +149,8 @@ fn thread_collectives(reps: usize) -> Result<Vec<Row>> {
 #[cfg(feature = "mpi")]
 fn mpi_child(reps: usize) -> Result<()> {
     let (_mpi, world) = flexmodel::distributed::mpi::init(Duration::from_secs(120))?;
+    let local = flexmodel::distributed::local_ranks_from_env().unwrap_or(2);
+    tch::set_num_threads(flexmodel::distributed::threads_per_rank(local));
     for (name, mib, secs) in collectives(&world, reps)? {
         println!(
             "{}",

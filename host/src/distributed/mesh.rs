@@ -83,6 +83,26 @@ pub fn rank_from_env() -> Option<(usize, usize)> {
     rank_from(|k| std::env::var(k).ok())
 }
 
+/// How many ranks of the job share this machine, from the launcher's
+/// environment (Open MPI, MPICH/Hydra, Slurm); `None` when not said.
+pub fn local_ranks_from_env() -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "MPI_LOCALNRANKS",
+        "SLURM_NTASKS_PER_NODE",
+    ]
+    .iter()
+    .find_map(|k| std::env::var(k).ok()?.trim().parse().ok())
+    .filter(|&n: &usize| n > 0)
+}
+
+/// libtorch intra-op threads for one of `local` ranks sharing this
+/// machine's cores.
+pub fn threads_per_rank(local: usize) -> i32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / local.max(1)).max(1) as i32
+}
+
 /// [`rank_from_env`] over any variable lookup.
 pub fn rank_from(var: impl Fn(&str) -> Option<String>) -> Option<(usize, usize)> {
     let pairs = [

@@ -17,5 +17,7 @@ pub mod wire;
 
 pub use comm::Communicator;
 pub use error::CommError;
-pub use mesh::{Coords, Groups, Mesh, rank_from, rank_from_env};
+pub use mesh::{
+    Coords, Groups, Mesh, local_ranks_from_env, rank_from, rank_from_env, threads_per_rank,
+};
 pub use thread::ThreadComm;
