@@ -181,3 +181,25 @@ fn wrong_shapes_are_refused() {
     ));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A rank's slice of a tensor-parallel weight, read from the file alone,
+/// equals the same slice of the whole tensor; slices outside are refused.
+#[test]
+fn a_rank_reads_only_its_slice() {
+    let w = Weights::open(&models().join("llama-mesh")).unwrap();
+    let name = "model.layers.0.self_attn.o_proj.weight";
+    let full = w.get(name, Kind::Float, Device::Cpu, "test").unwrap();
+    let shape = full.size();
+    for (dim, start, len) in [(0usize, 16i64, 16i64), (1, 32, 32), (1, 0, 1)] {
+        let part = w
+            .get_part(name, &shape, dim, start, len, Kind::Float, Device::Cpu, "test")
+            .unwrap();
+        assert!(part.equal(&full.narrow(dim as i64, start, len)), "dim {dim} [{start}, +{len})");
+    }
+    let two = w
+        .get_parts(name, &shape, 0, &[(0, 8), (32, 8)], Kind::Float, Device::Cpu, "test")
+        .unwrap();
+    assert!(two.equal(&Tensor::cat(&[full.narrow(0, 0, 8), full.narrow(0, 32, 8)], 0)));
+    assert!(w.get_part(name, &shape, 1, 60, 8, Kind::Float, Device::Cpu, "test").is_err());
+    assert!(w.get_part(name, &[1, 2], 0, 0, 1, Kind::Float, Device::Cpu, "test").is_err());
+}
