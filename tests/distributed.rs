@@ -415,6 +415,11 @@ fn meshes_that_do_not_fit_the_model_are_refused_clearly() {
     assert!(e.to_string().contains("cannot be split over 2"), "{e}");
     // Still usable.
     dm.forward(&ids(), &Groups::All).unwrap();
+    let mut tp = DistFlexModel::load(&model_dir("gpt2-tiny"), opts(1, 1, 2)).unwrap();
+    let e = tp
+        .forward(&Tensor::from_slice(&[1i64, 101]), &Groups::All)
+        .unwrap_err();
+    assert!(e.to_string().contains("token ids must be in 0..101"), "{e}");
 }
 
 #[test]

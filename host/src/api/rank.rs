@@ -84,6 +84,7 @@ pub struct RankEngine {
     splits: HashMap<String, Option<TpSplit>>,
     batched: HashSet<String>,
     check_edits: bool,
+    vocab: i64,
     /// This rank's key/value cache while generating.
     cache: Option<KvCache>,
 }
@@ -174,6 +175,7 @@ impl RankEngine {
             .iter()
             .map(|p| (p.name.clone(), p.tp_split))
             .collect();
+        let vocab = points.last().and_then(|p| p.shape.last().copied()).unwrap_or(0);
         let twice = model.points(2, 1);
         let batched = points
             .iter()
@@ -189,6 +191,7 @@ impl RankEngine {
             splits,
             batched,
             check_edits: opts.check_edits,
+            vocab,
             cache: None,
         })
     }
@@ -399,6 +402,24 @@ impl RankEngine {
                     "input_ids must be [batch, seq], got {size:?}"
                 )));
             };
+            if ids.kind() != Kind::Int64 {
+                return Err(RankFailure::Input(format!(
+                    "input_ids must be int64, got {:?}",
+                    ids.kind()
+                )));
+            }
+            // Checked here: a vocabulary-parallel embedding would turn an
+            // out-of-range id into zeros instead of an error.
+            if ids.numel() > 0 {
+                let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+                if lo < 0 || hi >= self.vocab {
+                    return Err(RankFailure::Input(format!(
+                        "token ids must be in 0..{}, got {}",
+                        self.vocab,
+                        if lo < 0 { lo } else { hi }
+                    )));
+                }
+            }
             if b < self.mesh.dp as i64 {
                 return Err(RankFailure::Input(format!(
                     "a batch of {b} cannot be split over {} data-parallel replicas",
