@@ -148,6 +148,7 @@ impl HookSite for One<'_> {
             rank: RankInfo::SINGLE,
             forward_index: 0,
             generation: None,
+            backward: false,
         };
         self.hook
             .call(&c, &mut t)

@@ -26,6 +26,7 @@ fn ctx() -> CallContext {
         },
         forward_index: 0,
         generation: None,
+        backward: false,
     }
 }
 

@@ -192,14 +192,43 @@ fn a_rank_reads_only_its_slice() {
     let shape = full.size();
     for (dim, start, len) in [(0usize, 16i64, 16i64), (1, 32, 32), (1, 0, 1)] {
         let part = w
-            .get_part(name, &shape, dim, start, len, Kind::Float, Device::Cpu, "test")
+            .get_part(
+                name,
+                &shape,
+                dim,
+                start,
+                len,
+                Kind::Float,
+                Device::Cpu,
+                "test",
+            )
             .unwrap();
-        assert!(part.equal(&full.narrow(dim as i64, start, len)), "dim {dim} [{start}, +{len})");
+        assert!(
+            part.equal(&full.narrow(dim as i64, start, len)),
+            "dim {dim} [{start}, +{len})"
+        );
     }
     let two = w
-        .get_parts(name, &shape, 0, &[(0, 8), (32, 8)], Kind::Float, Device::Cpu, "test")
+        .get_parts(
+            name,
+            &shape,
+            0,
+            &[(0, 8), (32, 8)],
+            Kind::Float,
+            Device::Cpu,
+            "test",
+        )
         .unwrap();
-    assert!(two.equal(&Tensor::cat(&[full.narrow(0, 0, 8), full.narrow(0, 32, 8)], 0)));
-    assert!(w.get_part(name, &shape, 1, 60, 8, Kind::Float, Device::Cpu, "test").is_err());
-    assert!(w.get_part(name, &[1, 2], 0, 0, 1, Kind::Float, Device::Cpu, "test").is_err());
+    assert!(two.equal(&Tensor::cat(
+        &[full.narrow(0, 0, 8), full.narrow(0, 32, 8)],
+        0
+    )));
+    assert!(
+        w.get_part(name, &shape, 1, 60, 8, Kind::Float, Device::Cpu, "test")
+            .is_err()
+    );
+    assert!(
+        w.get_part(name, &[1, 2], 0, 0, 1, Kind::Float, Device::Cpu, "test")
+            .is_err()
+    );
 }

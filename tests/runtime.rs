@@ -17,6 +17,7 @@ fn ctx(point: &str) -> CallContext {
         rank: RankInfo::SINGLE,
         forward_index: 0,
         generation: None,
+        backward: false,
     }
 }
 
@@ -355,6 +356,7 @@ fn random_stream_is_host_seeded_and_identical_across_ranks() {
             },
             forward_index: fwd,
             generation: None,
+            backward: false,
         };
         let r = h.call(&c, &mut t.shallow_clone()).unwrap();
         r.emitted

@@ -45,6 +45,7 @@ pub mod __private {
 }
 
 use __private::flexmodel::hook::generation as wit_gen;
+use __private::flexmodel::hook::pass as wit_pass;
 use __private::flexmodel::hook::{log as wlog, output as wout, random as wrand, state as wstate};
 use __private::wit;
 
@@ -267,6 +268,9 @@ pub struct Context {
     /// During generation: the step (0 = the prompt) and the position of the
     /// first token of this pass; `None` in a plain forward.
     pub generation: Option<GenStep>,
+    /// A backward hook: the activation is the gradient of the loss with
+    /// respect to the hook point's activation; edits change the gradient.
+    pub backward: bool,
 }
 
 /// Where a generation is (WIT `generation.gen-step`).
@@ -630,6 +634,7 @@ pub mod __dispatch {
             rank: ctx.rank,
             forward_index: ctx.forward_index,
             generation: super::wit_gen::current(),
+            backward: super::wit_pass::current_direction() == super::wit_pass::Direction::Backward,
         };
         let mut a = Activation::__new(act, shape, dtype);
         cell.with(|cell| match cell.borrow_mut().as_mut() {

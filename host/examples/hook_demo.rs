@@ -53,6 +53,7 @@ fn main() -> Result<()> {
         rank: RankInfo::SINGLE,
         forward_index: 0,
         generation: None,
+        backward: false,
     };
     println!(
         "\nactivation at {}: shape {:?}, norm {:.4}",

@@ -301,7 +301,56 @@ def record(folder, model, ids, logits, acts, block):
     with torch.no_grad():
         greedy = model.generate(ids, max_new_tokens=GEN_TOKENS, do_sample=False, attention_mask=torch.ones_like(ids))
     save_file({"prompt": ids.contiguous(), "greedy": greedy.contiguous()}, str(folder / "generate.safetensors"))
+    record_backward(folder, model, ids)
     print(f"{folder.name}: {len(acts)} hook points, logits {tuple(logits.shape)} -> {folder}")
+
+
+def blocks_of(model):
+    """(canonical hook-point name, module) of every transformer block."""
+    if hasattr(model, "transformer"):
+        return [(f"transformer.h.{i}", b) for i, b in enumerate(model.transformer.h)]
+    if hasattr(model, "gpt_neox"):
+        return [(f"gpt_neox.layers.{i}", b) for i, b in enumerate(model.gpt_neox.layers)]
+    return [(f"model.layers.{i}", b) for i, b in enumerate(model.model.layers)]
+
+
+def record_backward(folder, model, ids):
+    """Gradients with PyTorch tensor hooks: the loss is the mean cross-entropy
+    against fixed random targets; recorded: the gradient at every block output
+    (no edit), then every parameter's gradient when a tensor hook scales the
+    gradient at block 0's output by 0.5."""
+    g = torch.Generator().manual_seed(7)
+    targets = torch.randint(0, model.config.vocab_size, ids.shape, generator=g)
+    blocks = blocks_of(model)
+
+    def run(edit):
+        model.zero_grad(set_to_none=True)
+        grads, handles = {}, []
+        for i, (name, mod) in enumerate(blocks):
+            def fwd(m, inp, out, name=name, i=i):
+                h = first(out)
+
+                def th(grad):
+                    grads[name] = grad.detach().clone()
+                    return grad * 0.5 if (edit and i == 0) else None
+                h.register_hook(th)
+            handles.append(mod.register_forward_hook(fwd))
+        logits = first(model(ids).logits)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        loss.backward()
+        for h in handles:
+            h.remove()
+        params = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, params
+
+    with torch.enable_grad():
+        loss, grads, _ = run(False)
+        _, _, params = run(True)
+    out = {"targets": targets, "loss": loss.reshape(1)}
+    out.update({f"grad:{k}": v.contiguous() for k, v in grads.items()})
+    out.update({f"param:{k}": v.contiguous() for k, v in params.items()})
+    save_file(out, str(folder / "backward.safetensors"), metadata={"edit_point": blocks[0][0]})
+    model.zero_grad(set_to_none=True)
 
 
 def inputs(vocab):

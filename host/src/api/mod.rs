@@ -10,6 +10,7 @@
 //! let model = fm.unwrap();                         // the original model, unchanged
 //! ```
 
+mod backward;
 mod dist;
 mod dist_site;
 mod generate;
@@ -27,6 +28,7 @@ use tch::Tensor;
 use crate::hooks::{Hook, HookError, LoadError, LogLevel, Plugin, WasmHook};
 use crate::models::{Model, ModelError, PatternError, PointInfo, PointPattern, Tokenizer};
 
+pub use backward::{BackwardOutput, Loss};
 pub use dist::{DistFlexModel, DistOptions};
 pub use generate::{GenerateOptions, GenerateOutput, Sampling};
 pub use native::FnHook;
@@ -123,7 +125,7 @@ pub struct StoppedOutput {
 
 /// A model error as the API reports it: a hook's error with what had been
 /// emitted before it, or the model's.
-fn model_error(e: ModelError, partial: BTreeMap<String, Tensor>) -> FlexError {
+pub(crate) fn model_error(e: ModelError, partial: BTreeMap<String, Tensor>) -> FlexError {
     match e {
         ModelError::Hook(e) => match e.downcast::<HookError>() {
             Ok(error) => FlexError::Hook {
@@ -230,6 +232,56 @@ impl FlexModel {
         PointPattern::new(pattern)?.select(&self.model.points(1, 1))?;
         let hook = WasmHook::new(plugin.clone(), config)?;
         self.register(Arc::new(hook), pattern, groups)
+    }
+
+    /// Register `hook` as a backward hook: in [`Self::backward`] it is
+    /// called on the gradient of the loss at every point matching `pattern`
+    /// (`CallContext::backward` is set), and its edits change the gradient
+    /// that flows further back.
+    pub fn register_backward(
+        &mut self,
+        hook: Arc<dyn Hook>,
+        pattern: &str,
+        groups: &[&str],
+    ) -> Result<HookHandle, FlexError> {
+        self.registry
+            .add_directed(hook, pattern, groups, &self.model.points(1, 1), true)
+    }
+
+    /// Register a WASM plugin as a backward hook (see [`Self::register_backward`]).
+    pub fn register_wasm_backward(
+        &mut self,
+        plugin: &Arc<Plugin>,
+        pattern: &str,
+        config: &str,
+        groups: &[&str],
+    ) -> Result<HookHandle, FlexError> {
+        PointPattern::new(pattern)?.select(&self.model.points(1, 1))?;
+        let hook = WasmHook::new(plugin.clone(), config)?;
+        self.register_backward(Arc::new(hook), pattern, groups)
+    }
+
+    /// A forward on `input_ids` and a backward pass of `loss`: forward hooks
+    /// run, backward hooks see (and may edit) the gradient at their points,
+    /// and every parameter's gradient is returned (the model is unchanged).
+    pub fn backward(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+        loss: &Loss,
+    ) -> Result<BackwardOutput, FlexError> {
+        let ids = match input_ids.dim() {
+            1 => input_ids.unsqueeze(0),
+            2 => input_ids.shallow_clone(),
+            d => {
+                return Err(FlexError::Input(format!(
+                    "input_ids must be [seq] or [batch, seq], got {d} dims"
+                )));
+            }
+        };
+        let index = self.forward_index;
+        self.forward_index += 1;
+        backward::run(&self.model, &self.registry.regs, groups, index, &ids, loss)
     }
 
     /// Remove a hook; `false` if the handle was already removed.

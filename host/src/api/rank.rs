@@ -175,7 +175,10 @@ impl RankEngine {
             .iter()
             .map(|p| (p.name.clone(), p.tp_split))
             .collect();
-        let vocab = points.last().and_then(|p| p.shape.last().copied()).unwrap_or(0);
+        let vocab = points
+            .last()
+            .and_then(|p| p.shape.last().copied())
+            .unwrap_or(0);
         let twice = model.points(2, 1);
         let batched = points
             .iter()

@@ -17,6 +17,8 @@ pub struct Registration {
     /// Canonical hook points it is bound to.
     pub(crate) points: BTreeSet<String>,
     pub(crate) groups: BTreeSet<String>,
+    /// Called on the gradient in a backward pass instead of in the forward.
+    pub(crate) backward: bool,
 }
 
 /// One entry of [`HookSet::list`]: handle, hook name, pattern, bound points, groups.
@@ -39,6 +41,18 @@ impl HookSet {
         groups: &[&str],
         points: &[PointInfo],
     ) -> Result<HookHandle, FlexError> {
+        self.add_directed(hook, pattern, groups, points, false)
+    }
+
+    /// Like [`Self::add`]; `backward`: a hook on gradients.
+    pub fn add_directed(
+        &mut self,
+        hook: Arc<dyn Hook>,
+        pattern: &str,
+        groups: &[&str],
+        points: &[PointInfo],
+        backward: bool,
+    ) -> Result<HookHandle, FlexError> {
         let pat = PointPattern::new(pattern)?;
         let bound: BTreeSet<String> = pat.select(points)?.into_iter().collect();
         let handle = HookHandle(self.next_handle);
@@ -51,6 +65,7 @@ impl HookSet {
             pattern: pattern.into(),
             points: bound,
             groups: tags,
+            backward,
         });
         Ok(handle)
     }

@@ -17,6 +17,8 @@ pub(crate) struct Site<'a> {
     rank: RankInfo,
     /// Set during generation.
     pub generation: Option<GenStep>,
+    /// Calls backward hooks (on gradients) instead of forward hooks.
+    backward: bool,
     /// Stop the forward after this point's hooks ran.
     stop: Option<String>,
     pub outputs: BTreeMap<String, Tensor>,
@@ -31,8 +33,24 @@ impl<'a> Site<'a> {
         stop: Option<String>,
         rank: RankInfo,
     ) -> Site<'a> {
+        Self::with_direction(regs, groups, forward_index, stop, rank, false)
+    }
+
+    /// The site of the forward hooks (`backward` false) or of the backward
+    /// hooks (true) among `regs`.
+    pub fn with_direction(
+        regs: &'a [Registration],
+        groups: &Groups,
+        forward_index: u64,
+        stop: Option<String>,
+        rank: RankInfo,
+        backward: bool,
+    ) -> Site<'a> {
         let mut by_point: HashMap<&str, Vec<&Registration>> = HashMap::new();
-        for r in regs.iter().filter(|r| groups.enables(&r.groups)) {
+        for r in regs
+            .iter()
+            .filter(|r| r.backward == backward && groups.enables(&r.groups))
+        {
             for p in &r.points {
                 by_point.entry(p.as_str()).or_default().push(r);
             }
@@ -42,6 +60,7 @@ impl<'a> Site<'a> {
             forward_index,
             rank,
             generation: None,
+            backward,
             stop,
             outputs: BTreeMap::new(),
             logs: Vec::new(),
@@ -87,6 +106,7 @@ impl<'a> Site<'a> {
             rank: self.rank,
             forward_index: self.forward_index,
             generation: self.generation,
+            backward: self.backward,
         };
         let mut edited = false;
         for r in regs {

@@ -114,6 +114,7 @@ fn ctx() -> CallContext {
         rank: RankInfo::SINGLE,
         forward_index: 0,
         generation: None,
+        backward: false,
     }
 }
 

@@ -52,6 +52,9 @@ pub struct CallContext {
     /// During generation: which step and at which position (`None` in a
     /// plain forward).
     pub generation: Option<GenStep>,
+    /// The call is a backward hook: the tensor is the gradient of the loss
+    /// with respect to the hook point's activation.
+    pub backward: bool,
 }
 
 /// Where a forward pass of generation is.

@@ -47,6 +47,8 @@ pub struct CallScope {
     pub state_writes: BTreeMap<String, Option<Vec<u8>>>,
     /// The generation step of the call, if any.
     pub generation: Option<crate::hooks::GenStep>,
+    /// A backward hook's call (the tensor is a gradient).
+    pub backward: bool,
     seed: u64,
     rng: Option<StdRng>,
 }
@@ -62,6 +64,7 @@ impl CallScope {
             logs_dropped: 0,
             state_writes: BTreeMap::new(),
             generation: None,
+            backward: false,
             seed,
             rng: None,
         }

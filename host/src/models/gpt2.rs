@@ -23,7 +23,7 @@ use tch::{Device, Kind, Tensor};
 use super::cache::{KvCache, with_cache};
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
-use super::layers::{LayerNorm, attention, causal_mask};
+use super::layers::{LayerNorm, Params, attention, causal_mask};
 use super::points::PointInfo;
 use super::shard::{Shard, SingleRank, TpComm, embed, lm_head, reduce_bias, stage_input};
 use super::weights::Weights;
@@ -345,6 +345,37 @@ impl Gpt2 {
 
     pub fn shard(&self) -> &Shard {
         &self.shard
+    }
+
+    /// This rank's parameters, named as in the checkpoint (`transformer.`
+    /// prefix; a tied LM head is the embedding, listed once).
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut p = Params::default();
+        if let Some(w) = &self.wte {
+            p.add("transformer.wte.weight", w);
+        }
+        if let Some(w) = &self.wpe {
+            p.add("transformer.wpe.weight", w);
+        }
+        for b in &self.blocks {
+            let n = &b.names.block;
+            p.layer_norm(&format!("{n}.ln_1"), &b.ln_1);
+            for (name, l) in [
+                ("attn.c_attn", &b.c_attn),
+                ("attn.c_proj", &b.attn_c_proj),
+                ("mlp.c_fc", &b.c_fc),
+                ("mlp.c_proj", &b.mlp_c_proj),
+            ] {
+                p.add(format!("{n}.{name}.weight"), &l.w);
+                p.add(format!("{n}.{name}.bias"), &l.b);
+            }
+            p.layer_norm(&format!("{n}.ln_2"), &b.ln_2);
+        }
+        if let Some(l) = &self.ln_f {
+            p.layer_norm("transformer.ln_f", l);
+        }
+        p.head("lm_head.weight", self.lm_head.as_ref(), self.wte.as_ref());
+        p.0
     }
 
     /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]` (int64),

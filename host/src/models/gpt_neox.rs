@@ -22,7 +22,9 @@ use tch::{Device, Kind, Tensor};
 use super::cache::{KvCache, with_cache};
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
-use super::layers::{LayerNorm, Linear, Par, attention, causal_mask, rope_tables, rotate_half};
+use super::layers::{
+    LayerNorm, Linear, Par, Params, attention, causal_mask, rope_tables, rotate_half,
+};
 use super::points::PointInfo;
 use super::shard::{Shard, SingleRank, TpComm, embed, lm_head, stage_input};
 use super::weights::Weights;
@@ -290,6 +292,7 @@ impl GptNeoX {
             (true, false) if w.contains("embed_out.weight") => Some(rows("embed_out.weight")?),
             (true, false) => Some(rows("lm_head.weight")?),
         };
+
         let dim = config.rotary_ndims();
         let exps = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))
             .to_kind(Kind::Float)
@@ -328,6 +331,30 @@ impl GptNeoX {
 
     pub fn shard(&self) -> &Shard {
         &self.shard
+    }
+
+    /// This rank's parameters, named as transformers' `named_parameters()`
+    /// (the LM head is `lm_head.weight`, stored as `embed_out.weight` by
+    /// older checkpoints).
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut p = Params::default();
+        if let Some(w) = &self.embed {
+            p.add("gpt_neox.embed_in.weight", w);
+        }
+        for l in &self.layers {
+            let n = &l.names.block;
+            p.layer_norm(&format!("{n}.input_layernorm"), &l.ln1);
+            p.linear(&format!("{n}.attention.query_key_value"), &l.qkv);
+            p.linear(&format!("{n}.attention.dense"), &l.dense);
+            p.layer_norm(&format!("{n}.post_attention_layernorm"), &l.ln2);
+            p.linear(&format!("{n}.mlp.dense_h_to_4h"), &l.fc_in);
+            p.linear(&format!("{n}.mlp.dense_4h_to_h"), &l.fc_out);
+        }
+        if let Some(l) = &self.final_ln {
+            p.layer_norm("gpt_neox.final_layer_norm", l);
+        }
+        p.head("lm_head.weight", self.lm_head.as_ref(), self.embed.as_ref());
+        p.0
     }
 
     pub fn forward(

@@ -180,3 +180,32 @@ pub(crate) fn attention(
         ))
     }
 }
+
+/// Named parameters, as in the checkpoint (shallow handles to the model's
+/// tensors).
+#[derive(Default)]
+pub(crate) struct Params(pub Vec<(String, Tensor)>);
+
+impl Params {
+    pub fn add(&mut self, name: impl Into<String>, t: &Tensor) {
+        self.0.push((name.into(), t.shallow_clone()));
+    }
+    pub fn linear(&mut self, name: &str, l: &Linear) {
+        self.add(format!("{name}.weight"), &l.w);
+        if let Some(b) = &l.b {
+            self.add(format!("{name}.bias"), b);
+        }
+    }
+    pub fn layer_norm(&mut self, name: &str, l: &LayerNorm) {
+        self.add(format!("{name}.weight"), &l.w);
+        self.add(format!("{name}.bias"), &l.b);
+    }
+    /// The LM head unless it is the embedding itself (tied).
+    pub fn head(&mut self, name: &str, head: Option<&Tensor>, embed: Option<&Tensor>) {
+        if let Some(h) = head
+            && !embed.is_some_and(|e| e.data_ptr() == h.data_ptr())
+        {
+            self.add(name, h);
+        }
+    }
+}

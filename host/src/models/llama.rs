@@ -22,7 +22,7 @@ use tch::{Device, Kind, Tensor};
 use super::cache::{KvCache, with_cache};
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
-use super::layers::{Linear, Par, attention, causal_mask, rope_tables, rotate_half};
+use super::layers::{Linear, Par, Params, attention, causal_mask, rope_tables, rotate_half};
 use super::points::PointInfo;
 use super::shard::{Shard, SingleRank, TpComm, embed, lm_head, stage_input};
 use super::weights::Weights;
@@ -427,6 +427,39 @@ impl Llama {
 
     pub fn shard(&self) -> &Shard {
         &self.shard
+    }
+
+    /// This rank's parameters, named as in the checkpoint.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut p = Params::default();
+        if let Some(w) = &self.embed {
+            p.add("model.embed_tokens.weight", w);
+        }
+        for l in &self.layers {
+            let n = &l.names.block;
+            p.add(format!("{n}.input_layernorm.weight"), &l.ln1.w);
+            for (name, lin) in [
+                ("self_attn.q_proj", &l.q),
+                ("self_attn.k_proj", &l.k),
+                ("self_attn.v_proj", &l.v),
+                ("self_attn.o_proj", &l.o),
+            ] {
+                p.linear(&format!("{n}.{name}"), lin);
+            }
+            p.add(format!("{n}.post_attention_layernorm.weight"), &l.ln2.w);
+            for (name, lin) in [
+                ("mlp.gate_proj", &l.gate),
+                ("mlp.up_proj", &l.up),
+                ("mlp.down_proj", &l.down),
+            ] {
+                p.linear(&format!("{n}.{name}"), lin);
+            }
+        }
+        if let Some(nm) = &self.norm {
+            p.add("model.norm.weight", &nm.w);
+        }
+        p.head("lm_head.weight", self.lm_head.as_ref(), self.embed.as_ref());
+        p.0
     }
 
     pub fn forward(

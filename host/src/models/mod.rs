@@ -150,6 +150,27 @@ impl Model {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor, ModelError> {
         let _guard = tch::no_grad_guard();
+        self.run(input_ids, hidden, hooks, tp, cache)
+    }
+
+    /// The forward with autograd recording (for a backward pass): tensors
+    /// that require grad (parameters, hook-point leaves) get gradients.
+    pub fn forward_with_grad(
+        &self,
+        input_ids: &Tensor,
+        hooks: &mut dyn HookSite,
+    ) -> Result<Tensor, ModelError> {
+        tch::with_grad(|| self.run(input_ids, None, hooks, &SingleRank, None))
+    }
+
+    fn run(
+        &self,
+        input_ids: &Tensor,
+        hidden: Option<Tensor>,
+        hooks: &mut dyn HookSite,
+        tp: &dyn TpComm,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor, ModelError> {
         if input_ids.kind() != Kind::Int64 {
             return Err(ModelError::Input(format!(
                 "input_ids must be int64, got {:?}",
@@ -184,6 +205,17 @@ impl Model {
             Model::Gpt2(m) => m.forward_stage(input_ids, hidden, hooks, tp, cache),
             Model::Llama(m) => m.forward_stage(input_ids, hidden, hooks, tp, cache),
             Model::GptNeoX(m) => m.forward_stage(input_ids, hidden, hooks, tp, cache),
+        }
+    }
+
+    /// This rank's parameters, named as transformers' `named_parameters()`
+    /// (handles to the model's own tensors; a tied LM head is listed once,
+    /// as the embedding).
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Model::Gpt2(m) => m.parameters(),
+            Model::Llama(m) => m.parameters(),
+            Model::GptNeoX(m) => m.parameters(),
         }
     }
 

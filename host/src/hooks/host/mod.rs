@@ -4,6 +4,7 @@
 mod generation;
 mod log;
 mod output;
+mod pass;
 mod random;
 mod state;
 mod tensor;
