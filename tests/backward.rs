@@ -132,3 +132,142 @@ fn a_backward_hook_knows_it_is_one_and_the_model_is_unchanged() {
     };
     assert!(fm.backward(&ids, &Groups::All, &bad).is_err());
 }
+
+/// Every layout's backward pass against the single-rank one (itself checked
+/// against PyTorch above): the loss, the gradients backward hooks retrieve
+/// (a DP replica sees the gradient of its own rows' mean loss, not rescaled)
+/// and each rank's slice of every parameter gradient, after a ×0.5 gradient
+/// edit at block 0's output.
+#[test]
+fn every_parallel_layout_gives_the_single_rank_gradients() {
+    use flexmodel::api::{DistFlexModel, DistOptions};
+    use flexmodel::distributed::layout::local_part;
+    use flexmodel::models::TpSplit;
+    let rt = runtime();
+    let retrieve = rt.load(&wasm("retrieve")).unwrap();
+    let scale = rt.load(&wasm("scale")).unwrap();
+    for name in ["gpt2-tiny", "llama-mesh", "neox-parallel"] {
+        let r = reference(name, "backward.safetensors");
+        let ids = reference(name, "reference.safetensors")["input_ids"].shallow_clone();
+        let b = ids.size()[0];
+        let loss = || Loss::CrossEntropy {
+            targets: r["targets"].shallow_clone(),
+        };
+        let mut fm = FlexModel::load(&model_dir(name), Kind::Float, Device::Cpu).unwrap();
+        fm.register_wasm_backward(&retrieve, "blocks.*.hook_resid_post", "{}", &[])
+            .unwrap();
+        fm.register_wasm_backward(&retrieve, "blocks.1.mlp.hook_post", "{}", &[])
+            .unwrap();
+        fm.register_wasm_backward(
+            &scale,
+            "blocks.0.hook_resid_post",
+            r#"{"factor": 0.5}"#,
+            &[],
+        )
+        .unwrap();
+        let one = fm.backward(&ids, &Groups::All, &loss()).unwrap();
+        for (pp, dp, tp) in [
+            (1, 1, 2),
+            (2, 1, 2),
+            (2, 1, 1),
+            (1, 2, 1),
+            (1, 2, 2),
+            (1, 1, 4),
+        ] {
+            let what = format!("{name} pp{pp} dp{dp} tp{tp}");
+            let mut o = DistOptions::new(pp, dp, tp).unwrap();
+            o.check_edits = true;
+            let mut dm = DistFlexModel::load(&model_dir(name), o).unwrap();
+            dm.register_wasm_backward(&retrieve, "blocks.*.hook_resid_post", "{}", &[])
+                .unwrap();
+            dm.register_wasm_backward(&retrieve, "blocks.1.mlp.hook_post", "{}", &[])
+                .unwrap();
+            dm.register_wasm_backward(
+                &scale,
+                "blocks.0.hook_resid_post",
+                r#"{"factor": 0.5}"#,
+                &[],
+            )
+            .unwrap();
+            let each = dm.backward_each(&ids, &Groups::All, &loss()).unwrap();
+            let mut seen = std::collections::BTreeSet::new();
+            for (g, res) in each.into_iter().enumerate() {
+                let res = res.unwrap_or_else(|e| panic!("{what} rank {g}: {e}"));
+                assert!(
+                    (res.loss - one.loss).abs() <= 1e-5,
+                    "{what}: loss {} vs {}",
+                    res.loss,
+                    one.loss
+                );
+                let (tp_rank, dp_rank) = (g % tp, (g / tp) % dp);
+                let (start, rows) =
+                    flexmodel::models::shard::balanced(b, dp as i64, dp_rank as i64);
+                for (k, got) in &res.grad_outputs {
+                    let full = &one.grad_outputs[k];
+                    let want = full.narrow(0, start, rows) * (b as f64 / rows as f64);
+                    let d = max_abs(got, &want);
+                    assert!(d <= 1e-4, "{what} rank {g}: gradient {k} differs by {d}");
+                    seen.insert(k.clone());
+                }
+                for (p, got) in &res.param_grads {
+                    let full = &one.param_grads[p];
+                    let want = if got.size() == full.size() {
+                        full.shallow_clone()
+                    } else {
+                        let dim = (0..full.dim())
+                            .find(|&i| got.size()[i] != full.size()[i])
+                            .unwrap();
+                        let groups = if p.contains("c_attn") { 3 } else { 1 };
+                        let split = TpSplit {
+                            dim: dim as i64,
+                            groups,
+                        };
+                        local_part(full, split, tp_rank, tp)
+                    };
+                    let d = max_abs(got, &want);
+                    assert!(d <= 1e-4, "{what} rank {g}: gradient of {p} differs by {d}");
+                }
+            }
+            assert_eq!(
+                seen.len(),
+                one.grad_outputs.len(),
+                "{what}: every retrieved gradient on some rank"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_failing_backward_hook_fails_every_rank_quickly() {
+    use flexmodel::api::{DistFlexModel, DistOptions};
+    let mut o = DistOptions::new(2, 1, 2).unwrap();
+    o.timeout = std::time::Duration::from_secs(60);
+    let mut dm = DistFlexModel::load(&model_dir("gpt2-tiny"), o).unwrap();
+    let rt = runtime();
+    dm.register_wasm_backward(
+        &rt.load(&wasm("hostile")).unwrap(),
+        "blocks.0.hook_resid_post",
+        r#"{"mode": "error", "only_rank": 1}"#,
+        &[],
+    )
+    .unwrap();
+    let ids = Tensor::from_slice(&[1i64, 2, 3, 4]).view([1, 4]);
+    let loss = Loss::LogitDiff {
+        position: -1,
+        plus: 1,
+        minus: 2,
+    };
+    let t0 = std::time::Instant::now();
+    let each = dm.backward_each(&ids, &Groups::All, &loss).unwrap();
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "not the 60 s timeout"
+    );
+    for (rank, r) in each.iter().enumerate() {
+        let e = r
+            .as_ref()
+            .err()
+            .unwrap_or_else(|| panic!("rank {rank} succeeded"));
+        assert!(e.to_string().contains("hostile"), "rank {rank}: {e}");
+    }
+}

@@ -93,7 +93,7 @@ impl HookSite for CutSite<'_> {
     }
 }
 
-fn loss_of(logits: &Tensor, loss: &Loss) -> Result<Tensor, FlexError> {
+pub(crate) fn loss_of(logits: &Tensor, loss: &Loss) -> Result<Tensor, FlexError> {
     let size = logits.size();
     let (b, s, v) = (size[0], size[1], size[2]);
     match loss {
@@ -138,7 +138,7 @@ fn loss_of(logits: &Tensor, loss: &Loss) -> Result<Tensor, FlexError> {
 }
 
 /// Gradients of `roots` (summed) with respect to `inputs`, added into `acc`.
-fn accumulate(
+pub(crate) fn accumulate(
     roots: &[&Tensor],
     inputs: &[Tensor],
     acc: &mut [Option<Tensor>],

@@ -19,7 +19,10 @@ use tch::Tensor;
 pub use super::rank::DistOptions;
 use super::rank::RankEngine;
 use super::registry::{HookListing, HookSet, Registration};
-use super::{FlexError, ForwardOutput, GenerateOptions, GenerateOutput, Groups, HookHandle};
+use super::{
+    FlexError, ForwardOutput, GenerateOptions, GenerateOutput, Groups, HookHandle, Loss,
+    RankBackward,
+};
 use crate::distributed::{Communicator, ThreadComm};
 use crate::hooks::{Hook, Plugin, WasmHook};
 use crate::models::{PointInfo, PointPattern, Tokenizer};
@@ -39,6 +42,14 @@ enum Job {
         batch: i64,
         seq: i64,
         reply: Sender<Vec<PointInfo>>,
+    },
+    Backward {
+        ids: Tensor,
+        regs: Arc<Vec<Registration>>,
+        groups: Groups,
+        index: u64,
+        loss: Loss,
+        reply: Sender<Result<RankBackward, FlexError>>,
     },
     Generate {
         ids: Tensor,
@@ -105,6 +116,16 @@ fn worker(
             }
             Job::Points { batch, seq, reply } => {
                 let _ = reply.send(engine.points(batch, seq));
+            }
+            Job::Backward {
+                ids,
+                regs,
+                groups,
+                index,
+                loss,
+                reply,
+            } => {
+                let _ = reply.send(engine.backward_regs(&ids, &regs, &groups, index, &loss));
             }
             Job::Generate {
                 ids,
@@ -229,6 +250,97 @@ impl DistFlexModel {
         PointPattern::new(pattern)?.select(&self.points)?;
         let hook = WasmHook::new(plugin.clone(), config)?;
         self.register(Arc::new(hook), pattern, groups)
+    }
+
+    /// Register `hook` as a backward hook (see `FlexModel::register_backward`).
+    pub fn register_backward(
+        &mut self,
+        hook: Arc<dyn Hook>,
+        pattern: &str,
+        groups: &[&str],
+    ) -> Result<HookHandle, FlexError> {
+        self.registry
+            .add_directed(hook, pattern, groups, &self.points, true)
+    }
+
+    /// Register a WASM plugin as a backward hook.
+    pub fn register_wasm_backward(
+        &mut self,
+        plugin: &Arc<Plugin>,
+        pattern: &str,
+        config: &str,
+        groups: &[&str],
+    ) -> Result<HookHandle, FlexError> {
+        PointPattern::new(pattern)?.select(&self.points)?;
+        let hook = WasmHook::new(plugin.clone(), config)?;
+        self.register_backward(Arc::new(hook), pattern, groups)
+    }
+
+    /// A backward pass of `loss` on every rank (see `RankEngine`): each
+    /// rank's own result, in global rank order.
+    pub fn backward_each(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+        loss: &Loss,
+    ) -> Result<Vec<Result<RankBackward, FlexError>>, FlexError> {
+        let ids = match input_ids.dim() {
+            1 => input_ids.unsqueeze(0),
+            2 => input_ids.shallow_clone(),
+            d => {
+                return Err(FlexError::Input(format!(
+                    "input_ids must be [seq] or [batch, seq], got {d} dims"
+                )));
+            }
+        };
+        let index = self.forward_index;
+        self.forward_index += 1;
+        let regs = Arc::new(self.registry.regs.clone());
+        let mut replies = Vec::with_capacity(self.workers.len());
+        for (rank, w) in self.workers.iter().enumerate() {
+            let (tx, rx) = channel();
+            let loss = match loss {
+                Loss::CrossEntropy { targets } => Loss::CrossEntropy {
+                    targets: targets.copy(),
+                },
+                Loss::LogitDiff {
+                    position,
+                    plus,
+                    minus,
+                } => Loss::LogitDiff {
+                    position: *position,
+                    plus: *plus,
+                    minus: *minus,
+                },
+            };
+            let job = Job::Backward {
+                ids: ids.copy(),
+                regs: regs.clone(),
+                groups: groups.clone(),
+                index,
+                loss,
+                reply: tx,
+            };
+            if !w.tx.as_ref().is_some_and(|t| t.send(job).is_ok()) {
+                return Err(FlexError::Rank {
+                    rank,
+                    message: "the rank's thread has exited".into(),
+                });
+            }
+            replies.push(rx);
+        }
+        Ok(replies
+            .into_iter()
+            .enumerate()
+            .map(|(rank, rx)| {
+                rx.recv().unwrap_or_else(|_| {
+                    Err(FlexError::Rank {
+                        rank,
+                        message: "the rank's thread died during the backward pass".into(),
+                    })
+                })
+            })
+            .collect())
     }
 
     pub fn remove(&mut self, h: HookHandle) -> bool {

@@ -18,7 +18,7 @@ use crate::models::{HookSite, ModelError, TpSplit};
 
 /// What a TP rank reports after running the hooks at a point.
 #[derive(serde::Serialize, serde::Deserialize)]
-enum Outcome {
+pub(crate) enum Outcome {
     Ok { checksum: Option<String> },
     Failed(HookError),
 }
@@ -97,61 +97,72 @@ impl<'a, 'c> DistSite<'a, 'c> {
 
     /// Agree with the other TP ranks on the outcome at `point`.
     fn agree(&self, point: &str, outcome: Outcome) -> Result<(), ModelError> {
-        let bytes =
-            serde_json::to_vec(&outcome).map_err(|e| ModelError::Internal(e.to_string()))?;
-        let all = self.tp.all_gather_bytes(bytes.into()).map_err(comm)?;
-        let mut outcomes = Vec::with_capacity(all.len());
-        for (r, b) in all.iter().enumerate() {
-            let o: Outcome = serde_json::from_slice(b).map_err(|e| {
-                comm(CommError::Protocol {
-                    op: "hook outcome".into(),
-                    rank: self.global_rank as usize,
-                    peer: self.tp.global_rank(r),
-                    message: e.to_string(),
-                })
-            })?;
-            outcomes.push(o);
-        }
-        // The same error on every rank: the lowest failing rank's.
-        if let Some(e) = outcomes.iter().find_map(|o| match o {
-            Outcome::Failed(e) => Some(e.clone()),
-            Outcome::Ok { .. } => None,
-        }) {
-            return Err(ModelError::Hook(Box::new(e)));
-        }
-        let sums: Vec<&Option<String>> = outcomes
+        let plugins: Vec<&str> = self
+            .inner
+            .registrations(point)
             .iter()
-            .map(|o| match o {
-                Outcome::Ok { checksum } => checksum,
-                Outcome::Failed(_) => &None,
-            })
+            .map(|r| r.hook.name())
             .collect();
-        if sums.iter().any(|s| *s != sums[0]) {
-            let plugins: Vec<&str> = self
-                .inner
-                .registrations(point)
-                .iter()
-                .map(|r| r.hook.name())
-                .collect();
-            return Err(ModelError::Hook(Box::new(HookError {
-                plugin: plugins.join(", "),
-                hook_point: point.to_string(),
-                rank: self.global_rank,
-                kind: HookErrorKind::Diverged {
-                    message: format!(
-                        "edit checksums by TP rank: {:?}",
-                        sums.iter()
-                            .map(|s| s.as_deref().map(|h| &h[..12]).unwrap_or("-"))
-                            .collect::<Vec<_>>()
-                    ),
-                },
-            })));
-        }
-        Ok(())
+        agree(self.tp, self.global_rank, &plugins, point, outcome)
     }
 }
 
-fn checksum(t: &Tensor) -> String {
+/// Agree with the other TP ranks on the outcome of the hooks at `point`: the
+/// lowest failing rank's error everywhere, or `Diverged` if the edits'
+/// checksums differ.
+pub(crate) fn agree(
+    tp: &dyn Communicator,
+    global_rank: u32,
+    plugins: &[&str],
+    point: &str,
+    outcome: Outcome,
+) -> Result<(), ModelError> {
+    let bytes = serde_json::to_vec(&outcome).map_err(|e| ModelError::Internal(e.to_string()))?;
+    let all = tp.all_gather_bytes(bytes.into()).map_err(comm)?;
+    let mut outcomes = Vec::with_capacity(all.len());
+    for (r, b) in all.iter().enumerate() {
+        let o: Outcome = serde_json::from_slice(b).map_err(|e| {
+            comm(CommError::Protocol {
+                op: "hook outcome".into(),
+                rank: global_rank as usize,
+                peer: tp.global_rank(r),
+                message: e.to_string(),
+            })
+        })?;
+        outcomes.push(o);
+    }
+    if let Some(e) = outcomes.iter().find_map(|o| match o {
+        Outcome::Failed(e) => Some(e.clone()),
+        Outcome::Ok { .. } => None,
+    }) {
+        return Err(ModelError::Hook(Box::new(e)));
+    }
+    let sums: Vec<&Option<String>> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Ok { checksum } => checksum,
+            Outcome::Failed(_) => &None,
+        })
+        .collect();
+    if sums.iter().any(|s| *s != sums[0]) {
+        return Err(ModelError::Hook(Box::new(HookError {
+            plugin: plugins.join(", "),
+            hook_point: point.to_string(),
+            rank: global_rank,
+            kind: HookErrorKind::Diverged {
+                message: format!(
+                    "edit checksums by TP rank: {:?}",
+                    sums.iter()
+                        .map(|s| s.as_deref().map(|h| &h[..12]).unwrap_or("-"))
+                        .collect::<Vec<_>>()
+                ),
+            },
+        })));
+    }
+    Ok(())
+}
+
+pub(crate) fn checksum(t: &Tensor) -> String {
     match wire::encode(t) {
         Ok(b) => hex::encode(Sha256::digest(&b)),
         Err(e) => e,

@@ -12,6 +12,7 @@
 
 mod backward;
 mod dist;
+mod dist_backward;
 mod dist_site;
 mod generate;
 mod native;
@@ -30,6 +31,7 @@ use crate::models::{Model, ModelError, PatternError, PointInfo, PointPattern, To
 
 pub use backward::{BackwardOutput, Loss};
 pub use dist::{DistFlexModel, DistOptions};
+pub use dist_backward::RankBackward;
 pub use generate::{GenerateOptions, GenerateOutput, Sampling};
 pub use native::FnHook;
 pub use rank::RankEngine;

@@ -361,6 +361,28 @@ impl RankEngine {
         }))
     }
 
+    /// This rank's part of a backward pass of `loss` (see
+    /// `dist_backward`): every rank returns its own view.
+    pub(crate) fn backward_regs(
+        &mut self,
+        ids: &Tensor,
+        regs: &[Registration],
+        groups: &Groups,
+        index: u64,
+        loss: &super::Loss,
+    ) -> Result<super::RankBackward, FlexError> {
+        let rank = self.rank_info();
+        let cx = super::dist_backward::Ctx {
+            model: &self.model,
+            groups: &self.groups,
+            coords: self.coords,
+            mesh: self.mesh,
+            splits: &self.splits,
+            rank,
+        };
+        super::dist_backward::run(&cx, ids, regs, groups, index, loss)
+    }
+
     pub(crate) fn forward_regs(
         &mut self,
         ids: &Tensor,

@@ -450,6 +450,7 @@ impl Gpt2 {
             let n = &blk.names;
             let resid_pre = fire(hooks, &n.resid_pre, x)?;
             let h = fire(hooks, &n.ln_1, blk.ln_1.forward(&resid_pre))?;
+            let h = tp.copy_to_parallel(h)?;
             let qkv = fire(hooks, &n.c_attn, blk.c_attn.forward(&h))?;
             let parts = qkv.split(dl, 2);
             let q = fire(hooks, &n.q, parts[0].view([b, s, nh, hd]))?;
@@ -479,6 +480,7 @@ impl Gpt2 {
             let attn = fire(hooks, &n.attn, attn)?;
             let resid_mid = fire(hooks, &n.resid_mid, resid_pre + attn)?;
             let h = fire(hooks, &n.ln_2, blk.ln_2.forward(&resid_mid))?;
+            let h = tp.copy_to_parallel(h)?;
             let h = fire(hooks, &n.c_fc, blk.c_fc.forward(&h))?;
             let h = fire(hooks, &n.act, h.gelu("tanh"))?;
             let h = if full {
@@ -498,6 +500,7 @@ impl Gpt2 {
             return Ok(x);
         };
         let x = fire(hooks, "transformer.ln_f", ln_f.forward(&x))?;
+        let x = tp.copy_to_parallel(x)?;
         fire(hooks, "lm_head", lm_head(&x, head))
     }
 

@@ -353,7 +353,13 @@ impl GptNeoX {
         if let Some(l) = &self.final_ln {
             p.layer_norm("gpt_neox.final_layer_norm", l);
         }
-        p.head("lm_head.weight", self.lm_head.as_ref(), self.embed.as_ref());
+        if self.config.tie_word_embeddings && self.embed.is_none() {
+            if let Some(h) = &self.lm_head {
+                p.add("gpt_neox.embed_in.weight", h);
+            }
+        } else {
+            p.head("lm_head.weight", self.lm_head.as_ref(), self.embed.as_ref());
+        }
         p.0
     }
 
@@ -416,6 +422,7 @@ impl GptNeoX {
             let n = &l.names;
             let resid_pre = fire(hooks, &n.resid_pre, x)?;
             let h = fire(hooks, &n.ln1, l.ln1.forward(&resid_pre))?;
+            let h = tp.copy_to_parallel(h)?;
             let qkv = fire(hooks, &n.qkv, l.qkv.forward(&h))?;
             // Per-head fused layout: [b, s, h, 3 * hd] -> q | k | v.
             let parts = qkv.view([b, s, nh, 3 * hd]).chunk(3, -1);
@@ -439,6 +446,7 @@ impl GptNeoX {
                 fire(hooks, &n.resid_mid, &resid_pre + &attn)?
             };
             let h = fire(hooks, &n.ln2, l.ln2.forward(&mlp_in))?;
+            let h = tp.copy_to_parallel(h)?;
             let h = fire(hooks, &n.fc_in, l.fc_in.forward(&h))?;
             let h = fire(hooks, &n.act, self.act(&h))?;
             let h = fire(hooks, &n.fc_out, l.fc_out.forward_tp(&h, Par::Row, tp)?)?;
@@ -458,6 +466,7 @@ impl GptNeoX {
             return Ok(x);
         };
         let x = fire(hooks, "gpt_neox.final_layer_norm", final_ln.forward(&x))?;
+        let x = tp.copy_to_parallel(x)?;
         fire(hooks, "lm_head", lm_head(&x, head))
     }
 

@@ -458,7 +458,14 @@ impl Llama {
         if let Some(nm) = &self.norm {
             p.add("model.norm.weight", &nm.w);
         }
-        p.head("lm_head.weight", self.lm_head.as_ref(), self.embed.as_ref());
+        if self.config.tie_word_embeddings && self.embed.is_none() {
+            // A later pipeline stage's tied head: the embedding's parameter.
+            if let Some(h) = &self.lm_head {
+                p.add("model.embed_tokens.weight", h);
+            }
+        } else {
+            p.head("lm_head.weight", self.lm_head.as_ref(), self.embed.as_ref());
+        }
         p.0
     }
 
@@ -518,6 +525,7 @@ impl Llama {
             let n = &l.names;
             let resid_pre = fire(hooks, &n.resid_pre, x)?;
             let h = fire(hooks, &n.ln1, l.ln1.forward(&resid_pre))?;
+            let h = tp.copy_to_parallel(h)?;
             let q = fire(hooks, &n.q_proj, l.q.forward(&h))?;
             let k = fire(hooks, &n.k_proj, l.k.forward(&h))?;
             let v = fire(hooks, &n.v_proj, l.v.forward(&h))?;
@@ -553,6 +561,7 @@ impl Llama {
             let attn = fire(hooks, &n.attn, o)?;
             let resid_mid = fire(hooks, &n.resid_mid, resid_pre + attn)?;
             let h = fire(hooks, &n.ln2, l.ln2.forward(&resid_mid))?;
+            let h = tp.copy_to_parallel(h)?;
             let gate = fire(hooks, &n.gate, l.gate.forward(&h))?;
             let up = fire(hooks, &n.up, l.up.forward(&h))?;
             let act = fire(hooks, &n.act, gate.silu())?;
@@ -568,6 +577,7 @@ impl Llama {
             return Ok(x);
         };
         let x = fire(hooks, "model.norm", norm.forward(&x))?;
+        let x = tp.copy_to_parallel(x)?;
         fire(hooks, "lm_head", lm_head(&x, head))
     }
 

@@ -163,6 +163,18 @@ impl Model {
         tch::with_grad(|| self.run(input_ids, None, hooks, &SingleRank, None))
     }
 
+    /// [`Self::forward_stage`] with autograd recording (one rank's part of
+    /// a distributed backward pass).
+    pub fn forward_stage_with_grad(
+        &self,
+        input_ids: &Tensor,
+        hidden: Option<Tensor>,
+        hooks: &mut dyn HookSite,
+        tp: &dyn TpComm,
+    ) -> Result<Tensor, ModelError> {
+        tch::with_grad(|| self.run(input_ids, hidden, hooks, tp, None))
+    }
+
     fn run(
         &self,
         input_ids: &Tensor,

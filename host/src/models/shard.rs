@@ -23,6 +23,12 @@ pub trait TpComm {
     fn size(&self) -> i64;
     /// Elementwise sum over the group; the same bits on every rank.
     fn all_reduce(&self, t: Tensor) -> Result<Tensor, ModelError>;
+    /// Megatron's `f`: a replicated tensor entering column-parallel layers.
+    /// The identity in the forward; in a backward pass its gradient is the
+    /// sum over the group of the ranks' gradients.
+    fn copy_to_parallel(&self, t: Tensor) -> Result<Tensor, ModelError> {
+        Ok(t)
+    }
 }
 
 /// No parallelism: one rank holds everything.
