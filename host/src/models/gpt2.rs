@@ -68,11 +68,24 @@ struct Linear {
     /// `[in, out]` as stored by Conv1D.
     w: Tensor,
     b: Tensor,
+    /// The same in oneDNN's layout (f32 on CPU), see `onednn`.
+    packed: Option<super::onednn::Packed>,
 }
 
 impl Linear {
+    fn new(w: Tensor, b: Tensor) -> Linear {
+        let packed = super::onednn::pack(&w.tr(), Some(&b));
+        Linear { w, b, packed }
+    }
+
     /// `b + x @ w` in one `addmm`, as Conv1D does (no separate bias pass).
     fn forward(&self, x: &Tensor) -> Tensor {
+        if let Some(p) = &self.packed
+            && !self.w.requires_grad()
+            && let Some(y) = super::onednn::linear(x, p)
+        {
+            return y;
+        }
         let mut shape = x.size();
         let inner = shape.pop().unwrap_or(0);
         shape.push(self.w.size()[1]);
@@ -160,6 +173,8 @@ pub struct Gpt2 {
     blocks: Vec<Block>,
     ln_f: Option<LayerNorm>,
     lm_head: Option<Tensor>,
+    /// The LM head in oneDNN's layout (f32 on CPU).
+    head_packed: Option<super::onednn::Packed>,
     kind: Kind,
     device: Device,
 }
@@ -238,30 +253,30 @@ impl Gpt2 {
         // per section), row-parallel splits `in` (dim 0; the bias is whole).
         let column = |name: &str, i: i64, o: i64, sections: i64| -> Result<Linear, ModelError> {
             if full {
-                return Ok(Linear {
-                    w: get(&format!("{name}.weight"), &[i, o])?,
-                    b: get(&format!("{name}.bias"), &[o])?,
-                });
+                return Ok(Linear::new(
+                    get(&format!("{name}.weight"), &[i, o])?,
+                    get(&format!("{name}.bias"), &[o])?,
+                ));
             }
             let sec = o / sections;
             let (s, l) = shard.part(sec);
             let parts: Vec<(i64, i64)> = (0..sections).map(|g| (g * sec + s, l)).collect();
-            Ok(Linear {
-                w: part(&format!("{name}.weight"), &[i, o], 1, &parts)?,
-                b: part(&format!("{name}.bias"), &[o], 0, &parts)?,
-            })
+            Ok(Linear::new(
+                part(&format!("{name}.weight"), &[i, o], 1, &parts)?,
+                part(&format!("{name}.bias"), &[o], 0, &parts)?,
+            ))
         };
         let row = |name: &str, i: i64, o: i64| -> Result<Linear, ModelError> {
             if full {
-                return Ok(Linear {
-                    w: get(&format!("{name}.weight"), &[i, o])?,
-                    b: get(&format!("{name}.bias"), &[o])?,
-                });
+                return Ok(Linear::new(
+                    get(&format!("{name}.weight"), &[i, o])?,
+                    get(&format!("{name}.bias"), &[o])?,
+                ));
             }
-            Ok(Linear {
-                w: part(&format!("{name}.weight"), &[i, o], 0, &[shard.part(i)])?,
-                b: get(&format!("{name}.bias"), &[o])?,
-            })
+            Ok(Linear::new(
+                part(&format!("{name}.weight"), &[i, o], 0, &[shard.part(i)])?,
+                get(&format!("{name}.bias"), &[o])?,
+            ))
         };
         let head_dim = d / config.n_head;
         let mut blocks = Vec::new();
@@ -326,6 +341,7 @@ impl Gpt2 {
             } else {
                 None
             },
+            head_packed: lm_head.as_ref().and_then(|h| super::onednn::pack(h, None)),
             lm_head,
             blocks,
             config,
@@ -501,7 +517,11 @@ impl Gpt2 {
         };
         let x = fire(hooks, "transformer.ln_f", ln_f.forward(&x))?;
         let x = tp.copy_to_parallel(x)?;
-        fire(hooks, "lm_head", lm_head(&x, head))
+        fire(
+            hooks,
+            "lm_head",
+            lm_head(&x, head, self.head_packed.as_ref()),
+        )
     }
 
     /// Every hook point with its shape for `batch` × `seq` tokens, in forward

@@ -175,6 +175,8 @@ pub struct GptNeoX {
     layers: Vec<Layer>,
     final_ln: Option<LayerNorm>,
     lm_head: Option<Tensor>,
+    /// The LM head in oneDNN's layout (f32 on CPU).
+    head_packed: Option<super::onednn::Packed>,
     inv_freq: Tensor,
     kind: Kind,
     device: Device,
@@ -310,6 +312,7 @@ impl GptNeoX {
             vocab_offset,
             shard: shard.clone(),
             layers,
+            head_packed: lm_head.as_ref().and_then(|h| super::onednn::pack(h, None)),
             lm_head,
             inv_freq,
             config,
@@ -467,7 +470,11 @@ impl GptNeoX {
         };
         let x = fire(hooks, "gpt_neox.final_layer_norm", final_ln.forward(&x))?;
         let x = tp.copy_to_parallel(x)?;
-        fire(hooks, "lm_head", lm_head(&x, head))
+        fire(
+            hooks,
+            "lm_head",
+            lm_head(&x, head, self.head_packed.as_ref()),
+        )
     }
 
     pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {

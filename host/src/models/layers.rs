@@ -13,10 +13,23 @@ use super::weights::Weights;
 pub(crate) struct Linear {
     pub w: Tensor,
     pub b: Option<Tensor>,
+    /// The same in oneDNN's layout (f32 on CPU), see `onednn`.
+    pub packed: Option<super::onednn::Packed>,
 }
 
 impl Linear {
+    pub fn new(w: Tensor, b: Option<Tensor>) -> Linear {
+        let packed = super::onednn::pack(&w, b.as_ref());
+        Linear { w, b, packed }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if let Some(p) = &self.packed
+            && !self.w.requires_grad()
+            && let Some(y) = super::onednn::linear(x, p)
+        {
+            return y;
+        }
         x.linear(&self.w, self.b.as_ref())
     }
 
@@ -72,7 +85,7 @@ impl Linear {
                 bias.then(|| whole(&bn, &[o])).transpose()?,
             ),
         };
-        Ok(Linear { w: weight, b })
+        Ok(Linear::new(weight, b))
     }
 }
 

@@ -226,6 +226,8 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: Option<RmsNorm>,
     lm_head: Option<Tensor>,
+    /// The LM head in oneDNN's layout (f32 on CPU).
+    head_packed: Option<super::onednn::Packed>,
     inv_freq: Tensor,
     kind: Kind,
     device: Device,
@@ -412,6 +414,7 @@ impl Llama {
             embed: if shard.first_stage() { embed } else { None },
             vocab_offset,
             layers,
+            head_packed: lm_head.as_ref().and_then(|h| super::onednn::pack(h, None)),
             lm_head,
             inv_freq,
             config,
@@ -578,7 +581,11 @@ impl Llama {
         };
         let x = fire(hooks, "model.norm", norm.forward(&x))?;
         let x = tp.copy_to_parallel(x)?;
-        fire(hooks, "lm_head", lm_head(&x, head))
+        fire(
+            hooks,
+            "lm_head",
+            lm_head(&x, head, self.head_packed.as_ref()),
+        )
     }
 
     pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {

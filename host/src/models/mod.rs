@@ -8,6 +8,7 @@ pub mod gpt_neox;
 pub mod hook_site;
 mod layers;
 pub mod llama;
+mod onednn;
 pub mod points;
 pub mod shard;
 pub mod tokenizer;
