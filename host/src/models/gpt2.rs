@@ -96,6 +96,12 @@ impl Linear {
 
     /// `x @ w` without the bias (a row-parallel part, summed across ranks).
     fn partial(&self, x: &Tensor) -> Tensor {
+        if let Some(p) = &self.packed
+            && !self.w.requires_grad()
+            && let Some(y) = super::onednn::matmul(x, p)
+        {
+            return y;
+        }
         x.matmul(&self.w)
     }
 }

@@ -35,6 +35,12 @@ impl Linear {
 
     /// A row-parallel rank's part: `x @ w.T` without the bias.
     pub fn partial(&self, x: &Tensor) -> Tensor {
+        if let Some(p) = &self.packed
+            && !self.w.requires_grad()
+            && let Some(y) = super::onednn::matmul(x, p)
+        {
+            return y;
+        }
         x.linear::<Tensor>(&self.w, None)
     }
 

@@ -40,6 +40,15 @@ pub(crate) fn pack(w: &Tensor, b: Option<&Tensor>) -> Option<Packed> {
 /// `x @ w.T + b` through oneDNN, or `None` (use the plain path) when `x` is
 /// not a plain f32 CPU tensor or needs gradients.
 pub(crate) fn linear(x: &Tensor, p: &Packed) -> Option<Tensor> {
+    run(x, p, true)
+}
+
+/// `x @ w.T` (no bias: a row-parallel rank's partial product), or `None`.
+pub(crate) fn matmul(x: &Tensor, p: &Packed) -> Option<Tensor> {
+    run(x, p, false)
+}
+
+fn run(x: &Tensor, p: &Packed, bias: bool) -> Option<Tensor> {
     if x.kind() != Kind::Float || x.device() != Device::Cpu || x.requires_grad() {
         return None;
     }
@@ -50,7 +59,8 @@ pub(crate) fn linear(x: &Tensor, p: &Packed) -> Option<Tensor> {
         .contiguous()
         .f_to_mkldnn(Kind::Float)
         .ok()?;
-    let y = x2.f_mkldnn_linear(&p.w, p.b.as_ref()).ok()?;
+    let b = if bias { p.b.as_ref() } else { None };
+    let y = x2.f_mkldnn_linear(&p.w, b).ok()?;
     shape.push(p.out);
     y.f_to_dense(None, false)
         .ok()?
