@@ -1,10 +1,13 @@
 //! FlexModel-rs host library.
 //!
 //! Dependencies flow one way: models → distributed → hooks/runtime → API → CLI.
-//! - [`models`]: Hugging Face checkpoints run with tch, with named hook points;
+//! - [`models`]: Hugging Face checkpoints run with tch, with named hook
+//!   points, whole or as one rank's shard;
+//! - [`distributed`]: communicators (threads, MPI, NCCL), the mesh, and the
+//!   layout of hook points over tensor-parallel ranks;
 //! - [`hooks`]: the sandboxed WebAssembly hook runtime;
-//! - [`api`]: the FlexModel API over both.
-//! The distributed engine arrives with a later issue.
+//! - [`api`]: the FlexModel API over them: forward, generation, backward
+//!   passes with hooks, on one rank or a mesh of ranks.
 
 pub mod api;
 pub mod distributed;

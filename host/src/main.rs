@@ -548,7 +548,7 @@ fn run(model: &ModelArgs, prompts: Vec<Prompt>, o: RunOpts<'_>) -> Result<()> {
     }
     // Data parallelism splits a batch: prompts go dp at a time.
     let chunk = mesh.dp.max(1);
-    if prompts.len() % chunk != 0 {
+    if !prompts.len().is_multiple_of(chunk) {
         bail!(
             "--dp {chunk} batches prompts {chunk} at a time: give a multiple of {chunk} prompts (got {})",
             prompts.len()

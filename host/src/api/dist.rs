@@ -321,7 +321,7 @@ impl DistFlexModel {
                 loss,
                 reply: tx,
             };
-            if !w.tx.as_ref().is_some_and(|t| t.send(job).is_ok()) {
+            if w.tx.as_ref().is_none_or(|t| t.send(job).is_err()) {
                 return Err(FlexError::Rank {
                     rank,
                     message: "the rank's thread has exited".into(),
@@ -451,7 +451,7 @@ impl DistFlexModel {
                 stream: stream_tx.clone(),
                 reply: tx,
             };
-            if !w.tx.as_ref().is_some_and(|t| t.send(job).is_ok()) {
+            if w.tx.as_ref().is_none_or(|t| t.send(job).is_err()) {
                 return Err(FlexError::Rank {
                     rank,
                     message: "the rank's thread has exited".into(),

@@ -222,7 +222,7 @@ impl Params {
     /// The LM head unless it is the embedding itself (tied).
     pub fn head(&mut self, name: &str, head: Option<&Tensor>, embed: Option<&Tensor>) {
         if let Some(h) = head
-            && !embed.is_some_and(|e| e.data_ptr() == h.data_ptr())
+            && embed.is_none_or(|e| e.data_ptr() != h.data_ptr())
         {
             self.add(name, h);
         }
