@@ -38,6 +38,35 @@ pub enum Loss {
     },
 }
 
+impl Loss {
+    fn with_targets(&self, f: impl Fn(&Tensor) -> Tensor) -> Loss {
+        match self {
+            Loss::CrossEntropy { targets } => Loss::CrossEntropy {
+                targets: f(targets),
+            },
+            Loss::LogitDiff {
+                position,
+                plus,
+                minus,
+            } => Loss::LogitDiff {
+                position: *position,
+                plus: *plus,
+                minus: *minus,
+            },
+        }
+    }
+
+    /// The same loss over rows `start .. start + len` of the batch.
+    pub(crate) fn rows(&self, start: i64, len: i64) -> Loss {
+        self.with_targets(|t| t.narrow(0, start, len))
+    }
+
+    /// A copy that owns its targets (for another thread).
+    pub(crate) fn deep_copy(&self) -> Loss {
+        self.with_targets(Tensor::copy)
+    }
+}
+
 /// What a backward pass returns.
 #[derive(Debug)]
 pub struct BackwardOutput {

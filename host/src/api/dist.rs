@@ -24,8 +24,8 @@ use super::{
     RankBackward,
 };
 use crate::distributed::{Communicator, ThreadComm};
-use crate::hooks::{Hook, Plugin, WasmHook};
-use crate::models::{PointInfo, PointPattern, Tokenizer};
+use crate::hooks::{Hook, Plugin};
+use crate::models::{PointInfo, Tokenizer};
 
 /// One rank's result of a forward.
 pub type Reply = Result<Option<ForwardOutput>, FlexError>;
@@ -247,9 +247,8 @@ impl DistFlexModel {
         config: &str,
         groups: &[&str],
     ) -> Result<HookHandle, FlexError> {
-        PointPattern::new(pattern)?.select(&self.points)?;
-        let hook = WasmHook::new(plugin.clone(), config)?;
-        self.register(Arc::new(hook), pattern, groups)
+        let hook = super::registry::wasm_hook(plugin, pattern, config, &self.points)?;
+        self.register(hook, pattern, groups)
     }
 
     /// Register `hook` as a backward hook (see `FlexModel::register_backward`).
@@ -271,9 +270,8 @@ impl DistFlexModel {
         config: &str,
         groups: &[&str],
     ) -> Result<HookHandle, FlexError> {
-        PointPattern::new(pattern)?.select(&self.points)?;
-        let hook = WasmHook::new(plugin.clone(), config)?;
-        self.register_backward(Arc::new(hook), pattern, groups)
+        let hook = super::registry::wasm_hook(plugin, pattern, config, &self.points)?;
+        self.register_backward(hook, pattern, groups)
     }
 
     /// A backward pass of `loss` on every rank (see `RankEngine`): each
@@ -284,63 +282,19 @@ impl DistFlexModel {
         groups: &Groups,
         loss: &Loss,
     ) -> Result<Vec<Result<RankBackward, FlexError>>, FlexError> {
-        let ids = match input_ids.dim() {
-            1 => input_ids.unsqueeze(0),
-            2 => input_ids.shallow_clone(),
-            d => {
-                return Err(FlexError::Input(format!(
-                    "input_ids must be [seq] or [batch, seq], got {d} dims"
-                )));
-            }
-        };
+        let ids = super::batch_ids(input_ids)?;
         let index = self.forward_index;
         self.forward_index += 1;
         let regs = Arc::new(self.registry.regs.clone());
-        let mut replies = Vec::with_capacity(self.workers.len());
-        for (rank, w) in self.workers.iter().enumerate() {
-            let (tx, rx) = channel();
-            let loss = match loss {
-                Loss::CrossEntropy { targets } => Loss::CrossEntropy {
-                    targets: targets.copy(),
-                },
-                Loss::LogitDiff {
-                    position,
-                    plus,
-                    minus,
-                } => Loss::LogitDiff {
-                    position: *position,
-                    plus: *plus,
-                    minus: *minus,
-                },
-            };
-            let job = Job::Backward {
-                ids: ids.copy(),
-                regs: regs.clone(),
-                groups: groups.clone(),
-                index,
-                loss,
-                reply: tx,
-            };
-            if w.tx.as_ref().is_none_or(|t| t.send(job).is_err()) {
-                return Err(FlexError::Rank {
-                    rank,
-                    message: "the rank's thread has exited".into(),
-                });
-            }
-            replies.push(rx);
-        }
-        Ok(replies
-            .into_iter()
-            .enumerate()
-            .map(|(rank, rx)| {
-                rx.recv().unwrap_or_else(|_| {
-                    Err(FlexError::Rank {
-                        rank,
-                        message: "the rank's thread died during the backward pass".into(),
-                    })
-                })
-            })
-            .collect())
+        let replies = self.dispatch(|reply| Job::Backward {
+            ids: ids.copy(),
+            regs: regs.clone(),
+            groups: groups.clone(),
+            index,
+            loss: loss.deep_copy(),
+            reply,
+        })?;
+        Ok(collect(replies, "the backward pass"))
     }
 
     pub fn remove(&mut self, h: HookHandle) -> bool {
@@ -358,19 +312,7 @@ impl DistFlexModel {
         input_ids: &Tensor,
         groups: &Groups,
     ) -> Result<ForwardOutput, FlexError> {
-        let mut out = None;
-        for r in self.forward_each(input_ids, groups)? {
-            match r {
-                Ok(Some(o)) => out = Some(o),
-                Ok(None) => {}
-                // Every rank reports the same error; the first is rank 0's.
-                Err(e) => return Err(e),
-            }
-        }
-        out.ok_or_else(|| FlexError::Rank {
-            rank: 0,
-            message: "rank 0 returned no output".into(),
-        })
+        rank0(self.forward_each(input_ids, groups)?)
     }
 
     /// Like [`Self::forward`], with every rank's own result (global rank
@@ -381,49 +323,18 @@ impl DistFlexModel {
         input_ids: &Tensor,
         groups: &Groups,
     ) -> Result<Vec<Reply>, FlexError> {
-        let ids = match input_ids.dim() {
-            1 => input_ids.unsqueeze(0),
-            2 => input_ids.shallow_clone(),
-            d => {
-                return Err(FlexError::Input(format!(
-                    "input_ids must be [seq] or [batch, seq], got {d} dims"
-                )));
-            }
-        };
+        let ids = super::batch_ids(input_ids)?;
         let index = self.forward_index;
         self.forward_index += 1;
         let regs = Arc::new(self.registry.regs.clone());
-        let mut replies = Vec::with_capacity(self.workers.len());
-        for (rank, w) in self.workers.iter().enumerate() {
-            let (tx, rx) = channel();
-            let job = Job::Forward {
-                ids: ids.copy(),
-                regs: regs.clone(),
-                groups: groups.clone(),
-                index,
-                reply: tx,
-            };
-            let sent = w.tx.as_ref().map(|t| t.send(job).is_ok()).unwrap_or(false);
-            if !sent {
-                return Err(FlexError::Rank {
-                    rank,
-                    message: "the rank's thread has exited".into(),
-                });
-            }
-            replies.push(rx);
-        }
-        Ok(replies
-            .into_iter()
-            .enumerate()
-            .map(|(rank, rx)| {
-                rx.recv().unwrap_or_else(|_| {
-                    Err(FlexError::Rank {
-                        rank,
-                        message: "the rank's thread died during the forward".into(),
-                    })
-                })
-            })
-            .collect())
+        let replies = self.dispatch(|reply| Job::Forward {
+            ids: ids.copy(),
+            regs: regs.clone(),
+            groups: groups.clone(),
+            index,
+            reply,
+        })?;
+        Ok(collect(replies, "the forward"))
     }
 
     /// Generate on every rank (see `FlexModel::generate`); `on_token` gets
@@ -439,48 +350,20 @@ impl DistFlexModel {
         self.forward_index += opts.max_new_tokens as u64;
         let regs = Arc::new(self.registry.regs.clone());
         let (stream_tx, stream_rx) = channel();
-        let mut replies = Vec::with_capacity(self.workers.len());
-        for (rank, w) in self.workers.iter().enumerate() {
-            let (tx, rx) = channel();
-            let job = Job::Generate {
-                ids: input_ids.copy(),
-                regs: regs.clone(),
-                groups: groups.clone(),
-                index,
-                opts: opts.clone(),
-                stream: stream_tx.clone(),
-                reply: tx,
-            };
-            if w.tx.as_ref().is_none_or(|t| t.send(job).is_err()) {
-                return Err(FlexError::Rank {
-                    rank,
-                    message: "the rank's thread has exited".into(),
-                });
-            }
-            replies.push(rx);
-        }
+        let replies = self.dispatch(|reply| Job::Generate {
+            ids: input_ids.copy(),
+            regs: regs.clone(),
+            groups: groups.clone(),
+            index,
+            opts: opts.clone(),
+            stream: stream_tx.clone(),
+            reply,
+        })?;
         drop(stream_tx);
         for (step, t) in stream_rx {
             on_token(step, &t);
         }
-        let mut out = None;
-        for (rank, rx) in replies.into_iter().enumerate() {
-            match rx.recv() {
-                Ok(Ok(Some(o))) => out = Some(o),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    return Err(FlexError::Rank {
-                        rank,
-                        message: "the rank's thread died during generation".into(),
-                    });
-                }
-            }
-        }
-        out.ok_or_else(|| FlexError::Rank {
-            rank: 0,
-            message: "rank 0 returned no output".into(),
-        })
+        rank0(collect(replies, "generation"))
     }
 
     /// Tokenize `text` and run [`Self::forward`].
@@ -489,15 +372,66 @@ impl DistFlexModel {
         text: &str,
         groups: &Groups,
     ) -> Result<ForwardOutput, FlexError> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| {
-            FlexError::Input("the model was loaded without a tokenizer.json".into())
-        })?;
-        let ids = tok.encode(text).map_err(FlexError::Model)?;
-        if ids.is_empty() {
-            return Err(FlexError::Input("the text tokenizes to no tokens".into()));
-        }
-        self.forward(&Tensor::from_slice(&ids), groups)
+        let ids = super::text_ids(self.tokenizer.as_ref(), text)?;
+        self.forward(&ids, groups)
     }
+}
+
+impl DistFlexModel {
+    /// Send every rank the job `make(reply)` builds; their reply channels,
+    /// in rank order.
+    fn dispatch<R>(
+        &self,
+        mut make: impl FnMut(Sender<R>) -> Job,
+    ) -> Result<Vec<Receiver<R>>, FlexError> {
+        let mut replies = Vec::with_capacity(self.workers.len());
+        for (rank, w) in self.workers.iter().enumerate() {
+            let (tx, rx) = channel();
+            if w.tx.as_ref().is_none_or(|t| t.send(make(tx)).is_err()) {
+                return Err(FlexError::Rank {
+                    rank,
+                    message: "the rank's thread has exited".into(),
+                });
+            }
+            replies.push(rx);
+        }
+        Ok(replies)
+    }
+}
+
+/// Every rank's reply, in rank order (a rank whose thread died during
+/// `what` gives an error).
+fn collect<T>(
+    replies: Vec<Receiver<Result<T, FlexError>>>,
+    what: &str,
+) -> Vec<Result<T, FlexError>> {
+    replies
+        .into_iter()
+        .enumerate()
+        .map(|(rank, rx)| {
+            rx.recv().unwrap_or_else(|_| {
+                Err(FlexError::Rank {
+                    rank,
+                    message: format!("the rank's thread died during {what}"),
+                })
+            })
+        })
+        .collect()
+}
+
+/// Global rank 0's output; every rank reports the same error, the first is
+/// rank 0's.
+fn rank0<T>(each: Vec<Result<Option<T>, FlexError>>) -> Result<T, FlexError> {
+    let mut out = None;
+    for r in each {
+        if let Some(o) = r? {
+            out = Some(o);
+        }
+    }
+    out.ok_or_else(|| FlexError::Rank {
+        rank: 0,
+        message: "rank 0 returned no output".into(),
+    })
 }
 
 impl Drop for DistFlexModel {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tch::{Kind, Tensor};
 
 use super::backward::{Loss, accumulate, loss_of};
-use super::dist_site::{Outcome, agree};
+use super::dist_site::run_and_write_back;
 use super::site::Site;
 use super::{FlexError, Groups, Registration};
 use crate::distributed::{Communicator, layout, wire};
@@ -150,20 +150,7 @@ pub(crate) fn run(
     }
     let (start, rows) = crate::models::shard::balanced(b, cx.mesh.dp as i64, c.dp as i64);
     let local_ids = ids.narrow(0, start, rows);
-    let local_loss = match loss {
-        Loss::CrossEntropy { targets } => Loss::CrossEntropy {
-            targets: targets.narrow(0, start, rows),
-        },
-        Loss::LogitDiff {
-            position,
-            plus,
-            minus,
-        } => Loss::LogitDiff {
-            position: *position,
-            plus: *plus,
-            minus: *minus,
-        },
-    };
+    let local_loss = loss.rows(start, rows);
     let points: HashSet<String> = regs
         .iter()
         .filter(|r| r.backward && groups.enables(&r.groups))
@@ -264,33 +251,19 @@ pub(crate) fn run(
                         Some(s) => layout::gather(g.tp.as_ref(), &gj, s)?.0,
                         None => gj.shallow_clone(),
                     };
-                    let r = bsite.run_hooks(point, logical);
-                    if cx.mesh.tp > 1 {
-                        let outcome = match &r {
-                            Ok((t, edited)) => Outcome::Ok {
-                                checksum: edited.then(|| super::dist_site::checksum(t)),
-                            },
-                            Err(e) => Outcome::Failed(e.clone()),
-                        };
-                        let names: Vec<&str> = bsite
-                            .registrations(point)
-                            .iter()
-                            .map(|r| r.hook.name())
-                            .collect();
-                        agree(g.tp.as_ref(), cx.rank.global_rank, &names, point, outcome)
-                            .map_err(|e| fail(e, std::mem::take(&mut bsite.outputs)))?;
-                    }
-                    let (t, edited) = r.map_err(|error| FlexError::Hook {
-                        error,
-                        partial: std::sync::Mutex::new(std::mem::take(&mut bsite.outputs)),
-                    })?;
-                    match split {
-                        Some(s) if edited => {
-                            layout::local_part(&t, s, g.tp.rank(), g.tp.size()).contiguous()
-                        }
-                        Some(_) => gj,
-                        None => t,
-                    }
+                    // Gradient edits are always checked across TP ranks.
+                    let partial = |bsite: &mut Site<'_>| std::mem::take(&mut bsite.outputs);
+                    run_and_write_back(
+                        &mut bsite,
+                        g.tp.as_ref(),
+                        cx.rank.global_rank,
+                        point,
+                        split,
+                        gj,
+                        logical,
+                        true,
+                    )
+                    .map_err(|e| fail(e, partial(&mut bsite)))?
                 }
             };
             if !cut.orig.requires_grad() {

@@ -18,7 +18,7 @@ use crate::models::{HookSite, ModelError, TpSplit};
 
 /// What a TP rank reports after running the hooks at a point.
 #[derive(serde::Serialize, serde::Deserialize)]
-pub(crate) enum Outcome {
+enum Outcome {
     Ok { checksum: Option<String> },
     Failed(HookError),
 }
@@ -94,23 +94,12 @@ impl<'a, 'c> DistSite<'a, 'c> {
         *self.gathered.entry(point.to_string()).or_default() += bytes;
         Ok(t)
     }
-
-    /// Agree with the other TP ranks on the outcome at `point`.
-    fn agree(&self, point: &str, outcome: Outcome) -> Result<(), ModelError> {
-        let plugins: Vec<&str> = self
-            .inner
-            .registrations(point)
-            .iter()
-            .map(|r| r.hook.name())
-            .collect();
-        agree(self.tp, self.global_rank, &plugins, point, outcome)
-    }
 }
 
 /// Agree with the other TP ranks on the outcome of the hooks at `point`: the
 /// lowest failing rank's error everywhere, or `Diverged` if the edits'
 /// checksums differ.
-pub(crate) fn agree(
+fn agree(
     tp: &dyn Communicator,
     global_rank: u32,
     plugins: &[&str],
@@ -162,7 +151,45 @@ pub(crate) fn agree(
     Ok(())
 }
 
-pub(crate) fn checksum(t: &Tensor) -> String {
+/// Run the hooks at `point` on the `logical` view of this rank's `local`
+/// part, agree with the TP group on the outcome (with `check`, on the edit's
+/// checksum too), and return the tensor the forward continues with: this
+/// rank's part of the edited view, or `local` unchanged.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_and_write_back(
+    site: &mut Site<'_>,
+    tp: &dyn Communicator,
+    global_rank: u32,
+    point: &str,
+    split: Option<TpSplit>,
+    local: Tensor,
+    logical: Tensor,
+    check: bool,
+) -> Result<Tensor, ModelError> {
+    let result = site.run_hooks(point, logical);
+    if tp.size() > 1 {
+        let outcome = match &result {
+            Ok((t, edited)) => Outcome::Ok {
+                checksum: (check && *edited).then(|| checksum(t)),
+            },
+            Err(e) => Outcome::Failed(e.clone()),
+        };
+        let plugins: Vec<&str> = site
+            .registrations(point)
+            .iter()
+            .map(|r| r.hook.name())
+            .collect();
+        agree(tp, global_rank, &plugins, point, outcome)?;
+    }
+    let (t, edited) = result.map_err(|e| ModelError::Hook(Box::new(e)))?;
+    Ok(match split {
+        Some(s) if edited => layout::local_part(&t, s, tp.rank(), tp.size()).contiguous(),
+        Some(_) => local,
+        None => t,
+    })
+}
+
+fn checksum(t: &Tensor) -> String {
     match wire::encode(t) {
         Ok(b) => hex::encode(Sha256::digest(&b)),
         Err(e) => e,
@@ -185,21 +212,15 @@ impl HookSite for DistSite<'_, '_> {
             Some(s) => self.logical_view(point, &local, s)?,
             None => local.shallow_clone(),
         };
-        let result = self.inner.run_hooks(point, logical);
-        if tp_size > 1 {
-            let outcome = match &result {
-                Ok((t, edited)) => Outcome::Ok {
-                    checksum: (self.check_edits && *edited).then(|| checksum(t)),
-                },
-                Err(e) => Outcome::Failed(e.clone()),
-            };
-            self.agree(point, outcome)?;
-        }
-        let (t, edited) = result.map_err(|e| ModelError::Hook(Box::new(e)))?;
-        Ok(match split {
-            Some(s) if edited => layout::local_part(&t, s, self.tp.rank(), tp_size).contiguous(),
-            Some(_) => local,
-            None => t,
-        })
+        run_and_write_back(
+            &mut self.inner,
+            self.tp,
+            self.global_rank,
+            point,
+            split,
+            local,
+            logical,
+            self.check_edits,
+        )
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use tch::{Device, Kind, Tensor};
 
-use super::{FlexError, Groups};
+use super::FlexError;
 use crate::hooks::LogLevel;
 
 /// How the next token is chosen from the last position's logits.
@@ -149,14 +149,11 @@ pub(crate) fn step_key(step: usize, key: &str) -> String {
     format!("step{step}/{key}")
 }
 
-/// Check `ids` and return them as `[batch, seq]`.
-pub(crate) fn prompt_ids(input_ids: &Tensor, groups: &Groups) -> Result<Tensor, FlexError> {
-    let _ = groups;
-    match input_ids.dim() {
-        1 => Ok(input_ids.unsqueeze(0)),
-        2 if input_ids.size()[1] > 0 => Ok(input_ids.shallow_clone()),
-        d => Err(FlexError::Input(format!(
-            "prompt ids must be [seq] or [batch, seq] with at least one token, got {d} dims"
-        ))),
+/// Check the prompt `ids` and return them as `[batch, seq]`.
+pub(crate) fn prompt_ids(input_ids: &Tensor) -> Result<Tensor, FlexError> {
+    let ids = super::batch_ids(input_ids)?;
+    if ids.size()[1] == 0 {
+        return Err(FlexError::Input("the prompt has no tokens".into()));
     }
+    Ok(ids)
 }

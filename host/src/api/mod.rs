@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use tch::Tensor;
 
-use crate::hooks::{Hook, HookError, LoadError, LogLevel, Plugin, WasmHook};
+use crate::hooks::{Hook, HookError, LoadError, LogLevel, Plugin};
 use crate::models::{Model, ModelError, PatternError, PointInfo, PointPattern, Tokenizer};
 
 pub use backward::{BackwardOutput, Loss};
@@ -125,6 +125,28 @@ pub struct StoppedOutput {
     pub forward_index: u64,
 }
 
+/// Token ids as `[batch, seq]` (a `[seq]` tensor is one sequence).
+pub(crate) fn batch_ids(input_ids: &Tensor) -> Result<Tensor, FlexError> {
+    match input_ids.dim() {
+        1 => Ok(input_ids.unsqueeze(0)),
+        2 => Ok(input_ids.shallow_clone()),
+        d => Err(FlexError::Input(format!(
+            "input_ids must be [seq] or [batch, seq], got {d} dims"
+        ))),
+    }
+}
+
+/// The token ids of `text` with the model's tokenizer, as one sequence.
+pub(crate) fn text_ids(tok: Option<&Tokenizer>, text: &str) -> Result<Tensor, FlexError> {
+    let tok = tok
+        .ok_or_else(|| FlexError::Input("the model was loaded without a tokenizer.json".into()))?;
+    let ids = tok.encode(text).map_err(FlexError::Model)?;
+    if ids.is_empty() {
+        return Err(FlexError::Input("the text tokenizes to no tokens".into()));
+    }
+    Ok(Tensor::from_slice(&ids))
+}
+
 /// A model error as the API reports it: a hook's error with what had been
 /// emitted before it, or the model's.
 pub(crate) fn model_error(e: ModelError, partial: BTreeMap<String, Tensor>) -> FlexError {
@@ -184,14 +206,8 @@ impl FlexModel {
         text: &str,
         groups: &Groups,
     ) -> Result<ForwardOutput, FlexError> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| {
-            FlexError::Input("the model was loaded without a tokenizer.json".into())
-        })?;
-        let ids = tok.encode(text).map_err(FlexError::Model)?;
-        if ids.is_empty() {
-            return Err(FlexError::Input("the text tokenizes to no tokens".into()));
-        }
-        self.forward(&Tensor::from_slice(&ids), groups)
+        let ids = text_ids(self.tokenizer.as_ref(), text)?;
+        self.forward(&ids, groups)
     }
 
     /// The wrapped model.
@@ -230,10 +246,8 @@ impl FlexModel {
         config: &str,
         groups: &[&str],
     ) -> Result<HookHandle, FlexError> {
-        // Resolve the pattern first: a typo fails before the plugin is initialised.
-        PointPattern::new(pattern)?.select(&self.model.points(1, 1))?;
-        let hook = WasmHook::new(plugin.clone(), config)?;
-        self.register(Arc::new(hook), pattern, groups)
+        let hook = registry::wasm_hook(plugin, pattern, config, &self.model.points(1, 1))?;
+        self.register(hook, pattern, groups)
     }
 
     /// Register `hook` as a backward hook: in [`Self::backward`] it is
@@ -258,9 +272,8 @@ impl FlexModel {
         config: &str,
         groups: &[&str],
     ) -> Result<HookHandle, FlexError> {
-        PointPattern::new(pattern)?.select(&self.model.points(1, 1))?;
-        let hook = WasmHook::new(plugin.clone(), config)?;
-        self.register_backward(Arc::new(hook), pattern, groups)
+        let hook = registry::wasm_hook(plugin, pattern, config, &self.model.points(1, 1))?;
+        self.register_backward(hook, pattern, groups)
     }
 
     /// A forward on `input_ids` and a backward pass of `loss`: forward hooks
@@ -272,15 +285,7 @@ impl FlexModel {
         groups: &Groups,
         loss: &Loss,
     ) -> Result<BackwardOutput, FlexError> {
-        let ids = match input_ids.dim() {
-            1 => input_ids.unsqueeze(0),
-            2 => input_ids.shallow_clone(),
-            d => {
-                return Err(FlexError::Input(format!(
-                    "input_ids must be [seq] or [batch, seq], got {d} dims"
-                )));
-            }
-        };
+        let ids = batch_ids(input_ids)?;
         let index = self.forward_index;
         self.forward_index += 1;
         backward::run(&self.model, &self.registry.regs, groups, index, &ids, loss)
@@ -356,15 +361,7 @@ impl FlexModel {
         ),
         FlexError,
     > {
-        let ids = match input_ids.dim() {
-            1 => input_ids.unsqueeze(0),
-            2 => input_ids.shallow_clone(),
-            d => {
-                return Err(FlexError::Input(format!(
-                    "input_ids must be [seq] or [batch, seq], got {d} dims"
-                )));
-            }
-        };
+        let ids = batch_ids(input_ids)?;
         let index = self.forward_index;
         self.forward_index += 1;
         let mut site = site::Site::new(
@@ -393,7 +390,7 @@ impl FlexModel {
         opts: &GenerateOptions,
         mut on_token: impl FnMut(usize, &[i64]),
     ) -> Result<GenerateOutput, FlexError> {
-        let ids = generate::prompt_ids(input_ids, groups)?;
+        let ids = generate::prompt_ids(input_ids)?;
         let b = ids.size()[0] as usize;
         let mut chooser = generate::Chooser::new(opts, b)?;
         let mut cache = crate::models::KvCache::new();

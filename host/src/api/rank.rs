@@ -274,7 +274,7 @@ impl RankEngine {
         opts: &GenerateOptions,
         mut on_token: impl FnMut(usize, &[i64]),
     ) -> Result<Option<GenerateOutput>, FlexError> {
-        let ids = generate::prompt_ids(ids, groups)?;
+        let ids = generate::prompt_ids(ids)?;
         let b = ids.size()[0] as usize;
         let root = self.global_rank() == 0;
         let mut chooser = generate::Chooser::new(opts, b)?;

@@ -5,8 +5,20 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::{FlexError, HookHandle};
-use crate::hooks::Hook;
+use crate::hooks::{Hook, Plugin, WasmHook};
 use crate::models::{PointInfo, PointPattern};
+
+/// `plugin` initialised with `config`, after checking that `pattern`
+/// selects something among `points` (a typo fails before the plugin runs).
+pub(crate) fn wasm_hook(
+    plugin: &Arc<Plugin>,
+    pattern: &str,
+    config: &str,
+    points: &[PointInfo],
+) -> Result<Arc<dyn Hook>, FlexError> {
+    PointPattern::new(pattern)?.select(points)?;
+    Ok(Arc::new(WasmHook::new(plugin.clone(), config)?))
+}
 
 /// A hook bound to hook points.
 #[derive(Clone)]
