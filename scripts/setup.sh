@@ -45,7 +45,7 @@ step "Reference models (tiny random HF checkpoints + transformers outputs)"
 scripts/make-models.sh
 
 step "Build host and guest components"
-cargo build --release -p flexmodel --bins --examples --features "$FLEXMODEL_FEATURES"
+cargo build --release -p flexmodel -p flexmodel-compile --bins --examples --features "flexmodel/$FLEXMODEL_FEATURES"
 scripts/build-guests.sh
 
 step "Demo: residual norms per layer and the effect of ablating heads (flexmodel demo)"

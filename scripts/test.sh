@@ -10,8 +10,9 @@ cd "$root"
 source scripts/env.sh
 scripts/build-guests.sh >/dev/null
 scripts/make-models.sh
-# tests/cli.rs runs the `flexmodel` binary: `cargo test` alone does not rebuild it.
-cargo build --release --quiet -p flexmodel --bins --features "$FLEXMODEL_FEATURES"
+# tests/cli.rs runs the `flexmodel` binary and every test compiles plugins with
+# the `flexmodel-compile` worker: `cargo test` alone does not rebuild them.
+cargo build --release --quiet -p flexmodel -p flexmodel-compile --bins --features "flexmodel/$FLEXMODEL_FEATURES"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -371,6 +371,12 @@ pub struct Activation<'a> {
 }
 
 impl<'a> Activation<'a> {
+    /// The raw WIT handle (for tests that call the host interfaces directly).
+    #[doc(hidden)]
+    pub fn raw(&self) -> &'a __private::RawActivation {
+        self.raw
+    }
+
     #[doc(hidden)]
     pub fn __new(raw: &'a __private::RawActivation, shape: Vec<usize>, dtype: DType) -> Self {
         Activation { raw, shape, dtype }

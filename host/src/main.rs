@@ -307,12 +307,15 @@ fn show(preds: &[(String, f64)]) -> String {
         .join(", ")
 }
 
-fn save(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    let list: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(k, v)| (k.clone(), v.to_device(Device::Cpu).contiguous()))
-        .collect();
-    Tensor::write_safetensors(&list, path).with_context(|| format!("writing {}", path.display()))
+/// Save `tensors` as safetensors, recording in the file's metadata which
+/// plugin emitted each output (`flexmodel.producer.<key>`).
+fn save(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    producers: &BTreeMap<String, String>,
+) -> Result<()> {
+    flexmodel::api::save_safetensors(path, tensors, producers)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 struct RunOpts<'a> {
@@ -481,21 +484,22 @@ impl Runner {
         Option<(
             Option<Tensor>,
             BTreeMap<String, Tensor>,
+            BTreeMap<String, String>,
             Vec<(String, String, flexmodel::hooks::LogLevel, String)>,
         )>,
     > {
         match (self, stop_at) {
             (Runner::Single(f), None) => {
                 let o = f.forward(t, &Groups::All)?;
-                Ok(Some((Some(o.logits), o.outputs, o.logs)))
+                Ok(Some((Some(o.logits), o.outputs, o.producers, o.logs)))
             }
             (Runner::Single(f), Some(p)) => {
                 let o = f.forward_until(t, &Groups::All, p)?;
-                Ok(Some((None, o.outputs, o.logs)))
+                Ok(Some((None, o.outputs, o.producers, o.logs)))
             }
             (Runner::Threads(d), None) => {
                 let o = d.forward(t, &Groups::All)?;
-                Ok(Some((Some(o.logits), o.outputs, o.logs)))
+                Ok(Some((Some(o.logits), o.outputs, o.producers, o.logs)))
             }
             #[cfg(feature = "mpi")]
             (Runner::Mpi(m), None) => {
@@ -503,7 +507,7 @@ impl Runner {
                 m.index += 1;
                 Ok(m.engine
                     .forward(t, &m.hooks, &Groups::All, i)?
-                    .map(|o| (Some(o.logits), o.outputs, o.logs)))
+                    .map(|o| (Some(o.logits), o.outputs, o.producers, o.logs)))
             }
             _ => bail!("--stop-at is not supported with --tp/--pp/--dp"),
         }
@@ -572,6 +576,7 @@ fn run(model: &ModelArgs, prompts: Vec<Prompt>, o: RunOpts<'_>) -> Result<()> {
         None => println!("{line}"),
     };
     let mut saved = BTreeMap::new();
+    let mut saved_by = BTreeMap::new();
     for (c, group) in prompts.chunks(chunk).enumerate() {
         let first = c * chunk;
         let mut rows = Vec::with_capacity(group.len());
@@ -596,7 +601,7 @@ fn run(model: &ModelArgs, prompts: Vec<Prompt>, o: RunOpts<'_>) -> Result<()> {
         let result = runner
             .forward(&t, stop_at)
             .map_err(|e| anyhow!("prompt {first}: {e:#}"))?;
-        let Some((logits, outputs, logs)) = result else {
+        let Some((logits, outputs, producers, logs)) = result else {
             continue; // not global rank 0
         };
         for (hook, point, level, msg) in &logs {
@@ -631,6 +636,9 @@ fn run(model: &ModelArgs, prompts: Vec<Prompt>, o: RunOpts<'_>) -> Result<()> {
             }
             for (key, v) in &outputs {
                 saved.insert(format!("{prefix}{key}"), row(v, jl, n));
+                if let Some(p) = producers.get(key) {
+                    saved_by.insert(format!("{prefix}{key}"), p.clone());
+                }
             }
         }
     }
@@ -638,7 +646,7 @@ fn run(model: &ModelArgs, prompts: Vec<Prompt>, o: RunOpts<'_>) -> Result<()> {
         b.finish_and_clear();
     }
     if let (Some(path), true) = (out, root) {
-        save(path, &saved)?;
+        save(path, &saved, &saved_by)?;
         println!("saved {} tensors to {}", saved.len(), path.display());
     }
     Ok(())
@@ -720,7 +728,7 @@ fn generate(model: &ModelArgs, prompt: Prompt, o: GenOpts<'_>) -> Result<()> {
     if let Some(path) = o.out {
         let mut saved = g.outputs;
         saved.insert("tokens".into(), g.tokens);
-        save(path, &saved)?;
+        save(path, &saved, &g.producers)?;
         println!("saved {} tensors to {}", saved.len(), path.display());
     }
     Ok(())

@@ -2,24 +2,34 @@
 //! it gathers the logical activation from the tensor-parallel group (only the
 //! slice the hooks declared they read, when they all read the same slice and
 //! edit nothing), runs the hooks on it, agrees with the other TP ranks on the
-//! outcome (the same error everywhere; in debug mode, the same edit by
-//! checksum) and continues with this rank's part of the result.
+//! outcome (the same error everywhere, and, always, the same edit and the
+//! same outputs by xxh3 hash: a plugin that computes something different on
+//! different ranks fails every rank with `Diverged`) and continues with this
+//! rank's part of the result. Outputs are recorded at global rank 0 once
+//! (TP rank 0 of each stage and replica): the hashes make sure the other TP
+//! ranks' outputs, which are not kept, were the same.
 
 use std::collections::{BTreeMap, HashMap};
 
-use sha2::{Digest, Sha256};
 use tch::Tensor;
+use xxhash_rust::xxh3::Xxh3;
 
 use super::site::Site;
 use crate::distributed::layout::{self, Range1};
-use crate::distributed::{CommError, Communicator, wire};
+use crate::distributed::{CommError, Communicator};
 use crate::hooks::{DimRange, EditMode, HookError, HookErrorKind};
 use crate::models::{HookSite, ModelError, TpSplit};
 
 /// What a TP rank reports after running the hooks at a point.
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Outcome {
-    Ok { checksum: Option<String> },
+    Ok {
+        /// xxh3 of the edited logical activation (`None`: not edited).
+        edit: Option<u64>,
+        /// xxh3 of the outputs the hooks emitted here (keys, dtypes,
+        /// shapes, values).
+        emits: u64,
+    },
     Failed(HookError),
 }
 
@@ -126,34 +136,45 @@ fn agree(
     }) {
         return Err(ModelError::Hook(Box::new(e)));
     }
-    let sums: Vec<&Option<String>> = outcomes
+    let sums: Vec<(Option<u64>, u64)> = outcomes
         .iter()
         .map(|o| match o {
-            Outcome::Ok { checksum } => checksum,
-            Outcome::Failed(_) => &None,
+            Outcome::Ok { edit, emits } => (*edit, *emits),
+            Outcome::Failed(_) => (None, 0),
         })
         .collect();
-    if sums.iter().any(|s| *s != sums[0]) {
+    let show = |v: Vec<String>| v.join(", ");
+    let message = if sums.iter().any(|s| s.0 != sums[0].0) {
+        Some(format!(
+            "edit hashes by TP rank: [{}]",
+            show(
+                sums.iter()
+                    .map(|s| s.0.map_or("unedited".into(), |h| format!("{h:016x}")))
+                    .collect()
+            )
+        ))
+    } else if sums.iter().any(|s| s.1 != sums[0].1) {
+        Some(format!(
+            "output hashes by TP rank: [{}]",
+            show(sums.iter().map(|s| format!("{:016x}", s.1)).collect())
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = message {
         return Err(ModelError::Hook(Box::new(HookError {
             plugin: plugins.join(", "),
             hook_point: point.to_string(),
             rank: global_rank,
-            kind: HookErrorKind::Diverged {
-                message: format!(
-                    "edit checksums by TP rank: {:?}",
-                    sums.iter()
-                        .map(|s| s.as_deref().map(|h| &h[..12]).unwrap_or("-"))
-                        .collect::<Vec<_>>()
-                ),
-            },
+            kind: HookErrorKind::Diverged { message },
         })));
     }
     Ok(())
 }
 
 /// Run the hooks at `point` on the `logical` view of this rank's `local`
-/// part, agree with the TP group on the outcome (with `check`, on the edit's
-/// checksum too), and return the tensor the forward continues with: this
+/// part, agree with the TP group on the outcome (with `check`, on the hashes
+/// of the edit and the outputs too), and return the tensor the forward continues with: this
 /// rank's part of the edited view, or `local` unchanged.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_and_write_back(
@@ -170,7 +191,12 @@ pub(crate) fn run_and_write_back(
     if tp.size() > 1 {
         let outcome = match &result {
             Ok((t, edited)) => Outcome::Ok {
-                checksum: (check && *edited).then(|| checksum(t)),
+                edit: (check && *edited).then(|| {
+                    let mut h = Xxh3::new();
+                    hash_tensor(&mut h, t);
+                    h.digest()
+                }),
+                emits: if check { emits_hash(site) } else { 0 },
             },
             Err(e) => Outcome::Failed(e.clone()),
         };
@@ -189,11 +215,33 @@ pub(crate) fn run_and_write_back(
     })
 }
 
-fn checksum(t: &Tensor) -> String {
-    match wire::encode(t) {
-        Ok(b) => hex::encode(Sha256::digest(&b)),
-        Err(e) => e,
+/// Feed a tensor's dtype, shape and values into `h` (values as stored: the
+/// same bits give the same hash).
+fn hash_tensor(h: &mut Xxh3, t: &Tensor) {
+    h.update(format!("{:?}{:?}", t.kind(), t.size()).as_bytes());
+    let c = if t.device() == tch::Device::Cpu {
+        t.contiguous()
+    } else {
+        t.to_device(tch::Device::Cpu).contiguous()
+    };
+    let n = c.numel() * c.kind().elt_size_in_bytes();
+    if n > 0 {
+        // SAFETY: `c` is a contiguous CPU tensor of `n` bytes, alive here.
+        let b = unsafe { std::slice::from_raw_parts(c.data_ptr() as *const u8, n) };
+        h.update(b);
     }
+}
+
+/// Hash of what the last `run_hooks` emitted.
+fn emits_hash(site: &Site<'_>) -> u64 {
+    let mut h = Xxh3::new();
+    for k in &site.last_emitted {
+        h.update(k.as_bytes());
+        if let Some(t) = site.outputs.get(k) {
+            hash_tensor(&mut h, t);
+        }
+    }
+    h.digest()
 }
 
 impl HookSite for DistSite<'_, '_> {

@@ -55,6 +55,8 @@ pub struct GenerateOutput {
     pub new_tokens: Vec<Vec<i64>>,
     /// Tensors the hooks emitted, keyed `step{k}/<key>` (step 0: the prompt).
     pub outputs: BTreeMap<String, Tensor>,
+    /// Who emitted each output (see [`super::ForwardOutput::producers`]).
+    pub producers: BTreeMap<String, String>,
     pub logs: Vec<(String, String, LogLevel, String)>,
 }
 

@@ -19,7 +19,8 @@ mod native;
 mod rank;
 mod registry;
 mod report;
-mod site;
+mod save;
+pub(crate) mod site;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub use native::FnHook;
 pub use rank::RankEngine;
 pub use registry::HookListing;
 pub use registry::{HookSet, Registration};
+pub use save::{producer_key, save_safetensors};
 
 /// Errors of the API.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +106,9 @@ pub struct ForwardOutput {
     pub logits: Tensor,
     /// Tensors the hooks emitted, keyed by hook point (or `point:name`), on CPU.
     pub outputs: BTreeMap<String, Tensor>,
+    /// Who emitted each output: output key -> `Hook::ident` (for WASM
+    /// plugins `name@version (sha256:…)`).
+    pub producers: BTreeMap<String, String>,
     /// Messages hooks logged: (hook, hook point, level, message).
     pub logs: Vec<(String, String, LogLevel, String)>,
     /// Index of this forward pass (0 for the first).
@@ -121,6 +126,8 @@ pub struct StoppedOutput {
     pub stopped_after: String,
     /// Tensors the hooks emitted up to there, on CPU.
     pub outputs: BTreeMap<String, Tensor>,
+    /// Who emitted each output (see [`ForwardOutput::producers`]).
+    pub producers: BTreeMap<String, String>,
     pub logs: Vec<(String, String, LogLevel, String)>,
     pub forward_index: u64,
 }
@@ -162,12 +169,22 @@ pub(crate) fn model_error(e: ModelError, partial: BTreeMap<String, Tensor>) -> F
     }
 }
 
+/// What one single-rank forward produced.
+struct RunOut {
+    logits: Option<Tensor>,
+    outputs: BTreeMap<String, Tensor>,
+    producers: BTreeMap<String, String>,
+    logs: Vec<(String, String, LogLevel, String)>,
+    index: u64,
+}
+
 /// A model wrapped for hooks.
 pub struct FlexModel {
     model: Model,
     tokenizer: Option<Tokenizer>,
     registry: HookSet,
     forward_index: u64,
+    limits: crate::hooks::ForwardLimits,
 }
 
 impl FlexModel {
@@ -178,7 +195,14 @@ impl FlexModel {
             tokenizer: None,
             registry: HookSet::default(),
             forward_index: 0,
+            limits: crate::hooks::ForwardLimits::default(),
         }
+    }
+
+    /// Caps on what all hooks together may emit and log in one forward pass
+    /// (or one whole generation).
+    pub fn set_forward_limits(&mut self, limits: crate::hooks::ForwardLimits) {
+        self.limits = limits;
     }
 
     /// Load the model folder `dir` (and its `tokenizer.json`, if any) and wrap it.
@@ -313,14 +337,16 @@ impl FlexModel {
         input_ids: &Tensor,
         groups: &Groups,
     ) -> Result<ForwardOutput, FlexError> {
-        let (logits, outputs, logs, forward_index) = self.run(input_ids, groups, None)?;
-        let logits =
-            logits.ok_or_else(|| FlexError::Input("the forward produced no logits".into()))?;
+        let r = self.run(input_ids, groups, None)?;
+        let logits = r
+            .logits
+            .ok_or_else(|| FlexError::Input("the forward produced no logits".into()))?;
         Ok(ForwardOutput {
             logits,
-            outputs,
-            logs,
-            forward_index,
+            outputs: r.outputs,
+            producers: r.producers,
+            logs: r.logs,
+            forward_index: r.index,
             gathered_bytes: BTreeMap::new(),
         })
     }
@@ -337,30 +363,22 @@ impl FlexModel {
     ) -> Result<StoppedOutput, FlexError> {
         let points = PointPattern::new(stop_after)?.select(&self.model.points(1, 1))?;
         let stop = points.last().cloned().unwrap_or_default();
-        let (_, outputs, logs, forward_index) = self.run(input_ids, groups, Some(stop.clone()))?;
+        let r = self.run(input_ids, groups, Some(stop.clone()))?;
         Ok(StoppedOutput {
             stopped_after: stop,
-            outputs,
-            logs,
-            forward_index,
+            outputs: r.outputs,
+            producers: r.producers,
+            logs: r.logs,
+            forward_index: r.index,
         })
     }
 
-    #[allow(clippy::type_complexity)]
     fn run(
         &mut self,
         input_ids: &Tensor,
         groups: &Groups,
         stop: Option<String>,
-    ) -> Result<
-        (
-            Option<Tensor>,
-            BTreeMap<String, Tensor>,
-            Vec<(String, String, LogLevel, String)>,
-            u64,
-        ),
-        FlexError,
-    > {
+    ) -> Result<RunOut, FlexError> {
         let ids = batch_ids(input_ids)?;
         let index = self.forward_index;
         self.forward_index += 1;
@@ -371,11 +389,19 @@ impl FlexModel {
             stop,
             crate::hooks::RankInfo::SINGLE,
         );
-        match self.model.forward(&ids, &mut site) {
-            Ok(logits) => Ok((Some(logits), site.outputs, site.logs, index)),
-            Err(ModelError::Stopped(_)) => Ok((None, site.outputs, site.logs, index)),
-            Err(e) => Err(model_error(e, site.outputs)),
-        }
+        site.budget = site::RunBudget::new(self.limits);
+        let logits = match self.model.forward(&ids, &mut site) {
+            Ok(logits) => Some(logits),
+            Err(ModelError::Stopped(_)) => None,
+            Err(e) => return Err(model_error(e, site.outputs)),
+        };
+        Ok(RunOut {
+            logits,
+            outputs: site.outputs,
+            producers: site.producers,
+            logs: site.logs,
+            index,
+        })
     }
 
     /// Generate up to `opts.max_new_tokens` tokens after `input_ids`
@@ -397,8 +423,11 @@ impl FlexModel {
         let mut tokens = ids.to_device(tch::Device::Cpu);
         let mut new_tokens = vec![Vec::new(); b];
         let mut outputs = BTreeMap::new();
+        let mut producers = BTreeMap::new();
         let mut logs = Vec::new();
         let mut input = ids;
+        // One budget for the whole generation: the caps span all steps.
+        let mut budget = site::RunBudget::new(self.limits);
         for step in 0..opts.max_new_tokens {
             let index = self.forward_index;
             self.forward_index += 1;
@@ -413,6 +442,7 @@ impl FlexModel {
                 step: step as u64,
                 position: cache.len() as u64,
             });
+            site.budget = std::mem::take(&mut budget);
             let r = self.model.forward_stage(
                 &input,
                 None,
@@ -420,9 +450,13 @@ impl FlexModel {
                 &crate::models::SingleRank,
                 Some(&mut cache),
             );
+            budget = std::mem::take(&mut site.budget);
             let step_outputs = std::mem::take(&mut site.outputs);
             for (k, v) in step_outputs {
                 outputs.insert(generate::step_key(step, &k), v);
+            }
+            for (k, v) in std::mem::take(&mut site.producers) {
+                producers.insert(generate::step_key(step, &k), v);
             }
             logs.append(&mut site.logs);
             let logits = r.map_err(|e| model_error(e, std::mem::take(&mut outputs)))?;
@@ -442,6 +476,7 @@ impl FlexModel {
             tokens,
             new_tokens,
             outputs,
+            producers,
             logs,
         })
     }

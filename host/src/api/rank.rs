@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor};
 use super::dist_site::DistSite;
 use super::generate::{self, GenerateOptions, GenerateOutput};
 use super::report::{RankFailure, RankReport, merge};
-use super::site::Site;
+use super::site::{RunBudget, Site};
 use super::{FlexError, ForwardOutput, Groups, HookSet, Registration};
 use crate::distributed::{self, CommError, Communicator, Coords, Mesh};
 use crate::hooks::{GenStep, HookError, RankInfo};
@@ -50,9 +50,13 @@ pub struct DistOptions {
     pub device: Device,
     /// How long a rank waits for a peer before failing the forward.
     pub timeout: std::time::Duration,
-    /// Verify by checksum that every TP rank computed the same edit (costs a
-    /// hash of each edited activation).
+    /// Verify that every TP rank computed the same edit and emitted the same
+    /// outputs (an xxh3 hash of each edited activation and each output; on by
+    /// default in every build: a plugin that differs per rank fails with
+    /// `Diverged` instead of silently mixing shards).
     pub check_edits: bool,
+    /// Caps on what all hooks of a forward pass may emit and log, per rank.
+    pub forward_limits: crate::hooks::ForwardLimits,
     /// Run the tensor-parallel collectives through NCCL (CUDA devices, build
     /// with the `nccl` feature); refused cleanly where NCCL or a GPU is missing.
     pub nccl: bool,
@@ -68,7 +72,8 @@ impl DistOptions {
             kind: Kind::Float,
             device: Device::Cpu,
             timeout: std::time::Duration::from_secs(60),
-            check_edits: cfg!(debug_assertions),
+            check_edits: true,
+            forward_limits: crate::hooks::ForwardLimits::default(),
             nccl: false,
             threads_per_rank: None,
         })
@@ -84,6 +89,9 @@ pub struct RankEngine {
     splits: HashMap<String, Option<TpSplit>>,
     batched: HashSet<String>,
     check_edits: bool,
+    limits: crate::hooks::ForwardLimits,
+    /// The per-forward budget carried across the steps of a generation.
+    budget: Option<RunBudget>,
     vocab: i64,
     /// This rank's key/value cache while generating.
     cache: Option<KvCache>,
@@ -194,6 +202,8 @@ impl RankEngine {
             splits,
             batched,
             check_edits: opts.check_edits,
+            limits: opts.forward_limits,
+            budget: None,
             vocab,
             cache: None,
         })
@@ -282,8 +292,10 @@ impl RankEngine {
         let mut tokens = ids.to_device(Device::Cpu);
         let mut new_tokens = vec![Vec::new(); b];
         let mut outputs = std::collections::BTreeMap::new();
+        let mut producers = std::collections::BTreeMap::new();
         let mut logs = Vec::new();
         let mut input = ids;
+        self.budget = Some(RunBudget::new(self.limits));
         let result = (|| {
             for step in 0..opts.max_new_tokens {
                 let position = self.cache.as_ref().map_or(0, |c| c.len()) as u64;
@@ -319,6 +331,9 @@ impl RankEngine {
                         for (k, v) in o.outputs {
                             outputs.insert(generate::step_key(step, &k), v);
                         }
+                        for (k, v) in o.producers {
+                            producers.insert(generate::step_key(step, &k), v);
+                        }
                         logs.extend(o.logs);
                         let next = chooser.next(&o.logits)?;
                         on_token(step, &next);
@@ -352,11 +367,13 @@ impl RankEngine {
             Ok(())
         })();
         self.cache = None;
+        self.budget = None;
         result?;
         Ok(root.then_some(GenerateOutput {
             tokens,
             new_tokens,
             outputs,
+            producers,
             logs,
         }))
     }
@@ -420,6 +437,13 @@ impl RankEngine {
         let (pp, c) = (self.mesh.pp, self.coords);
         let mut local_batch = 0;
         let mut site_out = None;
+        let limits = self.limits;
+        let mut carried = if step_at.is_some() {
+            self.budget.take()
+        } else {
+            None
+        };
+        let mut budget_out = None;
         let result: Result<Option<Tensor>, RankFailure> = (|| {
             let size = ids.size();
             let [b, _s] = size[..] else {
@@ -462,6 +486,7 @@ impl RankEngine {
             };
             let mut site = Site::new(regs, groups, index, None, self.rank_info());
             site.generation = step_at;
+            site.budget = carried.take().unwrap_or_else(|| RunBudget::new(limits));
             let mut site = DistSite::new(
                 site,
                 g.tp.as_ref(),
@@ -476,7 +501,14 @@ impl RankEngine {
                 &TpAdapter(g.tp.as_ref()),
                 cache.as_deref_mut(),
             );
-            site_out = Some((site.inner.outputs, site.inner.logs, site.gathered));
+            // Generating: the per-forward budget spans every step.
+            budget_out = Some(std::mem::take(&mut site.inner.budget));
+            site_out = Some((
+                site.inner.outputs,
+                site.inner.producers,
+                site.inner.logs,
+                site.gathered,
+            ));
             let out = out.map_err(|e| failure(e, me))?;
             if c.pp + 1 == pp && self.mesh.tp > 1 {
                 // Vocab-parallel logits: whole at TP rank 0 only.
@@ -487,6 +519,9 @@ impl RankEngine {
             }
             Ok(Some(out))
         })();
+        if step_at.is_some() {
+            self.budget = budget_out;
+        }
         // Pass the hidden state (or the failure) to the next stage.
         let mut result = result;
         if c.pp + 1 < pp {
@@ -511,7 +546,7 @@ impl RankEngine {
             .collect();
         let failed = RankFailure::pick(failures);
         // Results reach global rank 0, also from a failed forward.
-        let (outputs, logs, gathered) = site_out.unwrap_or_default();
+        let (outputs, producers, logs, gathered) = site_out.unwrap_or_default();
         let logits = match (&result, c.pp + 1 == pp && c.tp == 0) {
             (Ok(Some(t)), true) => Some(t.shallow_clone()),
             _ => None,
@@ -520,6 +555,7 @@ impl RankEngine {
             coords: c,
             batch: local_batch,
             outputs,
+            producers,
             logs,
             gathered,
             logits,
@@ -561,6 +597,7 @@ impl RankEngine {
                     message: "no logits reached rank 0".into(),
                 })?,
                 outputs: m.outputs,
+                producers: m.producers,
                 logs: m.logs,
                 forward_index: index,
                 gathered_bytes: m.gathered,

@@ -48,6 +48,7 @@ struct Header {
     /// Rows of the batch this rank's replica ran.
     batch: i64,
     outputs: Vec<String>,
+    producers: BTreeMap<String, String>,
     logs: Vec<(String, String, LogLevel, String)>,
     gathered: BTreeMap<String, u64>,
     has_logits: bool,
@@ -58,6 +59,7 @@ pub(crate) struct RankReport {
     pub coords: crate::distributed::Coords,
     pub batch: i64,
     pub outputs: BTreeMap<String, Tensor>,
+    pub producers: BTreeMap<String, String>,
     pub logs: Vec<(String, String, LogLevel, String)>,
     pub gathered: BTreeMap<String, u64>,
     pub logits: Option<Tensor>,
@@ -88,6 +90,7 @@ impl RankReport {
             tp: self.coords.tp,
             batch: self.batch,
             outputs: self.outputs.keys().cloned().collect(),
+            producers: self.producers.clone(),
             logs: self.logs.clone(),
             gathered: self.gathered.clone(),
             has_logits: self.logits.is_some(),
@@ -124,6 +127,7 @@ impl RankReport {
             },
             batch: header.batch,
             outputs,
+            producers: header.producers,
             logs: header.logs,
             gathered: header.gathered,
             logits,
@@ -135,6 +139,7 @@ impl RankReport {
 pub(crate) struct Merged {
     pub logits: Option<Tensor>,
     pub outputs: BTreeMap<String, Tensor>,
+    pub producers: BTreeMap<String, String>,
     pub logs: Vec<(String, String, LogLevel, String)>,
     pub gathered: BTreeMap<String, u64>,
 }
@@ -150,6 +155,7 @@ pub(crate) fn merge(reports: Vec<RankReport>, mesh: &Mesh, batched: &HashSet<Str
     let mut logs = Vec::new();
     let mut per_key: BTreeMap<String, Vec<(usize, i64, Tensor)>> = BTreeMap::new();
     let mut logits: Vec<(usize, Tensor)> = Vec::new();
+    let mut producers_in: BTreeMap<String, String> = BTreeMap::new();
     for r in reports {
         for (k, v) in r.gathered {
             *gathered.entry(k).or_default() += v;
@@ -158,6 +164,9 @@ pub(crate) fn merge(reports: Vec<RankReport>, mesh: &Mesh, batched: &HashSet<Str
             continue;
         }
         logs.extend(r.logs);
+        for (k, p) in r.producers {
+            producers_in.entry(k).or_insert(p);
+        }
         for (k, t) in r.outputs {
             per_key
                 .entry(k)
@@ -180,7 +189,7 @@ pub(crate) fn merge(reports: Vec<RankReport>, mesh: &Mesh, batched: &HashSet<Str
             }
             continue;
         }
-        let point = key.split(['#', ':']).next().unwrap_or(&key);
+        let point = key.split(':').next().unwrap_or(&key);
         let by_batch = batched.contains(point)
             && parts
                 .iter()
@@ -201,9 +210,18 @@ pub(crate) fn merge(reports: Vec<RankReport>, mesh: &Mesh, batched: &HashSet<Str
             outputs.insert(key, first);
         }
     }
+    // Every merged key (including `key@dp{r}`) keeps its producer.
+    let producers = outputs
+        .keys()
+        .filter_map(|k| {
+            let base = k.rsplit_once("@dp").map_or(k.as_str(), |(b, _)| b);
+            producers_in.get(base).map(|p| (k.clone(), p.clone()))
+        })
+        .collect();
     Merged {
         logits,
         outputs,
+        producers,
         logs,
         gathered,
     }

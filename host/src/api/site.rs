@@ -7,8 +7,31 @@ use std::collections::{BTreeMap, HashMap};
 use tch::Tensor;
 
 use super::{Groups, Registration};
-use crate::hooks::{CallContext, GenStep, HookError, LogLevel, RankInfo};
+use crate::hooks::{
+    CallContext, ForwardLimits, GenStep, HookError, HookErrorKind, LogLevel, RankInfo,
+};
 use crate::models::{HookSite, ModelError};
+
+/// What the hooks of one forward pass (or of a whole generation: the budget
+/// is carried from step to step) have emitted and logged so far, against the
+/// per-forward [`ForwardLimits`].
+#[derive(Debug, Clone, Default)]
+pub struct RunBudget {
+    pub limits: ForwardLimits,
+    pub output_bytes: u64,
+    pub outputs: u64,
+    pub log_messages: usize,
+    pub logs_dropped: usize,
+}
+
+impl RunBudget {
+    pub fn new(limits: ForwardLimits) -> Self {
+        RunBudget {
+            limits,
+            ..Default::default()
+        }
+    }
+}
 
 pub(crate) struct Site<'a> {
     /// Hook point -> enabled registrations, in registration order.
@@ -22,7 +45,13 @@ pub(crate) struct Site<'a> {
     /// Stop the forward after this point's hooks ran.
     stop: Option<String>,
     pub outputs: BTreeMap<String, Tensor>,
+    /// Output key -> the hook that emitted it (`Hook::ident`).
+    pub producers: BTreeMap<String, String>,
     pub logs: Vec<(String, String, LogLevel, String)>,
+    /// Per-forward caps and what was used of them.
+    pub budget: RunBudget,
+    /// Keys emitted by the last `run_hooks` (for the TP ranks' agreement).
+    pub last_emitted: Vec<String>,
 }
 
 impl<'a> Site<'a> {
@@ -63,7 +92,10 @@ impl<'a> Site<'a> {
             backward,
             stop,
             outputs: BTreeMap::new(),
+            producers: BTreeMap::new(),
             logs: Vec::new(),
+            budget: RunBudget::default(),
+            last_emitted: Vec::new(),
         }
     }
 }
@@ -98,6 +130,7 @@ impl<'a> Site<'a> {
     /// Call the hooks at `point` on `t`; returns the tensor to continue with
     /// and whether any hook edited it.
     pub fn run_hooks(&mut self, point: &str, mut t: Tensor) -> Result<(Tensor, bool), HookError> {
+        self.last_emitted.clear();
         let Some(regs) = self.by_point.get(point) else {
             return Ok((t, false));
         };
@@ -112,19 +145,52 @@ impl<'a> Site<'a> {
         for r in regs {
             let report = r.hook.call(&ctx, &mut t)?;
             edited |= report.edited;
-            for e in report.emitted {
-                // Two hooks emitting under one key: keep both.
-                let mut key = e.key;
-                if self.outputs.contains_key(&key) {
-                    let mut n = 2;
-                    while self.outputs.contains_key(&format!("{key}#{n}")) {
-                        n += 1;
-                    }
-                    key = format!("{key}#{n}");
+            let fail = |kind| HookError {
+                plugin: r.hook.name().to_string(),
+                hook_point: point.to_string(),
+                rank: self.rank.global_rank,
+                kind,
+            };
+            // Check the whole report before taking any of it.
+            let lim = self.budget.limits;
+            let mut bytes = 0u64;
+            for e in &report.emitted {
+                if let Some(owner) = self.producers.get(&e.key) {
+                    return Err(fail(HookErrorKind::OutputConflict(Box::new(
+                        crate::hooks::OutputConflict {
+                            key: e.key.clone(),
+                            owner: owner.clone(),
+                        },
+                    ))));
                 }
-                self.outputs.insert(key, e.tensor);
+                let b = e.tensor.numel() as u64 * e.tensor.kind().elt_size_in_bytes() as u64;
+                bytes += b.max(lim.min_output_charge) + e.key.len() as u64;
+            }
+            let n = self.budget.outputs + report.emitted.len() as u64;
+            let total = self.budget.output_bytes.saturating_add(bytes);
+            if n > lim.max_outputs || total > lim.max_output_bytes {
+                return Err(fail(HookErrorKind::ForwardLimit {
+                    message: format!(
+                        "outputs of this forward would reach {n} tensors and {total} bytes, over \
+                         the caps of {} tensors and {} bytes",
+                        lim.max_outputs, lim.max_output_bytes
+                    ),
+                }));
+            }
+            self.budget.outputs = n;
+            self.budget.output_bytes = total;
+            let ident = r.hook.ident();
+            for e in report.emitted {
+                self.producers.insert(e.key.clone(), ident.clone());
+                self.last_emitted.push(e.key.clone());
+                self.outputs.insert(e.key, e.tensor);
             }
             for (level, msg) in report.logs {
+                if self.budget.log_messages >= lim.max_log_messages {
+                    self.budget.logs_dropped += 1;
+                    continue;
+                }
+                self.budget.log_messages += 1;
                 self.logs
                     .push((r.hook.name().to_string(), point.to_string(), level, msg));
             }

@@ -119,6 +119,10 @@ pub struct ActivationBuf {
     dirty: bool,
     check_finite: bool,
     pub stats: EditStats,
+    /// Bytes written or transformed since the last [`Self::take_costs`].
+    work: u64,
+    /// Journal bytes already reported by [`Self::take_costs`].
+    journal_reported: usize,
 }
 
 // SAFETY: `src`/`dst` point into the storage of tensors owned here (`target`,
@@ -145,14 +149,21 @@ impl ActivationBuf {
         let size = tensor.size();
         let shape: Vec<usize> = size.iter().map(|&d| d as usize).collect();
         let numel: usize = shape.iter().product();
+        journal.begin(numel * dtype.size());
         let direct = tensor.device() == Device::Cpu && tensor.is_contiguous();
         let (staging, src) = if direct {
             (None, tensor.data_ptr() as *mut u8)
         } else {
-            let s = tensor.to_device(Device::Cpu).contiguous();
+            let e = |e: tch::TchError| e.to_string();
+            let s = tensor
+                .f_to_device(Device::Cpu)
+                .and_then(|t| t.f_contiguous())
+                .map_err(e)?;
             // Never share storage with the caller's tensor.
             let s = if s.data_ptr() == tensor.data_ptr() {
-                s.copy()
+                let mut c = Tensor::f_empty_like(&s).map_err(e)?;
+                c.f_copy_(&s).map_err(e)?;
+                c
             } else {
                 s
             };
@@ -161,7 +172,8 @@ impl ActivationBuf {
         };
         let (out, dst) = match mode {
             EditMode::Replace => {
-                let o = Tensor::empty(&size, (dtype.kind(), Device::Cpu));
+                let o = Tensor::f_empty(&size, (dtype.kind(), Device::Cpu))
+                    .map_err(|e| e.to_string())?;
                 let p = o.data_ptr() as *mut u8;
                 (Some(o), p)
             }
@@ -183,7 +195,20 @@ impl ActivationBuf {
             dirty: false,
             check_finite,
             stats: EditStats::default(),
+            work: 0,
+            journal_reported: 0,
         })
+    }
+
+    /// Host work done since the last call (bytes written or transformed) and
+    /// bytes the undo journal grew by: what the calling host function is
+    /// charged (fuel, and host memory for the journal).
+    pub(crate) fn take_costs(&mut self) -> (u64, u64) {
+        let work = std::mem::take(&mut self.work);
+        let j = self.journal.arena.len();
+        let grown = j.saturating_sub(self.journal_reported);
+        self.journal_reported = j;
+        (work + grown as u64, grown as u64)
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -346,11 +371,11 @@ impl ActivationBuf {
             EditMode::InPlace if self.staging.is_none() => {
                 let es = self.dtype.size();
                 let (start, end) = (off * es, (off + n) * es);
-                // SAFETY: in bounds (callers check); the journal's arena is a
-                // separate allocation.
-                let src = unsafe { std::slice::from_raw_parts(self.src.add(start), end - start) };
                 let stream = self.nbytes() >= STREAM_TENSOR_MIN;
-                self.journal.save(start, src, stream);
+                let total = self.nbytes();
+                // SAFETY: [start, end) is in bounds of the activation's
+                // `total` bytes (callers check).
+                unsafe { self.journal.save_range(self.src, total, start, end, stream) };
             }
             // A staging copy is simply discarded on rollback.
             EditMode::InPlace => {}
@@ -409,6 +434,7 @@ impl ActivationBuf {
     pub fn write_f32(&mut self, offset: u64, values: &[f32]) -> AResult<()> {
         self.check_writable()?;
         let (off, n) = self.check_range(offset, values.len() as u64)?;
+        self.work += (n * self.dtype.size()) as u64;
         self.record_write(off, n);
         self.count_non_finite(values.iter().copied());
         if self.dtype == DType::F32 {
@@ -438,6 +464,7 @@ impl ActivationBuf {
             )));
         }
         let (off, n) = self.check_range(offset, (nbytes / es) as u64)?;
+        self.work += nbytes as u64;
         self.record_write(off, n);
         // SAFETY: in bounds (checked above).
         Ok(unsafe { self.dst.add(off * es) })
@@ -488,6 +515,7 @@ impl ActivationBuf {
                 values.len()
             )));
         }
+        self.work += (r.numel() * self.dtype.size()) as u64;
         self.record_slice(&r);
         self.count_non_finite(values.iter().copied());
         let mut k = 0;
@@ -506,6 +534,7 @@ impl ActivationBuf {
     fn map_slice(&mut self, s: &[DimRange], mut f: impl FnMut(f32, usize) -> f32) -> AResult<()> {
         self.check_writable()?;
         let r = self.resolve(s)?;
+        self.work += (r.numel() * self.dtype.size()) as u64;
         self.record_slice(&r);
         let mut non_finite = 0u64;
         let check = self.check_finite;
@@ -622,17 +651,27 @@ impl ActivationBuf {
                         journal,
                     ));
                 }
-                let out = self.out.take().expect("replace mode has an output tensor");
-                let out = if self.target.device() == Device::Cpu {
-                    out
-                } else {
-                    out.to_device(self.target.device())
+                let Some(out) = self.out.take() else {
+                    return Err((
+                        AccessError("replace mode without a replacement".into()),
+                        journal,
+                    ));
                 };
-                Ok((Committed::Replaced(out), journal))
+                let out = if self.target.device() == Device::Cpu {
+                    Ok(out)
+                } else {
+                    out.f_to_device(self.target.device())
+                };
+                match out {
+                    Ok(out) => Ok((Committed::Replaced(out), journal)),
+                    Err(e) => Err((AccessError(e.to_string()), journal)),
+                }
             }
             _ => {
-                if let Some(s) = self.staging.take() {
-                    self.target.copy_(&s);
+                if let Some(s) = self.staging.take()
+                    && let Err(e) = self.target.f_copy_(&s)
+                {
+                    return Err((AccessError(e.to_string()), journal));
                 }
                 Ok((Committed::InPlace, journal))
             }
@@ -701,6 +740,11 @@ unsafe fn stream_copy(src: *const u8, dst: *mut u8, n: usize) {
     }
 }
 
+/// Granularity of the undo journal: each block of the activation is saved at
+/// most once per call, so the journal never holds more than the activation
+/// (plus one block), however often a plugin rewrites the same elements.
+pub const JOURNAL_BLOCK: usize = 4096;
+
 /// Undo journal: saved byte ranges in one arena, reused across calls so that
 /// large edits do not page-fault fresh memory every call.
 #[derive(Default)]
@@ -708,6 +752,8 @@ pub struct Journal {
     arena: Vec<u8>,
     /// (byte offset in the activation, start in the arena, length).
     ranges: Vec<(usize, usize, usize)>,
+    /// One bit per [`JOURNAL_BLOCK`] of the activation: already saved.
+    saved: Vec<u64>,
 }
 
 impl Journal {
@@ -717,6 +763,61 @@ impl Journal {
         // Do not hold on to more than 256 MiB between calls.
         if self.arena.capacity() > 256 << 20 {
             self.arena = Vec::new();
+        }
+    }
+
+    /// Start a call on an activation of `total` bytes.
+    fn begin(&mut self, total: usize) {
+        let words = total.div_ceil(JOURNAL_BLOCK).div_ceil(64);
+        self.saved.clear();
+        self.saved.resize(words, 0);
+    }
+
+    fn is_saved(&self, block: usize) -> bool {
+        self.saved[block / 64] >> (block % 64) & 1 == 1
+    }
+
+    /// Bytes held by the journal.
+    pub fn len(&self) -> usize {
+        self.arena.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.arena.is_empty()
+    }
+
+    /// Save the blocks of `[start, end)` (bytes of the activation at `base`,
+    /// `total` bytes long) that are not saved yet.
+    ///
+    /// # Safety
+    /// `base` must be valid for reads of `total` bytes; `end <= total`.
+    unsafe fn save_range(
+        &mut self,
+        base: *const u8,
+        total: usize,
+        start: usize,
+        end: usize,
+        stream: bool,
+    ) {
+        if end <= start {
+            return;
+        }
+        let last = (end - 1) / JOURNAL_BLOCK;
+        let mut b = start / JOURNAL_BLOCK;
+        while b <= last {
+            if self.is_saved(b) {
+                b += 1;
+                continue;
+            }
+            let run = b;
+            while b <= last && !self.is_saved(b) {
+                self.saved[b / 64] |= 1 << (b % 64);
+                b += 1;
+            }
+            let (s, e) = (run * JOURNAL_BLOCK, (b * JOURNAL_BLOCK).min(total));
+            // SAFETY: [s, e) is within the activation (caller's contract).
+            let src = unsafe { std::slice::from_raw_parts(base.add(s), e - s) };
+            self.save(s, src, stream);
         }
     }
 

@@ -14,11 +14,14 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::artifact::Plugin;
 use super::bindings::HookPlugin;
+use super::cache::CodeCache;
+use super::compile::EngineSettings;
 use super::error::LoadError;
+use super::limits::{CacheLimits, CompileLimits};
 use super::sandbox::{self, Grants};
 use super::store::{CallLimits, HostState};
 
@@ -59,11 +62,20 @@ pub struct RuntimeConfig {
     pub max_wasm_stack: usize,
     /// Plugin instances that may exist at once (pool size).
     pub max_instances: u32,
+    /// Host work, host memory, outputs, state and logs (see [`super::limits`]).
     pub call_limits: CallLimits,
+    /// Component size and the time and memory of compiling it.
+    pub compile: CompileLimits,
+    /// Size of the compiled-code cache.
+    pub cache: CacheLimits,
     pub non_finite: NonFinitePolicy,
     pub grants: Grants,
     /// Where compiled components are cached; `None` disables the disk cache.
+    /// Must be a directory of this user's that nobody else can write.
     pub cache_dir: Option<PathBuf>,
+    /// The secret key that authenticates cache entries; outside `cache_dir`
+    /// (default: `$FLEXMODEL_CACHE_KEY`, else `~/.config/flexmodel/cache.key`).
+    pub cache_key_file: Option<PathBuf>,
     /// Seed of every plugin's random stream.
     pub seed: u64,
     /// Epoch tick for `CpuLimit::Deadline`.
@@ -78,16 +90,13 @@ impl Default for RuntimeConfig {
             max_table_elements: 100_000,
             max_wasm_stack: 1 << 20,
             max_instances: 64,
-            call_limits: CallLimits {
-                max_output_bytes_per_call: 1 << 30,
-                max_log_messages: 64,
-                max_log_message_bytes: 2048,
-                max_state_bytes: 256 << 20,
-                check_finite: false,
-            },
+            call_limits: CallLimits::default(),
+            compile: CompileLimits::default(),
+            cache: CacheLimits::default(),
             non_finite: NonFinitePolicy::Allow,
             grants: Grants::default(),
             cache_dir: default_cache_dir(),
+            cache_key_file: super::cache::default_key_file(),
             seed: 0,
             epoch_tick: Duration::from_millis(1),
         }
@@ -124,6 +133,9 @@ pub struct Runtime {
     pub(crate) config: RuntimeConfig,
     pub(crate) limits: Arc<CallLimits>,
     loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+    settings: EngineSettings,
+    cache: Option<CodeCache>,
+    compiles: std::sync::atomic::AtomicU64,
     engine_key: String,
     _ticker: Option<Ticker>,
 }
@@ -150,20 +162,28 @@ impl Runtime {
             .max_core_instance_size(1 << 20)
             .max_unused_warm_slots(n);
 
-        let mut c = Config::new();
-        c.wasm_component_model(true)
-            .concurrency_support(false)
-            .consume_fuel(matches!(config.cpu, CpuLimit::Fuel(_)))
-            .epoch_interruption(matches!(config.cpu, CpuLimit::Deadline(_)))
-            .max_wasm_stack(config.max_wasm_stack)
-            // Determinism across ranks: canonical NaNs, no relaxed SIMD (threads are
-            // not compiled in).
-            .cranelift_nan_canonicalization(true)
-            .wasm_relaxed_simd(false)
-            .parallel_compilation(true)
-            .memory_init_cow(true)
+        let settings = EngineSettings {
+            consume_fuel: matches!(config.cpu, CpuLimit::Fuel(_)),
+            epoch_interruption: matches!(config.cpu, CpuLimit::Deadline(_)),
+            max_wasm_stack: config.max_wasm_stack,
+        };
+        let mut c = settings.config();
+        c.parallel_compilation(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&c).map_err(rt_err)?;
+        let cache = match &config.cache_dir {
+            Some(dir) => {
+                let key = config
+                    .cache_key_file
+                    .clone()
+                    .ok_or_else(|| LoadError::Cache {
+                        path: dir.display().to_string(),
+                        message: "no cache key file (set RuntimeConfig::cache_key_file)".into(),
+                    })?;
+                Some(CodeCache::open(dir, &key, config.cache.clone())?)
+            }
+            None => None,
+        };
 
         let mut linker = Linker::<HostState>::new(&engine);
         sandbox::add_wasi(&mut linker, &config.grants).map_err(rt_err)?;
@@ -213,6 +233,9 @@ impl Runtime {
             config,
             limits,
             loaded: Mutex::new(HashMap::new()),
+            settings,
+            cache,
+            compiles: std::sync::atomic::AtomicU64::new(0),
             engine_key,
             _ticker: ticker,
         }))
@@ -233,14 +256,38 @@ impl Runtime {
         }
     }
 
-    /// Load a plugin from a `.wasm` file.
+    /// The compiled-code cache, if there is one.
+    pub fn cache(&self) -> Option<&CodeCache> {
+        self.cache.as_ref()
+    }
+
+    /// File name of a component's cache entry, for inspection and tests.
+    pub fn cache_entry(&self, bytes: &[u8]) -> Option<PathBuf> {
+        let hash = hex::encode(Sha256::digest(bytes));
+        self.cache
+            .as_ref()
+            .map(|c| c.entry_path(&hash, &self.engine_key))
+    }
+
+    /// Load a plugin from a `.wasm` file (refused before reading when it is
+    /// over the size limit).
     pub fn load_file(self: &Arc<Self>, path: impl AsRef<Path>) -> Result<Arc<Plugin>, LoadError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        let io = |source| LoadError::Io {
             path: path.display().to_string(),
             source,
-        })?;
-        self.load(&bytes)
+        };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        let limit = self.config.compile.max_component_bytes;
+        if len > limit as u64 {
+            return Err(LoadError::TooLarge {
+                plugin: path.display().to_string(),
+                bytes: len as usize,
+                limit,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        self.load_named(&bytes, &path.display().to_string())
     }
 
     /// Load a plugin from the bytes of a component. Validates it, compiles it
@@ -248,57 +295,76 @@ impl Runtime {
     /// bytes twice returns the same plugin.
     pub fn load(self: &Arc<Self>, bytes: &[u8]) -> Result<Arc<Plugin>, LoadError> {
         let hash = hex::encode(Sha256::digest(bytes));
+        self.load_named(bytes, &format!("sha256:{}", &hash[..12]))
+    }
+
+    fn load_named(self: &Arc<Self>, bytes: &[u8], label: &str) -> Result<Arc<Plugin>, LoadError> {
+        let hash = hex::encode(Sha256::digest(bytes));
         if let Some(p) = self.loaded.lock().get(&hash) {
             return Ok(p.clone());
         }
+        let limit = self.config.compile.max_component_bytes;
+        if bytes.len() > limit {
+            return Err(LoadError::TooLarge {
+                plugin: label.to_string(),
+                bytes: bytes.len(),
+                limit,
+            });
+        }
         super::artifact::check_header(bytes)?;
-        let component = self.compile(bytes, &hash)?;
+        let component = self.compile(bytes, &hash, label)?;
         let plugin = Arc::new(Plugin::from_component(self, component, hash.clone())?);
         self.loaded.lock().insert(hash, plugin.clone());
         Ok(plugin)
     }
 
-    /// Compile `bytes`, going through the on-disk cache of precompiled
-    /// artifacts keyed by content hash and engine configuration.
-    fn compile(&self, bytes: &[u8], hash: &str) -> Result<Component, LoadError> {
-        let Some(dir) = &self.config.cache_dir else {
-            return Component::new(&self.engine, bytes)
-                .map_err(|e| LoadError::Invalid(format!("{e:#}")));
+    /// Native code for `bytes`: from the cache when an authenticated entry
+    /// exists, else compiled (isolated, bounded) and cached. Processes of one
+    /// machine compile a component once: the others wait on its lock.
+    fn compile(&self, bytes: &[u8], hash: &str, label: &str) -> Result<Component, LoadError> {
+        let deserialize = |art: &[u8]| {
+            // SAFETY: `art` is either authenticated as written by this host for
+            // this digest and engine, or was just produced by the compiler for
+            // this engine's settings; wasmtime also checks the engine match.
+            unsafe { Component::deserialize(&self.engine, art) }
         };
-        let path = dir.join(format!("{hash}-{}.cwasm", self.engine_key));
-        let sum_path = path.with_extension("sha256");
-        if let (Ok(art), Ok(sum)) = (std::fs::read(&path), std::fs::read_to_string(&sum_path)) {
-            // Only deserialise an artifact this host wrote: its checksum must match.
-            if hex::encode(Sha256::digest(&art)) == sum.trim() {
-                // SAFETY: the artifact was produced by `precompile_component` of
-                // an engine with the same compatibility hash, and is unmodified.
-                if let Ok(c) = unsafe { Component::deserialize(&self.engine, &art) } {
-                    return Ok(c);
-                }
-            }
+        let Some(cache) = &self.cache else {
+            let art = self.precompile(bytes, label)?;
+            return deserialize(&art).map_err(|e| LoadError::Invalid(format!("{e:#}")));
+        };
+        if let Some(art) = cache.get(hash, &self.engine_key)
+            && let Ok(c) = deserialize(&art)
+        {
+            return Ok(c);
         }
-        let art = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        // SAFETY: just produced by this engine.
-        let component = unsafe { Component::deserialize(&self.engine, &art) }
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        // Best effort: a read-only or full cache only costs a recompile later.
-        let _ = write_cache(dir, &path, &sum_path, &art);
+        let _lock = cache.lock(hash, &self.engine_key);
+        // Another process may have compiled it while we waited.
+        if let Some(art) = cache.get(hash, &self.engine_key)
+            && let Ok(c) = deserialize(&art)
+        {
+            return Ok(c);
+        }
+        let art = self.precompile(bytes, label)?;
+        let component = deserialize(&art).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        // Best effort: a full disk only costs a recompile later.
+        let _ = cache.put(hash, &self.engine_key, &art);
         Ok(component)
     }
-}
 
-fn write_cache(dir: &Path, path: &Path, sum_path: &Path, art: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    /// How many components this runtime compiled (rather than took from
+    /// the cache or from memory).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, art)?;
-    std::fs::write(sum_path, hex::encode(Sha256::digest(art)))?;
-    std::fs::rename(&tmp, path)
+
+    fn precompile(&self, bytes: &[u8], label: &str) -> Result<Vec<u8>, LoadError> {
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        if self.config.compile.isolate {
+            super::compile::compile_isolated(&self.settings, bytes, &self.config.compile, label)
+        } else {
+            self.engine
+                .precompile_component(bytes)
+                .map_err(|e| LoadError::Invalid(format!("{e:#}")))
+        }
+    }
 }

@@ -64,9 +64,31 @@ pub enum HookErrorKind {
     #[error("cannot be called on this activation: {message}")]
     BadActivation { message: String },
     /// Tensor-parallel ranks computed different edits of the same logical
-    /// activation (the plugin is not deterministic across ranks).
-    #[error("computed a different edit on different tensor-parallel ranks: {message}")]
+    /// activation, or emitted different outputs (the plugin is not
+    /// deterministic across ranks).
+    #[error("computed a different result on different tensor-parallel ranks: {message}")]
     Diverged { message: String },
+    /// A host function panicked on the plugin's input (a host bug, caught:
+    /// the call was rolled back and the instance discarded).
+    #[error("made a host function fail unexpectedly (call rolled back): {message}")]
+    HostPanic { message: String },
+    /// The plugin emitted under a key another plugin's output already holds
+    /// in this forward pass.
+    #[error("emitted output {:?}, which `{}` already emitted in this forward pass", .0.key, .0.owner)]
+    OutputConflict(Box<OutputConflict>),
+    /// A host-side limit of a forward pass (outputs, logs) was reached.
+    #[error("exceeded a limit of the forward pass: {message}")]
+    ForwardLimit { message: String },
+}
+
+/// An output key taken twice in one forward pass (boxed in
+/// [`HookErrorKind::OutputConflict`] to keep errors small).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutputConflict {
+    /// The key.
+    pub key: String,
+    /// Who emitted it first (`Hook::ident`).
+    pub owner: String,
 }
 
 /// A failed hook call: which plugin, where, on which rank, and why.
@@ -114,6 +136,20 @@ pub enum LoadError {
     BadMetadata(String),
     #[error("plugin `{plugin}` rejected its configuration: {error}")]
     Init { plugin: String, error: String },
+    #[error("plugin `{plugin}` could not be instantiated: {error}")]
+    Instantiate { plugin: String, error: String },
+    #[error("component {plugin} is {bytes} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        plugin: String,
+        bytes: usize,
+        limit: usize,
+    },
+    /// Compiling the component went over a time or memory limit.
+    #[error("compiling component {plugin} exceeded its {limit}")]
+    CompileLimit { plugin: String, limit: String },
+    /// The compiled-code cache cannot be trusted or used.
+    #[error("compiled-code cache {path}: {message}")]
+    Cache { path: String, message: String },
     #[error("runtime setup failed: {0}")]
     Runtime(String),
 }
@@ -126,9 +162,17 @@ impl fmt::Display for TrapText<'_> {
         if let Some(trap) = self.0.downcast_ref::<wasmtime::Trap>() {
             write!(f, "{trap}")
         } else {
-            // First line only: wasmtime appends a multi-line wasm backtrace.
-            let text = format!("{:#}", self.0);
-            write!(f, "{}", text.lines().next().unwrap_or(""))
+            // The whole cause chain, without wasmtime's multi-line wasm
+            // backtrace (a context entry of its own).
+            let parts: Vec<String> = self
+                .0
+                .chain()
+                .map(|c| c.to_string())
+                .filter(|s| !s.contains("wasm backtrace:"))
+                .map(|s| s.lines().next().unwrap_or("").to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            write!(f, "{}", parts.join(": "))
         }
     }
 }

@@ -122,6 +122,11 @@ pub trait Hook: Send + Sync {
     fn name(&self) -> &str;
     /// Access declared at registration.
     fn access(&self) -> Access;
+    /// Who made an output, as recorded with it: the name by default; WASM
+    /// plugins give `name@version (sha256:…)`.
+    fn ident(&self) -> String {
+        self.name().to_string()
+    }
     /// Call the hook on `activation`. On success `activation` holds the
     /// result: edited in place, or replaced by a new tensor of the same shape,
     /// dtype and device (edit mode `replace`). On error it is unchanged.

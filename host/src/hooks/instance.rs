@@ -90,6 +90,9 @@ impl PluginInstance {
         };
         let mut store = Store::new(&rt.engine, data);
         store.limiter(|s| &mut s.limiter);
+        if matches!(rt.config.cpu, CpuLimit::Fuel(_)) {
+            store.call_hook(charge_host_fuel);
+        }
         let name = if plugin.info.name.is_empty() {
             "<unnamed>".to_string()
         } else {
@@ -99,7 +102,11 @@ impl PluginInstance {
         let deadline_ticks = rt.deadline_ticks();
         arm(&mut store, cpu, deadline_ticks);
         // Instantiation runs guest code (start functions): limits are already armed.
-        match plugin.pre.instantiate(&mut store) {
+        let instantiated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            plugin.pre.instantiate(&mut store)
+        }))
+        .unwrap_or_else(|p| Err(host_panic(p)));
+        match instantiated {
             Ok(bindings) => Ok(PluginInstance {
                 store,
                 bindings,
@@ -146,10 +153,11 @@ impl PluginInstance {
     /// The plugin's self-description.
     pub fn metadata(&mut self) -> Result<PluginInfo, HookError> {
         self.arm();
-        let r = self
-            .bindings
-            .flexmodel_hook_plugin()
-            .call_metadata(&mut self.store);
+        let r = guarded(|| {
+            self.bindings
+                .flexmodel_hook_plugin()
+                .call_metadata(&mut self.store)
+        });
         match r {
             Ok(i) => Ok(PluginInfo {
                 name: i.name,
@@ -166,10 +174,11 @@ impl PluginInstance {
     /// Errors are returned with `broken = true` when the instance trapped.
     pub fn init(&mut self, config: &str) -> Result<Access, (HookError, bool)> {
         self.arm();
-        let r = self
-            .bindings
-            .flexmodel_hook_plugin()
-            .call_init(&mut self.store, config);
+        let r = guarded(|| {
+            self.bindings
+                .flexmodel_hook_plugin()
+                .call_init(&mut self.store, config)
+        });
         match r {
             Ok(Ok(a)) => Ok(Access {
                 mode: match a.mode {
@@ -231,11 +240,14 @@ impl PluginInstance {
         })?;
         let borrow = Resource::<ActivationBuf>::new_borrow(res.rep());
         self.store.data_mut().in_call = true;
-        let r = self.bindings.flexmodel_hook_plugin().call_on_forward(
-            &mut self.store,
-            &wit_ctx,
-            borrow,
-        );
+        // A host function that panics (a host bug reached through guest
+        // input) must not take the host down or skip the rollback: the panic
+        // is caught here, after wasmtime unwound the guest's frames.
+        let r = guarded(|| {
+            self.bindings
+                .flexmodel_hook_plugin()
+                .call_on_forward(&mut self.store, &wit_ctx, borrow)
+        });
 
         self.store.data_mut().in_call = false;
         let env_read = self.store.data().env_read;
@@ -257,6 +269,11 @@ impl PluginInstance {
             this.journal = buf.rollback();
             Err((this.error(kind), broken))
         };
+        if let (Some(msg), Ok(_)) = (&scope.host_limit, &r) {
+            // A host-side cap was hit; the plugin may have ignored the error.
+            let kind = HookErrorKind::Plugin(PluginError::LimitExceeded(msg.clone()));
+            return fail(self, buf, kind, false);
+        }
         match r {
             Err(e) => {
                 let kind = self.classify(&e);
@@ -314,12 +331,8 @@ impl PluginInstance {
                     let mut st = self.store.data().state.lock();
                     for (k, v) in scope.state_writes {
                         match v {
-                            Some(v) => {
-                                st.insert(k, v);
-                            }
-                            None => {
-                                st.remove(&k);
-                            }
+                            Some(v) => st.insert(k, v),
+                            None => st.remove(&k),
                         }
                     }
                 }
@@ -370,8 +383,56 @@ pub(crate) fn stream_seed(seed: u64, plugin_hash: &str, purpose: &str, counter: 
     z ^ (z >> 31)
 }
 
+/// The panic of a host function, as the error of the guest call it ended.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct HostPanicked(pub String);
+
+fn host_panic(p: Box<dyn std::any::Any + Send>) -> wasmtime::Error {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a host function panicked".into());
+    // tch's panics carry a multi-line libtorch backtrace: keep the first line.
+    let first = msg.lines().next().unwrap_or("").to_string();
+    wasmtime::Error::new(HostPanicked(first))
+}
+
+/// Run a guest call, turning a panic that escapes it into an error.
+fn guarded<T>(f: impl FnOnce() -> wasmtime::Result<T>) -> wasmtime::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| Err(host_panic(p)))
+}
+
+/// Charge the fuel host functions owe (work done on the guest's behalf) when
+/// they return to the guest; a call that cannot pay traps with `OutOfFuel`,
+/// exactly as if the guest had spent it.
+fn charge_host_fuel(
+    mut ctx: wasmtime::StoreContextMut<'_, HostState>,
+    kind: wasmtime::CallHook,
+) -> wasmtime::Result<()> {
+    if !matches!(kind, wasmtime::CallHook::ReturningFromHost) {
+        return Ok(());
+    }
+    let owed = std::mem::take(&mut ctx.data_mut().call.host_fuel);
+    if owed == 0 {
+        return Ok(());
+    }
+    let left = ctx.get_fuel()?;
+    if owed > left {
+        ctx.set_fuel(0)?;
+        return Err(wasmtime::Trap::OutOfFuel.into());
+    }
+    ctx.set_fuel(left - owed)
+}
+
 /// Turn a wasmtime error from a guest call into a typed kind.
 fn classify(store: &Store<HostState>, cpu: CpuLimit, e: &wasmtime::Error) -> HookErrorKind {
+    if let Some(p) = e.downcast_ref::<HostPanicked>() {
+        return HookErrorKind::HostPanic {
+            message: p.0.clone(),
+        };
+    }
     let d = store.data();
     if let Some(cap) = e
         .downcast_ref::<Denied>()

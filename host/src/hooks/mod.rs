@@ -8,15 +8,21 @@
 //! - [`activation`]: host-side ranged access to a tensor, with an undo journal.
 //! - [`host`]: the host side of each WIT interface.
 //! - [`sandbox`]: WASI with nothing granted; denied capabilities trap.
+//! - [`limits`]: every limit on what a plugin may make the host do.
+//! - [`compile`]: bounded compilation in a child process.
+//! - [`cache`]: the authenticated cache of compiled components.
 
 pub mod activation;
 pub mod artifact;
 mod bindings;
+pub mod cache;
+pub mod compile;
 pub mod engine;
 pub mod error;
 pub mod hook;
 mod host;
 pub mod instance;
+pub mod limits;
 pub mod plugin;
 pub mod sandbox;
 pub mod slice;
@@ -25,8 +31,9 @@ mod store;
 pub use activation::{DType, EditMode};
 pub use artifact::{Plugin, PluginInfo, WIT_VERSION};
 pub use engine::{CpuLimit, NonFinitePolicy, Runtime, RuntimeConfig};
-pub use error::{HookError, HookErrorKind, LoadError, PluginError};
+pub use error::{HookError, HookErrorKind, LoadError, OutputConflict, PluginError};
 pub use hook::{Access, CallContext, CallReport, Emitted, GenStep, Hook, LogLevel, RankInfo};
+pub use limits::{CacheLimits, CompileLimits, ForwardLimits, HostLimits};
 pub use plugin::WasmHook;
 pub use sandbox::Grants;
 pub use slice::DimRange;

@@ -55,7 +55,7 @@ impl WasmHook {
         let state = StateMap::default();
         let mut inst =
             PluginInstance::new(&plugin, "<init>".into(), 0, state.clone()).map_err(|e| {
-                LoadError::Init {
+                LoadError::Instantiate {
                     plugin: plugin.info.name.clone(),
                     error: e.kind.to_string(),
                 }
@@ -92,7 +92,7 @@ impl WasmHook {
     /// The state a rank's instance has committed (for inspection and tests).
     pub fn state_snapshot(&self, rank: u32) -> std::collections::BTreeMap<String, Vec<u8>> {
         let slot = self.slots.lock().get(&rank).cloned();
-        slot.map(|s| s.lock().state.lock().clone())
+        slot.map(|s| s.lock().state.lock().to_map())
             .unwrap_or_default()
     }
 
@@ -112,6 +112,10 @@ impl Hook for WasmHook {
 
     fn access(&self) -> Access {
         self.access.clone()
+    }
+
+    fn ident(&self) -> String {
+        self.plugin.ident()
     }
 
     fn call(&self, ctx: &CallContext, activation: &mut Tensor) -> Result<CallReport, HookError> {

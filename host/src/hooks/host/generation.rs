@@ -5,6 +5,7 @@ use crate::hooks::store::HostState;
 
 impl Host for HostState {
     fn current(&mut self) -> wasmtime::Result<Option<GenStep>> {
+        self.charge(0);
         Ok(self.call.generation.map(|g| GenStep {
             step: g.step,
             position: g.position,

@@ -1,6 +1,9 @@
 //! `flexmodel:hook/output`: tensors a hook hands back to the user. Emitted
 //! tensors are staged in the call's scope and reach the output dictionary only
-//! if the call succeeds; the bytes a call may emit are capped.
+//! if the call succeeds. Bytes and count per call are capped, every emit is
+//! charged at least `min_output_charge` (fuel and host memory alike), names
+//! are validated (no empty, `.` or `..` segments), shapes are checked before
+//! any tensor is built, and a key emitted twice in one call is refused.
 
 use tch::{Device, Tensor};
 use wasmtime::component::Resource;
@@ -17,24 +20,40 @@ type R<T> = wasmtime::Result<T>;
 const MAX_NAME_LEN: usize = 128;
 const MAX_RANK: usize = 8;
 
-fn check_name(name: &str) -> Result<(), HookError> {
-    if name.len() > MAX_NAME_LEN
-        || !name
+/// An output name: empty (the hook point's own name) or `/`-separated
+/// segments of `[A-Za-z0-9_-.]`, none of them empty, `.` or `..`.
+pub(crate) fn check_name(name: &str) -> Result<(), HookError> {
+    let chars_ok = name.len() <= MAX_NAME_LEN
+        && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
-    {
+            .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c));
+    let segments_ok = name.is_empty()
+        || name
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    if !chars_ok || !segments_ok {
+        let shown: String = name.chars().take(MAX_NAME_LEN).collect();
         return Err(HookError::InvalidArgument(format!(
-            "output name {name:?} must be at most {MAX_NAME_LEN} characters of [A-Za-z0-9_-./]"
+            "output name {shown:?} must be at most {MAX_NAME_LEN} characters of [A-Za-z0-9_-./] \
+             in `/`-separated segments, none empty, `.` or `..`"
         )));
     }
     Ok(())
 }
 
-fn check_shape(shape: &[u64], numel: usize) -> Result<Vec<i64>, HookError> {
+/// A shape for `numel` elements: at most [`MAX_RANK`] dimensions, each at
+/// most `i64::MAX`, whose product is exactly `numel`.
+pub(crate) fn check_shape(shape: &[u64], numel: usize) -> Result<Vec<i64>, HookError> {
     if shape.len() > MAX_RANK {
         return Err(HookError::InvalidArgument(format!(
             "output rank {} exceeds {MAX_RANK}",
             shape.len()
+        )));
+    }
+    if let Some(d) = shape.iter().find(|&&d| d > i64::MAX as u64) {
+        return Err(HookError::InvalidArgument(format!(
+            "output dimension {d} exceeds {}",
+            i64::MAX
         )));
     }
     let prod = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
@@ -50,8 +69,15 @@ impl HostState {
     /// Reserve `bytes` of the call's output budget, or refuse (and remember
     /// the refusal, so the call fails even if the plugin ignores the error).
     fn reserve_output(&mut self, name: &str, bytes: u64) -> Result<(), HookError> {
+        let charge = self.limits.output_charge(name, bytes);
+        let max_n = self.limits.max_outputs_per_call;
+        if self.call.emitted.len() as u64 >= u64::from(max_n) {
+            let msg = format!("more than {max_n} outputs in one call");
+            self.call.output_refused.get_or_insert(msg.clone());
+            return Err(HookError::LimitExceeded(msg));
+        }
         let cap = self.limits.max_output_bytes_per_call;
-        if self.call.output_bytes.saturating_add(bytes) > cap {
+        if self.call.output_bytes.saturating_add(charge) > cap {
             let msg = format!(
                 "emitting {bytes} bytes as {name:?} would exceed the cap of {cap} bytes per call \
                  ({} already emitted)",
@@ -60,12 +86,21 @@ impl HostState {
             self.call.output_refused.get_or_insert(msg.clone());
             return Err(HookError::LimitExceeded(msg));
         }
-        self.call.output_bytes += bytes;
+        let key = output_key(&self.call.hook_point, name);
+        if self.call.emitted_keys.contains(&key) {
+            return Err(HookError::InvalidArgument(format!(
+                "output {key:?} was already emitted in this call"
+            )));
+        }
+        self.hold("an output", charge)
+            .map_err(HookError::LimitExceeded)?;
+        self.call.output_bytes += charge;
         Ok(())
     }
 
     fn stage(&mut self, name: &str, tensor: Tensor) {
         let key = output_key(&self.call.hook_point, name);
+        self.call.emitted_keys.insert(key.clone());
         self.call.emitted.push(Emitted { key, tensor });
     }
 }
@@ -77,11 +112,15 @@ impl Host for HostState {
         shape: Vec<u64>,
         values: Vec<f32>,
     ) -> R<Result<(), HookError>> {
+        self.charge((name.len() + values.len() * 4) as u64);
         let r = (|| {
             check_name(&name)?;
             let dims = check_shape(&shape, values.len())?;
             self.reserve_output(&name, values.len() as u64 * 4)?;
-            self.stage(&name, Tensor::from_slice(&values).reshape(dims));
+            let t = Tensor::f_from_slice(&values)
+                .and_then(|t| t.f_reshape(dims))
+                .map_err(|e| HookError::Failed(e.to_string()))?;
+            self.stage(&name, t);
             Ok(())
         })();
         Ok(r)
@@ -94,6 +133,7 @@ impl Host for HostState {
         dtype: Dtype,
         bytes: Vec<u8>,
     ) -> R<Result<(), HookError>> {
+        self.charge((name.len() + bytes.len()) as u64);
         let r = (|| {
             check_name(&name)?;
             let dt: DType = from_wit_dtype(dtype);
@@ -119,6 +159,7 @@ impl Host for HostState {
         act: Resource<ActivationBuf>,
         s: Vec<DimRange>,
     ) -> R<Result<(), HookError>> {
+        self.charge((name.len() + s.len() * 24) as u64);
         let (view, resolved, dtype) = {
             let b = self.table.get(&act)?;
             match b.resolve(&from_wit_slice(&s)) {
@@ -130,16 +171,20 @@ impl Host for HostState {
             check_name(&name)?;
             let bytes = (resolved.numel() * dtype.size()) as u64;
             self.reserve_output(&name, bytes)?;
+            self.charge(bytes);
             // Slice with tch and copy once into fresh storage: the activation's
             // own storage keeps changing after the call.
+            let failed = |e: tch::TchError| HookError::Failed(e.to_string());
             let mut v = view.shallow_clone();
             for (d, &(start, count, step)) in resolved.dims.iter().enumerate() {
                 let stop = start + count.saturating_sub(1) * step + usize::from(count > 0);
-                v = v.slice(d as i64, start as i64, stop as i64, step as i64);
+                v = v
+                    .f_slice(d as i64, start as i64, stop as i64, step as i64)
+                    .map_err(failed)?;
             }
             let shape: Vec<i64> = resolved.shape().iter().map(|&d| d as i64).collect();
-            let mut out = Tensor::empty(&shape, (dtype.kind(), Device::Cpu));
-            out.copy_(&v);
+            let mut out = Tensor::f_empty(&shape, (dtype.kind(), Device::Cpu)).map_err(failed)?;
+            out.f_copy_(&v).map_err(failed)?;
             self.stage(&name, out);
             Ok(())
         })();

@@ -5,6 +5,7 @@ use crate::hooks::store::HostState;
 
 impl Host for HostState {
     fn current_direction(&mut self) -> wasmtime::Result<Direction> {
+        self.charge(0);
         Ok(if self.call.backward {
             Direction::Backward
         } else {

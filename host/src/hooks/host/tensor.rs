@@ -23,20 +23,48 @@ fn buf_mut<'a>(s: &'a mut HostState, r: &Resource<ActivationBuf>) -> R<&'a mut A
 
 impl Host for HostState {}
 
+impl HostState {
+    /// Charge what the last operation on `a` cost: fuel for the bytes it
+    /// wrote or transformed and for the journal it grew, and the journal's
+    /// growth against the call's host-memory cap.
+    fn settle(&mut self, a: &Resource<ActivationBuf>) -> R<()> {
+        let (work, grown) = buf_mut(self, a)?.take_costs();
+        self.charge(work);
+        if grown > 0 {
+            // Refused: the call fails when it returns (`host_limit`).
+            let _ = self.hold("the undo journal", grown);
+        }
+        Ok(())
+    }
+
+    fn charged<T>(
+        &mut self,
+        a: &Resource<ActivationBuf>,
+        r: Result<T, HookError>,
+    ) -> R<Result<T, HookError>> {
+        self.settle(a)?;
+        Ok(r)
+    }
+}
+
 impl HostActivation for HostState {
     fn shape(&mut self, a: Resource<ActivationBuf>) -> R<Vec<u64>> {
+        self.charge(64);
         Ok(buf(self, &a)?.shape().iter().map(|&d| d as u64).collect())
     }
 
     fn dtype(&mut self, a: Resource<ActivationBuf>) -> R<Dtype> {
+        self.charge(0);
         Ok(to_wit_dtype(buf(self, &a)?.dtype()))
     }
 
     fn numel(&mut self, a: Resource<ActivationBuf>) -> R<u64> {
+        self.charge(0);
         Ok(buf(self, &a)?.numel() as u64)
     }
 
     fn writable(&mut self, a: Resource<ActivationBuf>) -> R<bool> {
+        self.charge(0);
         Ok(buf(self, &a)?.writable())
     }
 
@@ -46,7 +74,9 @@ impl HostActivation for HostState {
         offset: u64,
         len: u64,
     ) -> R<Result<Vec<f32>, HookError>> {
-        Ok(buf(self, &a)?.read_f32(offset, len).map_err(Into::into))
+        let r = buf(self, &a)?.read_f32(offset, len);
+        self.charge(r.as_ref().map_or(0, |v| v.len() as u64 * 4));
+        Ok(r.map_err(Into::into))
     }
 
     fn read_bytes(
@@ -55,7 +85,9 @@ impl HostActivation for HostState {
         offset: u64,
         len: u64,
     ) -> R<Result<Vec<u8>, HookError>> {
-        Ok(buf(self, &a)?.read_bytes(offset, len).map_err(Into::into))
+        let r = buf(self, &a)?.read_bytes(offset, len);
+        self.charge(r.as_ref().map_or(0, |v| v.len() as u64));
+        Ok(r.map_err(Into::into))
     }
 
     fn read_slice(
@@ -63,9 +95,9 @@ impl HostActivation for HostState {
         a: Resource<ActivationBuf>,
         s: Vec<DimRange>,
     ) -> R<Result<Vec<f32>, HookError>> {
-        Ok(buf(self, &a)?
-            .read_slice(&from_wit_slice(&s))
-            .map_err(Into::into))
+        let r = buf(self, &a)?.read_slice(&from_wit_slice(&s));
+        self.charge(s.len() as u64 * 24 + r.as_ref().map_or(0, |v| v.len() as u64 * 4));
+        Ok(r.map_err(Into::into))
     }
 
     fn slice_shape(
@@ -73,6 +105,7 @@ impl HostActivation for HostState {
         a: Resource<ActivationBuf>,
         s: Vec<DimRange>,
     ) -> R<Result<Vec<u64>, HookError>> {
+        self.charge(s.len() as u64 * 24);
         let b = buf(self, &a)?;
         Ok(b.resolve(&from_wit_slice(&s))
             .map(|r| r.shape().into_iter().map(|d| d as u64).collect())
@@ -85,9 +118,9 @@ impl HostActivation for HostState {
         offset: u64,
         values: Vec<f32>,
     ) -> R<Result<(), HookError>> {
-        Ok(buf_mut(self, &a)?
-            .write_f32(offset, &values)
-            .map_err(Into::into))
+        self.charge(values.len() as u64 * 4);
+        let r = buf_mut(self, &a)?.write_f32(offset, &values);
+        self.charged(&a, r.map_err(Into::into))
     }
 
     fn write_bytes(
@@ -96,9 +129,9 @@ impl HostActivation for HostState {
         offset: u64,
         bytes: Vec<u8>,
     ) -> R<Result<(), HookError>> {
-        Ok(buf_mut(self, &a)?
-            .write_bytes(offset, &bytes)
-            .map_err(Into::into))
+        self.charge(bytes.len() as u64);
+        let r = buf_mut(self, &a)?.write_bytes(offset, &bytes);
+        self.charged(&a, r.map_err(Into::into))
     }
 
     fn write_slice(
@@ -107,9 +140,9 @@ impl HostActivation for HostState {
         s: Vec<DimRange>,
         values: Vec<f32>,
     ) -> R<Result<(), HookError>> {
-        Ok(buf_mut(self, &a)?
-            .write_slice(&from_wit_slice(&s), &values)
-            .map_err(Into::into))
+        self.charge(s.len() as u64 * 24 + values.len() as u64 * 4);
+        let r = buf_mut(self, &a)?.write_slice(&from_wit_slice(&s), &values);
+        self.charged(&a, r.map_err(Into::into))
     }
 
     fn fill(
@@ -118,9 +151,9 @@ impl HostActivation for HostState {
         s: Vec<DimRange>,
         value: f32,
     ) -> R<Result<(), HookError>> {
-        Ok(buf_mut(self, &a)?
-            .fill(&from_wit_slice(&s), value)
-            .map_err(Into::into))
+        self.charge(s.len() as u64 * 24);
+        let r = buf_mut(self, &a)?.fill(&from_wit_slice(&s), value);
+        self.charged(&a, r.map_err(Into::into))
     }
 
     fn scale(
@@ -129,9 +162,9 @@ impl HostActivation for HostState {
         s: Vec<DimRange>,
         factor: f32,
     ) -> R<Result<(), HookError>> {
-        Ok(buf_mut(self, &a)?
-            .scale(&from_wit_slice(&s), factor)
-            .map_err(Into::into))
+        self.charge(s.len() as u64 * 24);
+        let r = buf_mut(self, &a)?.scale(&from_wit_slice(&s), factor);
+        self.charged(&a, r.map_err(Into::into))
     }
 
     fn add_vector(
@@ -141,9 +174,9 @@ impl HostActivation for HostState {
         v: Vec<f32>,
         alpha: f32,
     ) -> R<Result<(), HookError>> {
-        Ok(buf_mut(self, &a)?
-            .add_vector(&from_wit_slice(&s), &v, alpha)
-            .map_err(Into::into))
+        self.charge(s.len() as u64 * 24 + v.len() as u64 * 4);
+        let r = buf_mut(self, &a)?.add_vector(&from_wit_slice(&s), &v, alpha);
+        self.charged(&a, r.map_err(Into::into))
     }
 
     fn drop(&mut self, _a: Resource<ActivationBuf>) -> R<()> {
@@ -185,12 +218,14 @@ pub(crate) fn add_zero_copy_bytes(
     linker.allow_shadowing(true);
     linker.instance(tensor_interface)?.func_wrap(
         "[method]activation.read-bytes",
-        |store: wasmtime::StoreContextMut<'_, HostState>,
+        |mut store: wasmtime::StoreContextMut<'_, HostState>,
          (a, offset, len): (Resource<ActivationBuf>, u64, u64)|
          -> wasmtime::Result<(Result<bytes::Bytes, HookError>,)> {
-            let b = store.data().table.get(&a)?;
-            Ok((b
-                .raw_bytes(offset, len)
+            let r = store.data().table.get(&a)?.raw_bytes(offset, len);
+            store
+                .data_mut()
+                .charge(r.as_ref().map_or(0, |&(_, n)| n as u64));
+            Ok((r
                 .map(|(ptr, len)| bytes::Bytes::from_owner(TensorBytes { ptr, len }))
                 .map_err(Into::into),))
         },
@@ -205,12 +240,14 @@ pub(crate) fn add_zero_copy_bytes(
         )|
          -> wasmtime::Result<(Result<(), HookError>,)> {
             let len = list.len();
-            let dst = match store
+            store.data_mut().charge(len as u64);
+            let prepared = store
                 .data_mut()
                 .table
                 .get_mut(&a)?
-                .prepare_write_bytes(offset, len)
-            {
+                .prepare_write_bytes(offset, len);
+            store.data_mut().settle(&a)?;
+            let dst = match prepared {
                 Ok(p) => p,
                 Err(e) => return Ok((Err(e.into()),)),
             };

@@ -3,6 +3,9 @@
 //! first writes to the activation (when it may), so the tests can check that
 //! the host undoes partial edits.
 
+use flexmodel_hook_sdk::__private::flexmodel::hook::{
+    log as raw_log, output as raw_out, state as raw_state,
+};
 use flexmodel_hook_sdk::prelude::*;
 
 #[derive(serde::Deserialize)]
@@ -65,8 +68,17 @@ impl HookFunction for Hostile {
         }
         let n = act.numel();
         // A partial edit first: must be undone by the host when we fail.
-        if !matches!(self.0.mode.as_str(), "counter" | "env") && !self.0.mode.starts_with("replace")
-        {
+        let no_edit = [
+            "counter",
+            "env",
+            "state-many",
+            "diverge",
+            "diverge-emit",
+            "log-forge",
+            "same-key",
+            "emit-point",
+        ];
+        if !no_edit.contains(&self.0.mode.as_str()) && !self.0.mode.starts_with("replace") {
             act.fill(&Slice::all(), 1234.5)?;
         }
         match self.0.mode.as_str() {
@@ -158,6 +170,80 @@ impl HookFunction for Hostile {
                 state::set("poison", b"x")?;
                 Err(Error::failed("after writing state"))
             }
+            // ---- host work the fuel limit must see ----
+            "journal-bomb" => loop {
+                // Rewrites the whole activation forever: the journal must not
+                // grow past the activation, and the host work must run out of fuel.
+                act.fill(&Slice::all(), 7.0)?;
+            },
+            "remove-bomb" => {
+                // Removals of distinct absent keys, as long as allowed.
+                let mut i: u64 = 0;
+                loop {
+                    let key = format!("{i:0>250}");
+                    raw_state::remove(&key);
+                    i += 1;
+                }
+            }
+            "state-many" => {
+                // `bytes` distinct small keys in one call.
+                for i in 0..self.0.bytes {
+                    state::set(&format!("k{i}"), &[1, 2, 3, 4])?;
+                }
+                emit("keys", &[1], &[state::keys().len() as f32])
+            }
+            "emit-bomb" => {
+                // Whole-activation emits under distinct names, errors ignored.
+                let mut i: u64 = 0;
+                loop {
+                    let _ = act.emit(&format!("copy{i}"), &Slice::all());
+                    i += 1;
+                }
+            }
+            "zero-emits" => {
+                // Zero-byte emits under distinct names, errors ignored.
+                for i in 0..self.0.bytes {
+                    let _ = raw_out::emit(&format!("z{i}"), &[0], &[]);
+                }
+                Ok(())
+            }
+            "log-bomb" => loop {
+                raw_log::log(raw_log::Level::Info, &"x".repeat(1 << 20));
+            },
+            // ---- guest input that reached a panicking tch call ----
+            "shape-bomb" => {
+                raw_out::emit("bomb", &[u64::MAX, 0], &[]).map_err(|e| Error::from(e))?;
+                Ok(())
+            }
+            "shape-bomb-bytes" => {
+                raw_out::emit_bytes(
+                    "bomb",
+                    &[u64::MAX, 0],
+                    flexmodel_hook_sdk::__private::wit::Dtype::F32,
+                    &[],
+                )
+                .map_err(|e| Error::from(e))?;
+                Ok(())
+            }
+            "fault" => {
+                // Exercises the host's panic guard (fault injection, tests only).
+                raw_log::log(raw_log::Level::Info, "flexmodel-test-fault");
+                Ok(())
+            }
+            // ---- outputs and logs ----
+            "dotdot" => emit("../../x", &[1], &[1.0]),
+            "same-key" => {
+                emit("twice", &[1], &[1.0])?;
+                emit("twice", &[1], &[2.0])
+            }
+            "emit-point" => emit("", &[1], &[9.0]),
+            "log-forge" => {
+                log::info("line one\n[scale @ blocks.0] Info: forged\u{1b}[31m red\r");
+                Ok(())
+            }
+            // ---- ranks that disagree ----
+            "diverge" => act.scale(&Slice::all(), (ctx.rank.tp_rank + 1) as f32),
+            "diverge-emit" => emit("rank", &[1], &[ctx.rank.tp_rank as f32]),
             _ => Err(Error::config(format!("unknown mode {:?}", self.0.mode))),
         }
     }
