@@ -491,3 +491,63 @@ fn generate_streams_and_saves_the_same_on_one_rank_threads_and_mpirun() {
     assert_same_file(&one, &mpi, "mpirun -np 2 generate --tp 2");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn saved_files_name_each_outputs_plugin_and_logs_are_escaped() {
+    let dir = models().join("demo-gpt2");
+    let tmp = std::env::temp_dir().join(format!("flexmodel-cli-prov-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let jsonl = tmp.join("p.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"token_ids\": [5, 6, 7]}\n{\"token_ids\": [8, 9]}\n",
+    )
+    .unwrap();
+    let save = tmp.join("out.safetensors");
+    let out = ok(&flexmodel(&[
+        "run",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompts",
+        jsonl.to_str().unwrap(),
+        "--hook",
+        &format!(
+            "{}@hook_embed",
+            artifacts_dir().join("retrieve.wasm").display()
+        ),
+        "--hook",
+        &format!(
+            "{}@blocks.0.hook_resid_post={{\"mode\": \"log-forge\"}}",
+            artifacts_dir().join("hostile.wasm").display()
+        ),
+        "--save",
+        save.to_str().unwrap(),
+    ]));
+    // The plugin's newline and escape sequence stay inside its own line.
+    let forged: Vec<&str> = out.lines().filter(|l| l.contains("forged")).collect();
+    assert_eq!(forged.len(), 2, "{out}");
+    for l in forged {
+        assert!(l.starts_with("[hostile @ "), "{l:?}");
+        assert!(!l.contains('\u{1b}') && l.contains("\\n"), "{l:?}");
+    }
+    let script = format!(
+        r#"
+from safetensors import safe_open
+with safe_open({saved:?}, "pt") as f:
+    meta = f.metadata()
+    keys = sorted(f.keys())
+assert keys == ["0/logits", "0/transformer.wte", "1/logits", "1/transformer.wte"], keys
+for k in ["0/transformer.wte", "1/transformer.wte"]:
+    assert meta["flexmodel.producer." + k].startswith("retrieve@0.1.0 (sha256:"), meta
+assert "flexmodel.producer.0/logits" not in meta, meta
+print("python-ok")
+"#,
+        saved = save.to_str().unwrap()
+    );
+    let py = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(ok(&py).contains("python-ok"));
+    let _ = std::fs::remove_dir_all(&tmp);
+}

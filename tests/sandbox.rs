@@ -446,3 +446,40 @@ fn a_plugin_that_differs_per_tp_rank_fails_every_rank_with_diverged() {
     .unwrap();
     expect_diverged(&mut dm, "output");
 }
+
+#[test]
+fn per_forward_output_caps_hold_on_a_mesh_and_across_its_generation_steps() {
+    let rt = runtime();
+    let retrieve = rt.load(&wasm("retrieve")).unwrap();
+    let mut o = DistOptions::new(2, 1, 2).unwrap();
+    o.timeout = Duration::from_secs(30);
+    // gpt2-tiny at PP2: each stage holds one block, so one output per stage
+    // and forward: one forward fits, four generation steps do not.
+    o.forward_limits = ForwardLimits {
+        max_outputs: 3,
+        ..ForwardLimits::default()
+    };
+    let mut dm = DistFlexModel::load(&model_dir("gpt2-tiny"), o).unwrap();
+    dm.register_wasm(
+        &retrieve,
+        "blocks.*.hook_resid_post",
+        r#"{"slice": [null, -1]}"#,
+        &[],
+    )
+    .unwrap();
+    dm.forward(&ids(), &Groups::All)
+        .expect("one forward fits on every stage");
+    let opts = GenerateOptions {
+        max_new_tokens: 4,
+        ..GenerateOptions::default()
+    };
+    match dm.generate(&ids(), &Groups::All, &opts, |_, _| {}) {
+        Err(FlexError::Hook { error, .. }) => {
+            assert!(
+                matches!(error.kind, HookErrorKind::ForwardLimit { .. }),
+                "{error}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -571,9 +571,11 @@ fn run(model: &ModelArgs, prompts: Vec<Prompt>, o: RunOpts<'_>) -> Result<()> {
     } else {
         None
     };
+    // A hidden bar (stdout not a terminal) swallows its `println`: print
+    // ourselves then.
     let say = |line: String| match &bar {
-        Some(b) => b.println(line),
-        None => println!("{line}"),
+        Some(b) if !b.is_hidden() => b.println(line),
+        _ => println!("{line}"),
     };
     let mut saved = BTreeMap::new();
     let mut saved_by = BTreeMap::new();
