@@ -52,6 +52,10 @@ fn gradients_and_edited_parameter_gradients_match_pytorch() {
         for (k, want) in r.iter().filter(|(k, _)| k.starts_with("grad:")) {
             let point = &k["grad:".len()..];
             let got = &out.grad_outputs[point];
+            assert!(
+                out.grad_producers[point].starts_with("retrieve@"),
+                "{name}: {point}"
+            );
             let d = max_abs(got, want);
             assert!(d <= 1e-4, "{name}: gradient at {point} differs by {d}");
             checked += 1;

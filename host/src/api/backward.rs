@@ -80,6 +80,10 @@ pub struct BackwardOutput {
     /// Gradient of every parameter (checkpoint names), after the backward
     /// hooks' edits.
     pub param_grads: BTreeMap<String, Tensor>,
+    /// Who emitted each entry of `outputs`.
+    pub producers: BTreeMap<String, String>,
+    /// Who emitted each entry of `grad_outputs`.
+    pub grad_producers: BTreeMap<String, String>,
     pub logs: Vec<(String, String, LogLevel, String)>,
 }
 
@@ -266,6 +270,8 @@ pub(crate) fn run(
             outputs: std::mem::take(&mut site.forward.outputs),
             grad_outputs: std::mem::take(&mut bsite.outputs),
             param_grads,
+            producers: std::mem::take(&mut site.forward.producers),
+            grad_producers: std::mem::take(&mut bsite.producers),
             logs,
         })
     })();

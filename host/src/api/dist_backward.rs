@@ -110,6 +110,8 @@ pub struct RankBackward {
     pub loss: f64,
     /// What this rank's backward hooks emitted.
     pub grad_outputs: BTreeMap<String, Tensor>,
+    /// Who emitted each entry of `grad_outputs`.
+    pub grad_producers: BTreeMap<String, String>,
     /// Gradients of this rank's parameters (its tensor-parallel slices),
     /// combined over data-parallel replicas.
     pub param_grads: BTreeMap<String, Tensor>,
@@ -360,6 +362,7 @@ pub(crate) fn run(
         Ok(RankBackward {
             loss: loss_value,
             grad_outputs: std::mem::take(&mut bsite.outputs),
+            grad_producers: std::mem::take(&mut bsite.producers),
             param_grads,
         })
     })();
