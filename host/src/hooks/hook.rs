@@ -4,9 +4,27 @@
 
 use tch::Tensor;
 
-use super::activation::{DType, EditMode};
+use super::activation::DType;
 use super::error::HookError;
 use super::slice::DimRange;
+
+/// How a hook changes the activation (WIT `edit-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum EditMode {
+    /// Reads only; writes are refused.
+    #[default]
+    ReadOnly,
+    /// Edits in place; the host journals what it overwrites.
+    InPlace,
+    /// Builds a replacement from the original, writing every element.
+    Replace,
+}
+
+impl EditMode {
+    pub fn writes(self) -> bool {
+        self != EditMode::ReadOnly
+    }
+}
 
 /// Rank coordinates of a call, as in the WIT `rank-info` record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
