@@ -17,10 +17,13 @@ pub fn producer_key(key: &str) -> String {
     format!("flexmodel.producer.{key}")
 }
 
+/// A contiguous CPU tensor viewed as safetensors bytes (no copy for a
+/// tensor that already is contiguous on the CPU).
 struct Cpu {
     dtype: Dtype,
     shape: Vec<usize>,
-    bytes: Vec<u8>,
+    tensor: Tensor,
+    len: usize,
 }
 
 impl View for &Cpu {
@@ -31,10 +34,17 @@ impl View for &Cpu {
         &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
+        if self.len == 0 {
+            return Cow::Borrowed(&[]);
+        }
+        // SAFETY: `tensor` is a contiguous CPU tensor of `len` bytes, owned
+        // by `self` and not written while borrowed.
+        Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, self.len)
+        })
     }
     fn data_len(&self) -> usize {
-        self.bytes.len()
+        self.len
     }
 }
 
@@ -61,17 +71,15 @@ fn to_cpu(key: &str, t: &Tensor) -> Result<Cpu, FlexError> {
             t.kind()
         ))
     })?;
-    let c = t.to_device(Device::Cpu).contiguous();
-    let n = c.numel() * c.kind().elt_size_in_bytes();
-    let mut bytes = vec![0u8; n];
-    if n > 0 {
-        c.f_copy_data_u8(&mut bytes, c.numel())
-            .map_err(|e| FlexError::Input(format!("output {key:?}: {e}")))?;
-    }
+    let c = t
+        .f_to_device(Device::Cpu)
+        .and_then(|c| c.f_contiguous())
+        .map_err(|e| FlexError::Input(format!("output {key:?}: {e}")))?;
     Ok(Cpu {
         dtype: dt,
         shape: c.size().iter().map(|&d| d as usize).collect(),
-        bytes,
+        len: c.numel() * c.kind().elt_size_in_bytes(),
+        tensor: c,
     })
 }
 

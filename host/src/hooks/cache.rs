@@ -227,12 +227,15 @@ impl CodeCache {
         if all.len() < MAGIC.len() + TAG || &all[..MAGIC.len()] != MAGIC {
             return None;
         }
-        let tag = all[MAGIC.len()..MAGIC.len() + TAG].to_vec();
-        let art = all.split_off(MAGIC.len() + TAG);
-        self.tag(digest, engine_key, &art).verify_slice(&tag).ok()?;
+        let (head, art) = all.split_at(MAGIC.len() + TAG);
+        self.tag(digest, engine_key, art)
+            .verify_slice(&head[MAGIC.len()..])
+            .ok()?;
+        // In place: no second buffer the size of the code.
+        all.drain(..MAGIC.len() + TAG);
         // Most recently used: eviction goes by modification time.
         let _ = f.set_modified(std::time::SystemTime::now());
-        Some(art)
+        Some(all)
     }
 
     /// Store `art` for `digest` under `engine_key`, then evict beyond the

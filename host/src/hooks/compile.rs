@@ -87,12 +87,25 @@ pub fn compile_isolated(
         .spawn()
         .map_err(|e| LoadError::Runtime(format!("cannot start {}: {e}", worker.display())))?;
     let mut stdin = child.stdin.take().expect("piped stdin");
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let input = bytes.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    std::thread::scope(|scope| {
+        // Feed the component without copying it (the scope borrows it).
+        scope.spawn(move || {
+            let _ = stdin.write_all(bytes);
+        });
+        wait_worker(&mut child, stdout, stderr, limits, label)
+    })
+}
+
+/// Collect the worker's artifact and its verdict, killing it at the deadline.
+fn wait_worker(
+    child: &mut std::process::Child,
+    mut stdout: std::process::ChildStdout,
+    mut stderr: std::process::ChildStderr,
+    limits: &CompileLimits,
+    label: &str,
+) -> Result<Vec<u8>, LoadError> {
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
         let _ = stdout.read_to_end(&mut out);
@@ -116,7 +129,6 @@ pub fn compile_isolated(
             Err(e) => return Err(LoadError::Runtime(format!("waiting for the compiler: {e}"))),
         }
     };
-    let _ = writer.join();
     let out = reader.join().unwrap_or_default();
     let err = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
     let time_limit = || LoadError::CompileLimit {
