@@ -13,6 +13,7 @@
 //! - [`cache`]: the authenticated cache of compiled components.
 
 pub mod activation;
+mod activation_read;
 pub mod artifact;
 mod bindings;
 pub mod cache;
