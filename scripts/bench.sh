@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 source scripts/env.sh
 scripts/build-guests.sh >/dev/null
-cargo build --release -p flexmodel -p flexmodel-compile --bin hook-bench --bin model-bench --bin dist-bench --bin gen-bench --bin flexmodel-compile --features "flexmodel/$FLEXMODEL_FEATURES"
+cargo build --release -p flexmodel-bench -p flexmodel-compile --features "flexmodel/$FLEXMODEL_FEATURES"
 "$CARGO_TARGET_DIR/release/hook-bench" --artifacts artifacts/wasm --out BENCHMARKS.md
 "$FLEXMODEL_VENV/bin/pip" install --quiet nnsight 2>/dev/null || echo "nnsight could not be installed; its row is skipped" >&2
 "$CARGO_TARGET_DIR/release/model-bench" --python "$FLEXMODEL_VENV/bin/python" --artifacts artifacts/wasm \

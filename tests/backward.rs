@@ -127,6 +127,7 @@ fn a_backward_hook_knows_it_is_one_and_the_model_is_unchanged() {
     assert!(before.equal(&after));
     assert!(
         fm.model()
+            .expect("one rank")
             .parameters()
             .iter()
             .all(|(_, p)| !p.requires_grad())
@@ -144,7 +145,7 @@ fn a_backward_hook_knows_it_is_one_and_the_model_is_unchanged() {
 /// edit at block 0's output.
 #[test]
 fn every_parallel_layout_gives_the_single_rank_gradients() {
-    use flexmodel::api::{DistFlexModel, DistOptions};
+    use flexmodel::api::{FlexModel, Options};
     use flexmodel::distributed::layout::local_part;
     use flexmodel::models::TpSplit;
     let rt = runtime();
@@ -179,9 +180,9 @@ fn every_parallel_layout_gives_the_single_rank_gradients() {
             (1, 1, 4),
         ] {
             let what = format!("{name} pp{pp} dp{dp} tp{tp}");
-            let mut o = DistOptions::new(pp, dp, tp).unwrap();
+            let mut o = Options::new(pp, dp, tp).unwrap();
             o.check_edits = true;
-            let mut dm = DistFlexModel::load(&model_dir(name), o).unwrap();
+            let mut dm = FlexModel::load_with(&model_dir(name), &o).unwrap();
             dm.register_wasm_backward(&retrieve, "blocks.*.hook_resid_post", "{}", &[])
                 .unwrap();
             dm.register_wasm_backward(&retrieve, "blocks.1.mlp.hook_post", "{}", &[])
@@ -243,10 +244,10 @@ fn every_parallel_layout_gives_the_single_rank_gradients() {
 
 #[test]
 fn a_failing_backward_hook_fails_every_rank_quickly() {
-    use flexmodel::api::{DistFlexModel, DistOptions};
-    let mut o = DistOptions::new(2, 1, 2).unwrap();
+    use flexmodel::api::{FlexModel, Options};
+    let mut o = Options::new(2, 1, 2).unwrap();
     o.timeout = std::time::Duration::from_secs(60);
-    let mut dm = DistFlexModel::load(&model_dir("gpt2-tiny"), o).unwrap();
+    let mut dm = FlexModel::load_with(&model_dir("gpt2-tiny"), &o).unwrap();
     let rt = runtime();
     dm.register_wasm_backward(
         &rt.load(&wasm("hostile")).unwrap(),

@@ -551,3 +551,46 @@ print("python-ok")
     assert!(ok(&py).contains("python-ok"));
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn stop_at_on_threads_and_mpirun_saves_the_same_file_as_one_rank() {
+    let dir = std::env::temp_dir().join(format!("fm-cli-stop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ids = [
+        "--token-ids",
+        "3,17,42,5,88,9,60",
+        "--stop-at",
+        "blocks.0.mlp.hook_post",
+    ];
+    let one = dir.join("one.safetensors");
+    let stdout = ok(&Command::new(bin())
+        .args(run_args("gpt2-tiny", &one, &ids))
+        .output()
+        .unwrap());
+    assert!(
+        stdout.contains("stopped after blocks.0.mlp.hook_post"),
+        "{stdout}"
+    );
+    let keys = saved(&one).into_keys().collect::<Vec<_>>();
+    assert!(
+        !keys.iter().any(|k| k == "logits" || k.contains(".1.")),
+        "nothing after the stop: {keys:?}"
+    );
+    let threads = dir.join("threads.safetensors");
+    let mut args = run_args("gpt2-tiny", &threads, &ids);
+    args.extend(["--tp", "2", "--pp", "2"].map(String::from));
+    ok(&Command::new(bin()).args(&args).output().unwrap());
+    assert_same_file(&one, &threads, "--stop-at on threads --tp 2 --pp 2");
+    let mpi = dir.join("mpi.safetensors");
+    let mut args = run_args("gpt2-tiny", &mpi, &ids);
+    args.extend(["--tp", "2", "--pp", "2"].map(String::from));
+    let o = mpirun()
+        .args(["-np", "4"])
+        .arg(bin())
+        .args(&args)
+        .output()
+        .expect("mpirun (Open MPI) must be installed: scripts/setup.sh installs it");
+    ok(&o);
+    assert_same_file(&one, &mpi, "--stop-at under mpirun -np 4 --tp 2 --pp 2");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flexmodel::api::{DistFlexModel, DistOptions, FlexError, FlexModel, FnHook, Groups};
+use flexmodel::api::{FlexError, FlexModel, FnHook, Groups, Options};
 use flexmodel::distributed::{CommError, Communicator, ThreadComm};
 use flexmodel::hooks::{HookErrorKind, Plugin, PluginError};
 use flexmodel_tests::{max_abs, model_dir, runtime, wasm};
@@ -25,8 +25,8 @@ fn ids() -> Tensor {
     Tensor::from_slice(&[3i64, 17, 42, 5, 88, 9, 60, 1, 77, 23, 11, 50]).view([2, 6])
 }
 
-fn opts(pp: usize, dp: usize, tp: usize) -> DistOptions {
-    let mut o = DistOptions::new(pp, dp, tp).unwrap();
+fn opts(pp: usize, dp: usize, tp: usize) -> Options {
+    let mut o = Options::new(pp, dp, tp).unwrap();
     o.timeout = Duration::from_secs(30);
     o.check_edits = true;
     o
@@ -88,7 +88,7 @@ fn check_layout(
 ) {
     let (pp, dp, tp) = layout;
     let what = format!("{model} pp{pp} dp{dp} tp{tp}");
-    let mut dm = DistFlexModel::load(&model_dir(model), opts(pp, dp, tp))
+    let mut dm = FlexModel::load_with(&model_dir(model), &opts(pp, dp, tp))
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     register(
         model,
@@ -200,7 +200,7 @@ fn a_hook_failing_on_one_rank_fails_every_rank_with_the_same_error() {
     let rt = runtime();
     let hostile = rt.load(&wasm("hostile")).unwrap();
     let retrieve = rt.load(&wasm("retrieve")).unwrap();
-    let mut dm = DistFlexModel::load(&model_dir("gpt2-tiny"), opts(2, 1, 2)).unwrap();
+    let mut dm = FlexModel::load_with(&model_dir("gpt2-tiny"), &opts(2, 1, 2)).unwrap();
     dm.register_wasm(&retrieve, "blocks.0.hook_resid_post", "{}", &[])
         .unwrap();
     // Rank 3 = stage 1, TP rank 1; the point is replicated under TP.
@@ -246,7 +246,7 @@ fn a_hook_failing_on_one_rank_fails_every_rank_with_the_same_error() {
 
 #[test]
 fn a_native_hook_failing_on_the_first_stage_fails_the_later_stages() {
-    let mut dm = DistFlexModel::load(&model_dir("llama-mesh"), opts(2, 1, 1)).unwrap();
+    let mut dm = FlexModel::load_with(&model_dir("llama-mesh"), &opts(2, 1, 1)).unwrap();
     dm.register(
         Arc::new(FnHook::read_only("picky", |ctx, _, _| {
             if ctx.rank.global_rank == 0 {
@@ -282,7 +282,7 @@ fn a_native_hook_failing_on_the_first_stage_fails_the_later_stages() {
 fn a_panicking_rank_fails_the_others_quickly() {
     let mut o = opts(1, 1, 2);
     o.timeout = Duration::from_secs(60);
-    let mut dm = DistFlexModel::load(&model_dir("gpt2-tiny"), o).unwrap();
+    let mut dm = FlexModel::load_with(&model_dir("gpt2-tiny"), &o).unwrap();
     dm.register(
         Arc::new(FnHook::read_only("bomb", |ctx, _, _| {
             if ctx.rank.global_rank == 1 {
@@ -314,7 +314,7 @@ fn a_panicking_rank_fails_the_others_quickly() {
 fn a_stalled_rank_makes_the_others_fail_within_the_timeout() {
     let mut o = opts(1, 1, 2);
     o.timeout = Duration::from_millis(500);
-    let mut dm = DistFlexModel::load(&model_dir("gpt2-tiny"), o).unwrap();
+    let mut dm = FlexModel::load_with(&model_dir("gpt2-tiny"), &o).unwrap();
     dm.register(
         Arc::new(FnHook::read_only("slow", |ctx, _, _| {
             if ctx.rank.global_rank == 1 {
@@ -338,7 +338,6 @@ fn a_stalled_rank_makes_the_others_fail_within_the_timeout() {
 
 #[test]
 fn a_rank_that_exits_mid_run_makes_the_others_return_an_error() {
-    use flexmodel::api::{HookSet, RankEngine};
     let opts = opts(2, 1, 2);
     let comms = ThreadComm::world(4, Duration::from_secs(60));
     let t0 = Instant::now();
@@ -349,11 +348,12 @@ fn a_rank_that_exits_mid_run_makes_the_others_return_an_error() {
             std::thread::spawn(move || {
                 let rank = c.rank();
                 let world: Box<dyn Communicator> = Box::new(c);
-                let mut e = RankEngine::new(&model_dir("gpt2-tiny"), &o, world).unwrap();
+                let mut e = FlexModel::join(&model_dir("gpt2-tiny"), &o, world).unwrap();
                 if rank == 1 {
                     return None; // exits: its communicators are dropped
                 }
-                Some(e.forward(&ids(), &HookSet::default(), &Groups::All, 0))
+                // This process's one rank: its own reply.
+                Some(e.forward_each(&ids(), &Groups::All).unwrap().remove(0))
             })
         })
         .collect();
@@ -372,7 +372,7 @@ fn a_rank_that_exits_mid_run_makes_the_others_return_an_error() {
 
 #[test]
 fn ranks_computing_different_edits_are_caught() {
-    let mut dm = DistFlexModel::load(&model_dir("gpt2-tiny"), opts(1, 1, 2)).unwrap();
+    let mut dm = FlexModel::load_with(&model_dir("gpt2-tiny"), &opts(1, 1, 2)).unwrap();
     dm.register(
         Arc::new(FnHook::editing("rank-dependent", |ctx, t, _| {
             let _ = t.g_add_scalar_(ctx.rank.tp_rank as f64);
@@ -395,7 +395,7 @@ fn ranks_computing_different_edits_are_caught() {
 
 #[test]
 fn meshes_that_do_not_fit_the_model_are_refused_clearly() {
-    let e = DistFlexModel::load(&model_dir("gpt2-tiny"), opts(1, 1, 3))
+    let e = FlexModel::load_with(&model_dir("gpt2-tiny"), &opts(1, 1, 3))
         .err()
         .expect("3 does not divide 4 heads");
     assert!(
@@ -403,19 +403,19 @@ fn meshes_that_do_not_fit_the_model_are_refused_clearly() {
             .contains("does not divide the model's 4 attention heads"),
         "{e}"
     );
-    let e = DistFlexModel::load(&model_dir("gpt2-tiny"), opts(4, 1, 1))
+    let e = FlexModel::load_with(&model_dir("gpt2-tiny"), &opts(4, 1, 1))
         .err()
         .expect("4 stages, 2 layers");
     assert!(e.to_string().contains("pipeline stages"), "{e}");
-    assert!(DistOptions::new(0, 1, 1).is_err());
-    let mut dm = DistFlexModel::load(&model_dir("gpt2-tiny"), opts(1, 2, 1)).unwrap();
+    assert!(Options::new(0, 1, 1).is_err());
+    let mut dm = FlexModel::load_with(&model_dir("gpt2-tiny"), &opts(1, 2, 1)).unwrap();
     let e = dm
         .forward(&ids().narrow(0, 0, 1), &Groups::All)
         .unwrap_err();
     assert!(e.to_string().contains("cannot be split over 2"), "{e}");
     // Still usable.
     dm.forward(&ids(), &Groups::All).unwrap();
-    let mut tp = DistFlexModel::load(&model_dir("gpt2-tiny"), opts(1, 1, 2)).unwrap();
+    let mut tp = FlexModel::load_with(&model_dir("gpt2-tiny"), &opts(1, 1, 2)).unwrap();
     let e = tp
         .forward(&Tensor::from_slice(&[1i64, 101]), &Groups::All)
         .unwrap_err();
@@ -425,6 +425,6 @@ fn meshes_that_do_not_fit_the_model_are_refused_clearly() {
 #[test]
 fn points_are_logical_shapes() {
     let fm = FlexModel::load(&model_dir("llama-mesh"), Kind::Float, Device::Cpu).unwrap();
-    let dm = DistFlexModel::load(&model_dir("llama-mesh"), opts(2, 1, 2)).unwrap();
+    let dm = FlexModel::load_with(&model_dir("llama-mesh"), &opts(2, 1, 2)).unwrap();
     assert_eq!(fm.points(3, 7), dm.points(3, 7));
 }

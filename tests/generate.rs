@@ -167,7 +167,7 @@ fn sampling_is_seeded() {
 
 #[test]
 fn every_parallel_layout_generates_the_same_tokens_and_step_outputs() {
-    use flexmodel::api::{DistFlexModel, DistOptions};
+    use flexmodel::api::{FlexModel, Options};
     let rt = runtime();
     let retrieve = rt.load(&wasm("retrieve")).unwrap();
     for name in ["gpt2-tiny", "llama-mesh", "neox-parallel"] {
@@ -189,9 +189,9 @@ fn every_parallel_layout_generates_the_same_tokens_and_step_outputs() {
             (1, 2, 2),
         ] {
             let what = format!("{name} pp{pp} dp{dp} tp{tp}");
-            let mut o = DistOptions::new(pp, dp, tp).unwrap();
+            let mut o = Options::new(pp, dp, tp).unwrap();
             o.check_edits = true;
-            let mut dm = DistFlexModel::load(&model_dir(name), o).unwrap();
+            let mut dm = FlexModel::load_with(&model_dir(name), &o).unwrap();
             dm.register_wasm(&retrieve, "blocks.1.mlp.hook_post", "{}", &[])
                 .unwrap();
             let mut streamed = 0;

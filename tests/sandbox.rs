@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flexmodel::api::{DistFlexModel, DistOptions, FlexError, FlexModel, GenerateOptions, Groups};
+use flexmodel::api::{FlexError, FlexModel, GenerateOptions, Groups, Options};
 use flexmodel::hooks::{ForwardLimits, HookErrorKind, LoadError, Runtime, RuntimeConfig};
 use flexmodel_tests::{model_dir, runtime, wasm};
 use tch::{Device, Kind, Tensor};
@@ -401,17 +401,17 @@ fn per_forward_output_caps_span_every_hook_and_every_generation_step() {
     }
 }
 
-fn tp2() -> DistFlexModel {
-    let mut o = DistOptions::new(1, 1, 2).unwrap();
+fn tp2() -> FlexModel {
+    let mut o = Options::new(1, 1, 2).unwrap();
     o.timeout = Duration::from_secs(30);
     assert!(
         o.check_edits,
         "rank agreement is on by default, in release builds too"
     );
-    DistFlexModel::load(&model_dir("gpt2-tiny"), o).unwrap()
+    FlexModel::load_with(&model_dir("gpt2-tiny"), &o).unwrap()
 }
 
-fn expect_diverged(dm: &mut DistFlexModel, what: &str) {
+fn expect_diverged(dm: &mut FlexModel, what: &str) {
     match dm.forward(&ids(), &Groups::All) {
         Err(FlexError::Hook { error, .. }) => {
             assert_eq!(error.plugin, "hostile");
@@ -451,7 +451,7 @@ fn a_plugin_that_differs_per_tp_rank_fails_every_rank_with_diverged() {
 fn per_forward_output_caps_hold_on_a_mesh_and_across_its_generation_steps() {
     let rt = runtime();
     let retrieve = rt.load(&wasm("retrieve")).unwrap();
-    let mut o = DistOptions::new(2, 1, 2).unwrap();
+    let mut o = Options::new(2, 1, 2).unwrap();
     o.timeout = Duration::from_secs(30);
     // gpt2-tiny at PP2: each stage holds one block, so one output per stage
     // and forward: one forward fits, four generation steps do not.
@@ -459,7 +459,7 @@ fn per_forward_output_caps_hold_on_a_mesh_and_across_its_generation_steps() {
         max_outputs: 3,
         ..ForwardLimits::default()
     };
-    let mut dm = DistFlexModel::load(&model_dir("gpt2-tiny"), o).unwrap();
+    let mut dm = FlexModel::load_with(&model_dir("gpt2-tiny"), &o).unwrap();
     dm.register_wasm(
         &retrieve,
         "blocks.*.hook_resid_post",

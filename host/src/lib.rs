@@ -1,16 +1,20 @@
 //! FlexModel-rs host library.
 //!
-//! Dependencies flow one way: models → distributed → hooks/runtime → API → CLI.
+//! Dependencies flow one way: models → distributed → hooks → engine → API →
+//! CLI.
 //! - [`models`]: Hugging Face checkpoints run with tch, with named hook
 //!   points, whole or as one rank's shard;
-//! - [`distributed`]: communicators (threads, MPI, NCCL), the mesh, and the
-//!   layout of hook points over tensor-parallel ranks;
+//! - [`distributed`]: communicators (threads, MPI, NCCL, and the trivial
+//!   one of a single rank), the mesh, and the layout of hook points over
+//!   tensor-parallel ranks;
 //! - [`hooks`]: the sandboxed WebAssembly hook runtime;
-//! - [`api`]: the FlexModel API over them: forward, generation, backward
-//!   passes with hooks, on one rank or a mesh of ranks.
+//! - [`engine`]: one implementation of forward, generation and backward
+//!   passes with hooks, for one rank of any mesh;
+//! - [`api`]: the public surface: [`api::FlexModel`] on one rank or a mesh.
 
 pub mod api;
 pub mod distributed;
+pub mod engine;
 pub mod hooks;
 pub mod models;
 

@@ -259,6 +259,13 @@ impl Model {
         }
     }
 
+    /// The dtype of the model's weights.
+    pub fn kind(&self) -> Kind {
+        self.parameters()
+            .first()
+            .map_or(Kind::Float, |(_, p)| p.kind())
+    }
+
     pub fn device(&self) -> Device {
         match self {
             Model::Gpt2(m) => m.device(),

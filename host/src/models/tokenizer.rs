@@ -5,6 +5,7 @@ use std::path::Path;
 use super::error::ModelError;
 
 /// A loaded tokenizer.
+#[derive(Clone)]
 pub struct Tokenizer(tokenizers::Tokenizer);
 
 impl Tokenizer {

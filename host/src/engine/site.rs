@@ -1,6 +1,7 @@
-//! The [`HookSite`] a forward of the API runs with: which registrations are
-//! bound to each hook point and enabled, calling them in registration order,
-//! collecting what they emit.
+//! The hooks of one pass: which registrations are bound to each hook point
+//! and enabled, calling them in registration order, collecting what they
+//! emit against the per-forward caps ([`super::tp_site`] makes it the
+//! models' [`crate::models::HookSite`] on any mesh).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -10,7 +11,6 @@ use super::{Groups, Registration};
 use crate::hooks::{
     CallContext, ForwardLimits, GenStep, HookError, HookErrorKind, LogLevel, RankInfo,
 };
-use crate::models::{HookSite, ModelError};
 
 /// What the hooks of one forward pass (or of a whole generation: the budget
 /// is carried from step to step) have emitted and logged so far, against the
@@ -100,22 +100,6 @@ impl<'a> Site<'a> {
     }
 }
 
-impl HookSite for Site<'_> {
-    fn active(&self, point: &str) -> bool {
-        self.by_point.contains_key(point) || self.stop.as_deref() == Some(point)
-    }
-
-    fn fire(&mut self, point: &str, t: Tensor) -> Result<Tensor, ModelError> {
-        let (t, _) = self
-            .run_hooks(point, t)
-            .map_err(|e| ModelError::Hook(Box::new(e)))?;
-        if self.stop.as_deref() == Some(point) {
-            return Err(ModelError::Stopped(point.to_string()));
-        }
-        Ok(t)
-    }
-}
-
 impl<'a> Site<'a> {
     /// The enabled registrations at `point`, in call order.
     pub fn registrations(&self, point: &str) -> &[&'a Registration] {
@@ -125,6 +109,11 @@ impl<'a> Site<'a> {
     /// Whether something is registered at `point` (ignoring the stop point).
     pub fn hooked(&self, point: &str) -> bool {
         self.by_point.contains_key(point)
+    }
+
+    /// Whether the forward stops after `point`.
+    pub fn stops_at(&self, point: &str) -> bool {
+        self.stop.as_deref() == Some(point)
     }
 
     /// Call the hooks at `point` on `t`; returns the tensor to continue with

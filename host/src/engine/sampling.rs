@@ -1,8 +1,4 @@
-//! Generation with a key/value cache, hooks firing at every step: the prompt
-//! first (step 0), then one token per step. Hooks see the step and the
-//! position in their call context (`CallContext::generation`), so a steering
-//! hook can act on new tokens only and a retrieval hook collects per-step
-//! activations (output keys `step{k}/<point>`).
+//! What generation takes and returns, and how the next token is chosen.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +6,7 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use tch::{Device, Kind, Tensor};
 
 use super::FlexError;
-use crate::hooks::LogLevel;
+use super::LogLine;
 
 /// How the next token is chosen from the last position's logits.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +22,7 @@ pub enum Sampling {
     },
 }
 
-/// Options of [`super::FlexModel::generate`].
+/// Options of `FlexModel::generate`.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
     pub max_new_tokens: usize,
@@ -57,7 +53,7 @@ pub struct GenerateOutput {
     pub outputs: BTreeMap<String, Tensor>,
     /// Who emitted each output (see [`super::ForwardOutput::producers`]).
     pub producers: BTreeMap<String, String>,
-    pub logs: Vec<(String, String, LogLevel, String)>,
+    pub logs: Vec<LogLine>,
 }
 
 /// Chooses next tokens; one per generation call (its random stream too).

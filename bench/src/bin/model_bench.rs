@@ -17,13 +17,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-#[path = "shared/report.rs"]
-mod report;
-
 use anyhow::{Context, Result, bail};
 use flexmodel::api::{FlexModel, FnHook, Groups};
 use flexmodel::hooks::{Runtime, RuntimeConfig};
 use flexmodel::models::Model;
+use flexmodel_bench::report;
 use tch::{Device, Kind, Tensor};
 
 struct Args {
@@ -114,8 +112,7 @@ fn main() -> Result<()> {
         let line = out
             .stdout
             .split(|&b| b == b'\n')
-            .filter(|l| l.starts_with(b"{"))
-            .next_back()
+            .rfind(|l| l.starts_with(b"{"))
             .unwrap_or(b"{}");
         Ok(serde_json::from_slice(line)?)
     };

@@ -1,4 +1,4 @@
-//! The [`HookSite`] of one rank in a distributed forward: at a hooked point
+//! The [`HookSite`] of one rank of a forward on any mesh: at a hooked point
 //! it gathers the logical activation from the tensor-parallel group (only the
 //! slice the hooks declared they read, when they all read the same slice and
 //! edit nothing), runs the hooks on it, agrees with the other TP ranks on the
@@ -33,7 +33,7 @@ enum Outcome {
     Failed(HookError),
 }
 
-pub(crate) struct DistSite<'a, 'c> {
+pub(crate) struct TpSite<'a, 'c> {
     pub inner: Site<'a>,
     tp: &'c dyn Communicator,
     splits: &'c HashMap<String, Option<TpSplit>>,
@@ -56,7 +56,7 @@ fn to_range(r: &DimRange) -> Option<Range1> {
     })
 }
 
-impl<'a, 'c> DistSite<'a, 'c> {
+impl<'a, 'c> TpSite<'a, 'c> {
     pub fn new(
         inner: Site<'a>,
         tp: &'c dyn Communicator,
@@ -64,7 +64,7 @@ impl<'a, 'c> DistSite<'a, 'c> {
         check_edits: bool,
         global_rank: u32,
     ) -> Self {
-        DistSite {
+        TpSite {
             inner,
             tp,
             splits,
@@ -174,8 +174,10 @@ fn agree(
 
 /// Run the hooks at `point` on the `logical` view of this rank's `local`
 /// part, agree with the TP group on the outcome (with `check`, on the hashes
-/// of the edit and the outputs too), and return the tensor the forward continues with: this
-/// rank's part of the edited view, or `local` unchanged.
+/// of the edit and the outputs too), and return the tensor the forward
+/// continues with (this rank's part of the edited view, or `local`
+/// unchanged) and whether a hook edited it. On a TP group of one, the
+/// logical view is `local` itself and nothing is exchanged.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_and_write_back(
     site: &mut Site<'_>,
@@ -186,7 +188,7 @@ pub(crate) fn run_and_write_back(
     local: Tensor,
     logical: Tensor,
     check: bool,
-) -> Result<Tensor, ModelError> {
+) -> Result<(Tensor, bool), ModelError> {
     let result = site.run_hooks(point, logical);
     if tp.size() > 1 {
         let outcome = match &result {
@@ -208,11 +210,12 @@ pub(crate) fn run_and_write_back(
         agree(tp, global_rank, &plugins, point, outcome)?;
     }
     let (t, edited) = result.map_err(|e| ModelError::Hook(Box::new(e)))?;
-    Ok(match split {
+    let t = match split {
         Some(s) if edited => layout::local_part(&t, s, tp.rank(), tp.size()).contiguous(),
         Some(_) => local,
         None => t,
-    })
+    };
+    Ok((t, edited))
 }
 
 /// Feed a tensor's dtype, shape and values into `h` (values as stored: the
@@ -244,12 +247,27 @@ fn emits_hash(site: &Site<'_>) -> u64 {
     h.digest()
 }
 
-impl HookSite for DistSite<'_, '_> {
+impl HookSite for TpSite<'_, '_> {
     fn active(&self, point: &str) -> bool {
-        self.inner.hooked(point)
+        self.inner.hooked(point) || self.inner.stops_at(point)
     }
 
     fn fire(&mut self, point: &str, local: Tensor) -> Result<Tensor, ModelError> {
+        let t = self.run_point(point, local)?;
+        if self.inner.stops_at(point) {
+            return Err(ModelError::Stopped(point.to_string()));
+        }
+        Ok(t)
+    }
+}
+
+impl TpSite<'_, '_> {
+    /// The hooks at `point` on this rank's `local` part, through the
+    /// logical view; the tensor the forward continues with.
+    pub fn run_point(&mut self, point: &str, local: Tensor) -> Result<Tensor, ModelError> {
+        if !self.inner.hooked(point) {
+            return Ok(local);
+        }
         let tp_size = self.tp.size();
         let split = if tp_size > 1 {
             self.splits.get(point).copied().flatten()
@@ -260,7 +278,7 @@ impl HookSite for DistSite<'_, '_> {
             Some(s) => self.logical_view(point, &local, s)?,
             None => local.shallow_clone(),
         };
-        run_and_write_back(
+        let (t, _) = run_and_write_back(
             &mut self.inner,
             self.tp,
             self.global_rank,
@@ -269,6 +287,7 @@ impl HookSite for DistSite<'_, '_> {
             local,
             logical,
             self.check_edits,
-        )
+        )?;
+        Ok(t)
     }
 }

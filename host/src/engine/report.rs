@@ -226,3 +226,30 @@ pub(crate) fn merge(reports: Vec<RankReport>, mesh: &Mesh, batched: &HashSet<Str
         gathered,
     }
 }
+
+/// Gather every rank's `report` at global rank 0 over `world` and merge
+/// them there (`None` on the other ranks).
+pub(crate) fn gather_merged(
+    world: &dyn crate::distributed::Communicator,
+    report: RankReport,
+    mesh: &Mesh,
+    batched: &HashSet<String>,
+) -> Result<Option<Merged>, super::FlexError> {
+    use super::FlexError;
+    let me = world.rank();
+    let bytes = report.encode().map_err(|m| FlexError::Rank {
+        rank: me,
+        message: m,
+    })?;
+    let Some(all) = world.gather_bytes(bytes, 0)? else {
+        return Ok(None);
+    };
+    let mut reports = Vec::with_capacity(all.len());
+    for (r, b) in all.iter().enumerate() {
+        reports.push(RankReport::decode(b).map_err(|message| FlexError::Rank {
+            rank: r,
+            message: format!("malformed report: {message}"),
+        })?);
+    }
+    Ok(Some(merge(reports, mesh, batched)))
+}

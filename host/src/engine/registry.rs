@@ -1,10 +1,10 @@
-//! The registered hooks of a wrapped model (single-rank or distributed):
-//! which hook, bound to which canonical points, in which groups.
+//! The registered hooks of a wrapped model (on any mesh): which hook, bound
+//! to which canonical points, in which groups; and which groups a pass runs.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::{FlexError, HookHandle};
+use super::FlexError;
 use crate::hooks::{Hook, Plugin, WasmHook};
 use crate::models::{PointInfo, PointPattern};
 
@@ -18,6 +18,39 @@ pub(crate) fn wasm_hook(
 ) -> Result<Arc<dyn Hook>, FlexError> {
     PointPattern::new(pattern)?.select(points)?;
     Ok(Arc::new(WasmHook::new(plugin.clone(), config)?))
+}
+
+/// Identifies a registered hook, to remove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HookHandle(pub(crate) u64);
+
+/// Which hooks run in a forward. Every hook is in group `all` and in the
+/// groups it was tagged with at registration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Groups {
+    /// Every registered hook.
+    #[default]
+    All,
+    /// Only hooks in at least one of these groups.
+    Only(BTreeSet<String>),
+    /// Every hook except those in any of these groups.
+    Except(BTreeSet<String>),
+}
+
+impl Groups {
+    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(g: I) -> Groups {
+        Groups::Only(g.into_iter().map(Into::into).collect())
+    }
+    pub fn except<I: IntoIterator<Item = S>, S: Into<String>>(g: I) -> Groups {
+        Groups::Except(g.into_iter().map(Into::into).collect())
+    }
+    pub(crate) fn enables(&self, tags: &BTreeSet<String>) -> bool {
+        match self {
+            Groups::All => true,
+            Groups::Only(g) => g.contains("all") || tags.iter().any(|t| g.contains(t)),
+            Groups::Except(g) => !g.contains("all") && !tags.iter().any(|t| g.contains(t)),
+        }
+    }
 }
 
 /// A hook bound to hook points.

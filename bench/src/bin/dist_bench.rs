@@ -20,13 +20,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-#[path = "shared/report.rs"]
-mod report;
-
 use anyhow::{Context, Result, bail};
-use flexmodel::api::{DistFlexModel, DistOptions, FlexModel, Groups};
+use flexmodel::api::{FlexModel, Groups, Options};
 use flexmodel::distributed::{Communicator, ThreadComm};
 use flexmodel::hooks::{Runtime, RuntimeConfig};
+use flexmodel_bench::report;
 use tch::{Device, Kind, Tensor};
 
 struct Args {
@@ -146,12 +144,11 @@ fn thread_collectives(reps: usize) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-#[cfg(feature = "mpi")]
 fn mpi_child(reps: usize) -> Result<()> {
-    let (_mpi, world) = flexmodel::distributed::mpi::init(Duration::from_secs(120))?;
+    let (_mpi, world) = flexmodel::distributed::mpi_world(Duration::from_secs(120))?;
     let local = flexmodel::distributed::local_ranks_from_env().unwrap_or(2);
     tch::set_num_threads(flexmodel::distributed::threads_per_rank(local));
-    for (name, mib, secs) in collectives(&world, reps)? {
+    for (name, mib, secs) in collectives(world.as_ref(), reps)? {
         println!(
             "{}",
             serde_json::json!({"op": name, "mib": mib, "secs": secs})
@@ -160,15 +157,10 @@ fn mpi_child(reps: usize) -> Result<()> {
     Ok(())
 }
 
-#[cfg(not(feature = "mpi"))]
-fn mpi_child(_reps: usize) -> Result<()> {
-    bail!("built without the `mpi` feature")
-}
-
 /// The MPI rows, from `mpirun -np 2 <this binary> --mpi-child`; `Err` with
 /// the reason when MPI is not available.
 fn mpi_collectives(reps: usize) -> Result<Vec<Row>> {
-    if !cfg!(feature = "mpi") {
+    if !flexmodel::distributed::HAS_MPI {
         bail!("this build has no MPI backend");
     }
     let exe = std::env::current_exe()?;
@@ -218,8 +210,8 @@ fn main() -> Result<()> {
     eprintln!("P6: TP2 with and without an identity hook on every block output...");
     let mut single = FlexModel::load(&a.model_dir, Kind::Float, Device::Cpu)?;
     // As shipped: TP ranks hash and compare every edit and output.
-    let opts = DistOptions::new(1, 1, 2)?;
-    let mut tp2 = DistFlexModel::load(&a.model_dir, opts)?;
+    let opts = Options::new(1, 1, 2)?;
+    let mut tp2 = FlexModel::load_with(&a.model_dir, &opts)?;
     tp2.register_wasm(
         &bench,
         "blocks.*.hook_resid_post",
@@ -243,9 +235,9 @@ fn main() -> Result<()> {
         r#"{"factor": 1.0}"#,
         &["edit"],
     )?;
-    let mut off = DistOptions::new(1, 1, 2)?;
+    let mut off = Options::new(1, 1, 2)?;
     off.check_edits = false;
-    let mut tp2_off = DistFlexModel::load(&a.model_dir, off)?;
+    let mut tp2_off = FlexModel::load_with(&a.model_dir, &off)?;
     tp2_off.register_wasm(
         &scale,
         "blocks.*.hook_resid_post",

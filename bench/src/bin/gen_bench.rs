@@ -13,12 +13,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-#[path = "shared/report.rs"]
-mod report;
-
 use anyhow::{Context, Result, bail};
 use flexmodel::api::{FlexModel, GenerateOptions, Groups, Sampling};
 use flexmodel::hooks::{Runtime, RuntimeConfig};
+use flexmodel_bench::report;
 use tch::{Device, Kind, Tensor};
 
 fn main() -> Result<()> {

@@ -16,15 +16,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[path = "shared/report.rs"]
-mod report;
-
 use anyhow::{Context, Result};
 use flexmodel::hooks::instance::PluginInstance;
 use flexmodel::hooks::{
     Access, CallContext, CallReport, CpuLimit, Hook, HookError, RankInfo, Runtime, RuntimeConfig,
     WasmHook,
 };
+use flexmodel_bench::report;
 use tch::{Kind, Tensor};
 
 struct Args {
@@ -372,10 +370,7 @@ fn main() -> Result<()> {
             v(*ro)
         ));
     }
-    md.push_str(
-        &"- instantiation of the Rust plugins: target ≤ 50 µs (see the table above)\n\n"
-            .to_string(),
-    );
+    md.push_str("- instantiation of the Rust plugins: target ≤ 50 µs (see the table above)\n\n");
 
     print!("{md}");
     if let Some(out) = &args.out {

@@ -1,0 +1,5 @@
+//! The benchmark binaries of FlexModel-rs (`hook-bench`, `model-bench`,
+//! `dist-bench`, `gen-bench`; `scripts/bench.sh` runs them all), kept out of
+//! the product crate. What they share lives here.
+
+pub mod report;

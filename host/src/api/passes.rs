@@ -1,0 +1,221 @@
+//! The passes of a [`FlexModel`]: forward, forward-until, generation and
+//! backward, the same on every layout.
+
+use std::sync::Arc;
+use std::sync::mpsc::channel;
+
+use tch::Tensor;
+
+use super::Reply;
+use super::facade::{FlexModel, Ranks};
+use super::threads::{self, Job};
+use crate::engine::{
+    BackwardOutput, FlexError, ForwardOutput, GenerateOptions, GenerateOutput, Groups, Loss,
+    RankBackward, RunOutput, StoppedOutput, batch_ids, text_ids,
+};
+use crate::models::PointPattern;
+
+/// The merged result among every rank's (global rank 0's); with errors, the
+/// first rank's; `NotRoot` on another rank of a launched job.
+fn root<T>(each: Vec<Result<Option<T>, FlexError>>, rank: usize) -> Result<T, FlexError> {
+    let mut out = None;
+    for r in each {
+        if let Some(o) = r? {
+            out = Some(o);
+        }
+    }
+    out.ok_or(FlexError::NotRoot { rank })
+}
+
+impl FlexModel {
+    /// Run a forward on `input_ids` (`[batch, seq]` or `[seq]`, int64) with
+    /// the hooks `groups` enables; the merged result (global rank 0's).
+    pub fn forward(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+    ) -> Result<ForwardOutput, FlexError> {
+        let each = self.run_forward(input_ids, groups, None)?;
+        root(each, self.global_rank())?.into_forward()
+    }
+
+    /// Like [`Self::forward`], with the result of every rank this process
+    /// runs (all of them in global rank order, or its own rank of a
+    /// launched job): the merged output at rank 0, `None` at the others, or
+    /// each rank's error.
+    pub fn forward_each(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+    ) -> Result<Vec<Reply>, FlexError> {
+        let each = self.run_forward(input_ids, groups, None)?;
+        Ok(each
+            .into_iter()
+            .map(|r| r.and_then(|o| o.map(RunOutput::into_forward).transpose()))
+            .collect())
+    }
+
+    /// Tokenize `text` with the model's tokenizer and run [`Self::forward`].
+    pub fn forward_text(
+        &mut self,
+        text: &str,
+        groups: &Groups,
+    ) -> Result<ForwardOutput, FlexError> {
+        let ids = text_ids(self.tokenizer.as_ref(), text)?;
+        self.forward(&ids, groups)
+    }
+
+    /// Run the forward only up to the hook point `stop_after` (a name, alias
+    /// or pattern; with several matches, the last in forward order), after its
+    /// hooks ran: for retrieving activations without paying for the rest of
+    /// the model (TransformerLens' `stop_at_layer`). No logits are computed;
+    /// on a mesh, later pipeline stages do not run.
+    pub fn forward_until(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+        stop_after: &str,
+    ) -> Result<StoppedOutput, FlexError> {
+        let points = PointPattern::new(stop_after)?.select(&self.points)?;
+        let stop = points.last().cloned().unwrap_or_default();
+        let each = self.run_forward(input_ids, groups, Some(stop.clone()))?;
+        Ok(root(each, self.global_rank())?.into_stopped(stop))
+    }
+
+    fn run_forward(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+        stop: Option<String>,
+    ) -> Result<Vec<Result<Option<RunOutput>, FlexError>>, FlexError> {
+        let ids = batch_ids(input_ids)?;
+        let index = self.forward_index;
+        self.forward_index += 1;
+        match &mut self.ranks {
+            Ranks::Here { engine, .. } => Ok(vec![engine.forward_once(
+                &ids,
+                &self.registry.regs,
+                groups,
+                index,
+                stop.as_deref(),
+            )]),
+            Ranks::Threads(pool) => {
+                let regs = Arc::new(self.registry.regs.clone());
+                pool.run("the forward", |reply| Job::Forward {
+                    ids: ids.copy(),
+                    regs: regs.clone(),
+                    groups: groups.clone(),
+                    index,
+                    stop: stop.clone(),
+                    reply,
+                })
+            }
+        }
+    }
+
+    /// Generate up to `opts.max_new_tokens` tokens after `input_ids`
+    /// (`[seq]` or `[batch, seq]`) with a key/value cache, the hooks `groups`
+    /// enables firing at every step (`CallContext::generation` says which);
+    /// `on_token(step, tokens)` gets each step's new token per sequence as
+    /// global rank 0 chooses them.
+    pub fn generate(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(usize, &[i64]),
+    ) -> Result<GenerateOutput, FlexError> {
+        let index = self.forward_index;
+        self.forward_index += opts.max_new_tokens as u64;
+        let rank = self.global_rank();
+        let each = match &mut self.ranks {
+            Ranks::Here { engine, .. } => vec![engine.generate(
+                input_ids,
+                &self.registry.regs,
+                groups,
+                index,
+                opts,
+                on_token,
+            )],
+            Ranks::Threads(pool) => {
+                let regs = Arc::new(self.registry.regs.clone());
+                let (stream_tx, stream_rx) = channel();
+                let replies = pool.send(|reply| Job::Generate {
+                    ids: input_ids.copy(),
+                    regs: regs.clone(),
+                    groups: groups.clone(),
+                    index,
+                    opts: opts.clone(),
+                    stream: stream_tx.clone(),
+                    reply,
+                })?;
+                drop(stream_tx);
+                for (step, t) in stream_rx {
+                    on_token(step, &t);
+                }
+                threads::collect(replies, "generation")
+            }
+        };
+        root(each, rank)
+    }
+
+    /// A forward on `input_ids` and a backward pass of `loss`: forward hooks
+    /// run, backward hooks see (and may edit) the gradient at their points,
+    /// and parameter gradients are returned (the model is unchanged). The
+    /// merged result (global rank 0's).
+    pub fn backward(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+        loss: &Loss,
+    ) -> Result<BackwardOutput, FlexError> {
+        let rank = self.global_rank();
+        let each = self.run_backward(input_ids, groups, loss)?;
+        root(each.into_iter().map(|r| r.map(|(_, m)| m)).collect(), rank)
+    }
+
+    /// A backward pass with every rank's own view (this process's ranks, in
+    /// global rank order): its loss, its backward hooks' gradients and the
+    /// gradients of its parameters (its tensor-parallel slices).
+    pub fn backward_each(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+        loss: &Loss,
+    ) -> Result<Vec<Result<RankBackward, FlexError>>, FlexError> {
+        let each = self.run_backward(input_ids, groups, loss)?;
+        Ok(each.into_iter().map(|r| r.map(|(mine, _)| mine)).collect())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run_backward(
+        &mut self,
+        input_ids: &Tensor,
+        groups: &Groups,
+        loss: &Loss,
+    ) -> Result<Vec<Result<(RankBackward, Option<BackwardOutput>), FlexError>>, FlexError> {
+        let ids = batch_ids(input_ids)?;
+        let index = self.forward_index;
+        self.forward_index += 1;
+        match &mut self.ranks {
+            Ranks::Here { engine, .. } => Ok(vec![engine.backward(
+                &ids,
+                &self.registry.regs,
+                groups,
+                index,
+                loss,
+            )]),
+            Ranks::Threads(pool) => {
+                let regs = Arc::new(self.registry.regs.clone());
+                pool.run("the backward pass", |reply| Job::Backward {
+                    ids: ids.copy(),
+                    regs: regs.clone(),
+                    groups: groups.clone(),
+                    index,
+                    loss: loss.deep_copy(),
+                    reply,
+                })
+            }
+        }
+    }
+}

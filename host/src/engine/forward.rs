@@ -1,0 +1,280 @@
+//! One forward pass on one rank of any mesh; on the mesh `(1, 1, 1)` the
+//! fast path hands the site's outputs over as they are.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use tch::{Kind, Tensor};
+
+use super::report::{RankFailure, RankReport, gather_merged};
+use super::site::{RunBudget, Site};
+use super::stage::{self, Handoff};
+use super::tp_site::TpSite;
+use super::{Engine, FlexError, Groups, LogLine, Registration, RunOutput, TpAdapter};
+use super::{failure, model_error};
+use crate::hooks::GenStep;
+use crate::models::{KvCache, ModelError};
+
+/// One pass: its number, and what generation or `forward_until` adds.
+pub(crate) struct Pass<'p> {
+    /// Forward number (the same on every rank).
+    pub index: u64,
+    /// Set during generation.
+    pub step: Option<GenStep>,
+    /// Stop after this canonical point's hooks ran.
+    pub stop: Option<&'p str>,
+    /// This rank's key/value cache while generating.
+    pub cache: Option<&'p mut KvCache>,
+    /// The per-forward caps (carried from step to step while generating).
+    pub budget: &'p mut RunBudget,
+}
+
+/// What this rank's stage produced.
+enum Stage {
+    Hidden(Tensor),
+    /// The last stage's logits (`None` at TP ranks other than 0).
+    Logits(Option<Tensor>),
+    Stopped,
+}
+
+/// Why a stage failed: a model error (kept as it is on one rank) or a
+/// failure another rank reported.
+enum StageError {
+    Model(ModelError),
+    Failed(RankFailure),
+}
+
+/// What the hooks of this rank produced.
+#[derive(Default)]
+struct Local {
+    batch: i64,
+    outputs: BTreeMap<String, Tensor>,
+    producers: BTreeMap<String, String>,
+    logs: Vec<LogLine>,
+    gathered: BTreeMap<String, u64>,
+}
+
+impl Engine {
+    /// One whole forward (not a generation step), stopped after `stop` if
+    /// given: see [`Self::forward`].
+    pub(crate) fn forward_once(
+        &mut self,
+        ids: &Tensor,
+        regs: &[Registration],
+        groups: &Groups,
+        index: u64,
+        stop: Option<&str>,
+    ) -> Result<Option<RunOutput>, FlexError> {
+        let mut budget = RunBudget::new(self.limits);
+        let pass = Pass {
+            index,
+            step: None,
+            stop,
+            cache: None,
+            budget: &mut budget,
+        };
+        self.forward(ids, regs, groups, pass)
+    }
+
+    /// This rank's part of a forward on the full batch `ids` (`[batch,
+    /// seq]`, the same on every rank). The merged output at global rank 0,
+    /// `None` elsewhere; an error on any rank is returned on every rank.
+    pub(crate) fn forward(
+        &mut self,
+        ids: &Tensor,
+        regs: &[Registration],
+        groups: &Groups,
+        pass: Pass<'_>,
+    ) -> Result<Option<RunOutput>, FlexError> {
+        self.set_epoch(pass.index);
+        let index = pass.index;
+        let mut local = Local::default();
+        let result = self.run_stage(ids, regs, groups, pass, &mut local);
+        if self.alone() {
+            return match result {
+                Ok(Stage::Logits(logits)) => Ok(Some(run_output(local, logits, index))),
+                Ok(Stage::Hidden(t)) => Ok(Some(run_output(local, Some(t), index))),
+                Ok(Stage::Stopped) => Ok(Some(run_output(local, None, index))),
+                Err(StageError::Model(e)) => Err(model_error(e, local.outputs)),
+                Err(StageError::Failed(f)) => Err(f.into_error(local.outputs)),
+            };
+        }
+        let me = self.global_rank();
+        let result = result.map_err(|e| match e {
+            StageError::Model(e) => failure(e, me),
+            StageError::Failed(f) => f,
+        });
+        self.finish(result, local, index)
+    }
+
+    fn run_stage(
+        &self,
+        ids: &Tensor,
+        regs: &[Registration],
+        groups: &Groups,
+        pass: Pass<'_>,
+        local: &mut Local,
+    ) -> Result<Stage, StageError> {
+        let g = &self.groups;
+        let me = g.world.rank();
+        let input = |m: String| StageError::Failed(RankFailure::Input(m));
+        self.check_ids(ids).map_err(input)?;
+        let (start, rows) = self.replica_rows(ids.size()[0]).map_err(input)?;
+        local.batch = rows;
+        let device = self.model.device();
+        let local_ids = ids.narrow(0, start, rows).to_device(device);
+        let hidden = if self.coords.pp > 0 {
+            let msg =
+                g.pp.recv_bytes(self.coords.pp - 1)
+                    .map_err(|e| StageError::Failed(RankFailure::Comm(e)))?;
+            match stage::decode(&msg, me).map_err(StageError::Failed)? {
+                Some(h) => Some(h.to_device(device)),
+                None => return Ok(Stage::Stopped),
+            }
+        } else {
+            None
+        };
+        let mut site = Site::new(
+            regs,
+            groups,
+            pass.index,
+            pass.stop.map(String::from),
+            self.rank_info(),
+        );
+        site.generation = pass.step;
+        site.budget = std::mem::take(pass.budget);
+        let mut site = TpSite::new(
+            site,
+            g.tp.as_ref(),
+            &self.splits,
+            self.check_edits,
+            me as u32,
+        );
+        let out = self.model.forward_stage(
+            &local_ids,
+            hidden,
+            &mut site,
+            &TpAdapter(g.tp.as_ref()),
+            pass.cache,
+        );
+        *pass.budget = std::mem::take(&mut site.inner.budget);
+        local.outputs = site.inner.outputs;
+        local.producers = site.inner.producers;
+        local.logs = site.inner.logs;
+        local.gathered = site.gathered;
+        let out = match out {
+            Ok(t) => t,
+            Err(ModelError::Stopped(_)) => return Ok(Stage::Stopped),
+            Err(e) => return Err(StageError::Model(e)),
+        };
+        if self.coords.pp + 1 < self.mesh.pp {
+            return Ok(Stage::Hidden(out));
+        }
+        if self.mesh.tp > 1 {
+            // Vocab-parallel logits: whole at TP rank 0 only.
+            let parts =
+                g.tp.gather(&out, 0)
+                    .map_err(|e| StageError::Failed(RankFailure::Comm(e)))?;
+            return Ok(Stage::Logits(
+                parts.map(|p| Tensor::cat(&p, -1).to_device(device)),
+            ));
+        }
+        Ok(Stage::Logits(Some(out)))
+    }
+
+    /// Token ids the model can take: `[batch, seq]`, int64, in the
+    /// vocabulary (a vocabulary-parallel embedding would turn an
+    /// out-of-range id into zeros instead of an error).
+    fn check_ids(&self, ids: &Tensor) -> Result<(), String> {
+        let size = ids.size();
+        if size.len() != 2 {
+            return Err(format!("input_ids must be [batch, seq], got {size:?}"));
+        }
+        if ids.kind() != Kind::Int64 {
+            return Err(format!("input_ids must be int64, got {:?}", ids.kind()));
+        }
+        if ids.numel() > 0 {
+            let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+            if lo < 0 || hi >= self.vocab {
+                let bad = if lo < 0 { lo } else { hi };
+                return Err(format!("token ids must be in 0..{}, got {bad}", self.vocab));
+            }
+        }
+        Ok(())
+    }
+
+    /// On a mesh: pass the stage's result on, agree on the outcome with
+    /// every rank, and merge the reports at global rank 0.
+    fn finish(
+        &self,
+        result: Result<Stage, RankFailure>,
+        local: Local,
+        index: u64,
+    ) -> Result<Option<RunOutput>, FlexError> {
+        let g = &self.groups;
+        let (pp, c) = (self.mesh.pp, self.coords);
+        let mut result = result;
+        if c.pp + 1 < pp {
+            let msg = match &result {
+                Ok(Stage::Hidden(t)) => stage::encode(Handoff::Hidden(t)),
+                Ok(_) => stage::encode(Handoff::Stopped),
+                Err(f) => stage::encode(Handoff::Failed(f)),
+            };
+            if let Err(e) = g.pp.send_bytes(msg, c.pp + 1) {
+                result = Err(RankFailure::Comm(e));
+            }
+        }
+        if let Err(f) = &result
+            && !matches!(f, RankFailure::Hook(_) | RankFailure::Input(_))
+        {
+            // Not an outcome the TP group agreed on: let peers waiting on
+            // this rank fail now rather than at their timeout.
+            g.tp.abort(&format!("{f:?}"));
+        }
+        // Every rank learns every rank's outcome.
+        let status = serde_json::to_vec(&result.as_ref().err()).unwrap_or_default();
+        let statuses = g.world.all_gather_bytes(Bytes::from(status))?;
+        let failures: Vec<Option<RankFailure>> = statuses
+            .iter()
+            .map(|b| serde_json::from_slice(b).unwrap_or(None))
+            .collect();
+        let failed = RankFailure::pick(failures);
+        // Results reach global rank 0, also from a failed forward.
+        let logits = match result {
+            Ok(Stage::Logits(Some(t))) if c.tp == 0 => Some(t),
+            _ => None,
+        };
+        let report = RankReport {
+            coords: c,
+            batch: local.batch,
+            outputs: local.outputs,
+            producers: local.producers,
+            logs: local.logs,
+            gathered: local.gathered,
+            logits,
+        };
+        let merged = gather_merged(g.world.as_ref(), report, &self.mesh, &self.batched)?;
+        if let Some(f) = failed {
+            return Err(f.into_error(merged.map(|m| m.outputs).unwrap_or_default()));
+        }
+        Ok(merged.map(|m| RunOutput {
+            logits: m.logits,
+            outputs: m.outputs,
+            producers: m.producers,
+            logs: m.logs,
+            forward_index: index,
+            gathered_bytes: m.gathered,
+        }))
+    }
+}
+
+fn run_output(local: Local, logits: Option<Tensor>, index: u64) -> RunOutput {
+    RunOutput {
+        logits,
+        outputs: local.outputs,
+        producers: local.producers,
+        logs: local.logs,
+        forward_index: index,
+        gathered_bytes: local.gathered,
+    }
+}

@@ -1,0 +1,156 @@
+//! Generation with a key/value cache on any mesh, hooks firing at every
+//! step: the prompt first (step 0), then one token per step. Hooks see the
+//! step and the position in their call context (`CallContext::generation`),
+//! so a steering hook can act on new tokens only and a retrieval hook
+//! collects per-step activations (output keys `step{k}/<point>`). Every rank
+//! runs each step; global rank 0 chooses the next tokens and shares them.
+
+use std::collections::BTreeMap;
+
+use tch::{Device, Tensor};
+
+use super::forward::Pass;
+use super::sampling::{Chooser, GenerateOptions, GenerateOutput, prompt_ids, step_key};
+use super::site::RunBudget;
+use super::{Engine, FlexError, Groups, LogLine, Registration};
+use crate::hooks::GenStep;
+use crate::models::KvCache;
+
+/// What the steps so far produced (at global rank 0).
+#[derive(Default)]
+struct Collected {
+    outputs: BTreeMap<String, Tensor>,
+    producers: BTreeMap<String, String>,
+    logs: Vec<LogLine>,
+}
+
+impl Engine {
+    /// Generate after `ids` (the same on every rank), forward numbers
+    /// `first_index..`: rank 0 calls `on_token` with each step's tokens and
+    /// returns the output, the others `None`.
+    pub(crate) fn generate(
+        &mut self,
+        ids: &Tensor,
+        regs: &[Registration],
+        groups: &Groups,
+        first_index: u64,
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(usize, &[i64]),
+    ) -> Result<Option<GenerateOutput>, FlexError> {
+        let ids = prompt_ids(ids)?;
+        let b = ids.size()[0] as usize;
+        let root = self.global_rank() == 0;
+        let mut chooser = Chooser::new(opts, b)?;
+        let mut cache = KvCache::new();
+        let mut tokens = ids.to_device(Device::Cpu);
+        let mut new_tokens = vec![Vec::new(); b];
+        let mut got = Collected::default();
+        let mut input = ids;
+        // One budget for the whole generation: the caps span all steps.
+        let mut budget = RunBudget::new(self.limits);
+        for step in 0..opts.max_new_tokens {
+            let pass = Pass {
+                index: first_index + step as u64,
+                step: Some(GenStep {
+                    step: step as u64,
+                    position: cache.len() as u64,
+                }),
+                stop: None,
+                cache: Some(&mut cache),
+                budget: &mut budget,
+            };
+            let out = match self.forward(&input, regs, groups, pass) {
+                Ok(o) => o,
+                Err(e) => return Err(with_earlier_steps(e, step, got.outputs)),
+            };
+            // Rank 0 picks the next tokens and tells everyone.
+            let chosen = match out {
+                Some(o) if root => {
+                    for (k, v) in o.outputs {
+                        got.outputs.insert(step_key(step, &k), v);
+                    }
+                    for (k, v) in o.producers {
+                        got.producers.insert(step_key(step, &k), v);
+                    }
+                    got.logs.extend(o.logs);
+                    let logits = o.logits.ok_or_else(|| FlexError::Rank {
+                        rank: 0,
+                        message: "no logits reached rank 0".into(),
+                    })?;
+                    let next = chooser.next(&logits)?;
+                    on_token(step, &next);
+                    Some((next, chooser.all_done()))
+                }
+                _ => None,
+            };
+            let (next, done) = self.share_tokens(chosen, b)?;
+            for (row, t) in new_tokens.iter_mut().zip(&next) {
+                row.push(*t);
+            }
+            let col = Tensor::from_slice(&next).view([b as i64, 1]);
+            tokens = Tensor::cat(&[&tokens, &col], 1);
+            if done {
+                break;
+            }
+            input = col;
+        }
+        Ok(root.then_some(GenerateOutput {
+            tokens,
+            new_tokens,
+            outputs: got.outputs,
+            producers: got.producers,
+            logs: got.logs,
+        }))
+    }
+
+    /// Rank 0's choice of the next `b` tokens (and whether generation is
+    /// done) on every rank.
+    fn share_tokens(
+        &self,
+        chosen: Option<(Vec<i64>, bool)>,
+        b: usize,
+    ) -> Result<(Vec<i64>, bool), FlexError> {
+        if self.alone() {
+            return chosen.ok_or_else(|| FlexError::Rank {
+                rank: 0,
+                message: "no tokens chosen".into(),
+            });
+        }
+        let msg = chosen.map(|(next, done)| {
+            let mut m = vec![u8::from(done)];
+            m.extend(next.iter().flat_map(|t| t.to_le_bytes()));
+            bytes::Bytes::from(m)
+        });
+        let m = self.groups.world.broadcast_bytes(msg, 0)?;
+        let next: Vec<i64> = m
+            .get(1..)
+            .unwrap_or_default()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        if next.len() != b {
+            return Err(FlexError::Rank {
+                rank: 0,
+                message: format!("sent {} next tokens for {b} sequences", next.len()),
+            });
+        }
+        Ok((next, m.first() == Some(&1)))
+    }
+}
+
+/// A failed step's error with the earlier steps' outputs kept too.
+fn with_earlier_steps(e: FlexError, step: usize, earlier: BTreeMap<String, Tensor>) -> FlexError {
+    match e {
+        FlexError::Hook { error, partial } => {
+            let mut all = earlier;
+            for (k, v) in partial.into_inner().unwrap_or_default() {
+                all.insert(step_key(step, &k), v);
+            }
+            FlexError::Hook {
+                error,
+                partial: std::sync::Mutex::new(all),
+            }
+        }
+        e => e,
+    }
+}
