@@ -8,14 +8,10 @@ use std::sync::Arc;
 use wasmtime::component::Component;
 
 use super::bindings::HookPluginPre;
-use super::engine::Runtime;
+use super::engine::Core;
 use super::error::LoadError;
-use super::instance::PluginInstance;
 
-/// The WIT package this host implements.
-pub const WIT_PACKAGE: &str = "flexmodel:hook";
-/// Its version (see `wit/hook.wit`).
-pub const WIT_VERSION: &str = "0.1.1";
+pub use super::wit::{WIT_PACKAGE, WIT_VERSION};
 
 /// What a plugin says about itself (WIT `plugin-info`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -35,7 +31,7 @@ pub struct Plugin {
     /// `flexmodel:hook` version the component was built against.
     pub wit_version: String,
     pub(crate) pre: HookPluginPre<super::store::HostState>,
-    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) core: Arc<Core>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -84,11 +80,11 @@ fn compatible(v: &str) -> bool {
 
 impl Plugin {
     pub(crate) fn from_component(
-        runtime: &Arc<Runtime>,
+        core: &Arc<Core>,
         component: Component,
         hash: String,
     ) -> Result<Plugin, LoadError> {
-        let engine = &runtime.engine;
+        let engine = &core.engine;
         let ty = component.component_type();
         let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
         let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
@@ -119,13 +115,14 @@ impl Plugin {
             });
         }
 
-        let pre = runtime.linker.instantiate_pre(&component).map_err(|e| {
+        let pre = core.linker.instantiate_pre(&component).map_err(|e| {
             LoadError::UnsupportedImport(format!("{e:#}").lines().next().unwrap_or("").to_string())
         })?;
         let pre = HookPluginPre::new(pre).map_err(|e| LoadError::WrongWorld {
             exports: format!("{} ({e:#})", exports.join(", ")),
         })?;
-        let mut plugin = Plugin {
+        // `info` is filled in by asking the plugin (`runtime::describe`).
+        Ok(Plugin {
             hash,
             info: PluginInfo {
                 name: String::new(),
@@ -136,17 +133,8 @@ impl Plugin {
             },
             wit_version: wit_version.unwrap_or_default(),
             pre,
-            runtime: runtime.clone(),
-        };
-        // Ask the plugin who it is, under the usual sandbox and limits.
-        let mut probe = PluginInstance::new(&plugin, "<load>".into(), 0, Default::default())
-            .map_err(|e| LoadError::BadMetadata(e.to_string()))?;
-        let info = probe
-            .metadata()
-            .map_err(|e| LoadError::BadMetadata(e.to_string()))?;
-        validate_info(&info)?;
-        plugin.info = info;
-        Ok(plugin)
+            core: core.clone(),
+        })
     }
 
     /// Short identity for logs: `name@version (sha256:abcd1234…)`.
@@ -160,7 +148,7 @@ impl Plugin {
     }
 }
 
-fn validate_info(info: &PluginInfo) -> Result<(), LoadError> {
+pub(crate) fn validate_info(info: &PluginInfo) -> Result<(), LoadError> {
     let ok_name = !info.name.is_empty()
         && info.name.len() <= 64
         && info

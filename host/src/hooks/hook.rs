@@ -4,7 +4,7 @@
 
 use tch::Tensor;
 
-use super::activation::DType;
+use super::dtype::DType;
 use super::error::HookError;
 use super::slice::DimRange;
 

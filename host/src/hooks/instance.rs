@@ -14,7 +14,7 @@ use super::activation::{ActivationBuf, Committed, EditMode, Journal};
 use super::artifact::{Plugin, PluginInfo};
 use super::bindings::HookPlugin;
 use super::bindings::wit_types as wit;
-use super::engine::{CpuLimit, NonFinitePolicy};
+use super::config::{CpuLimit, NonFinitePolicy};
 use super::error::{HookError, HookErrorKind, PluginError, TrapText};
 use super::hook::{Access, CallContext, CallReport, LogLevel};
 use super::host::{from_wit_slice, to_wit_dtype};
@@ -57,7 +57,7 @@ impl PluginInstance {
         rank: u32,
         state: StateMap,
     ) -> Result<Self, HookError> {
-        let rt = &plugin.runtime;
+        let rt = &plugin.core;
         let capture = Capture::default();
         let seed = stream_seed(rt.config.seed, &plugin.hash, "wasi", 0);
         let err = |kind| HookError {

@@ -1,13 +1,16 @@
 //! The hook runtime: HookFunctions compiled to WebAssembly components, loaded
 //! with wasmtime and called sandboxed on activation tensors.
 //!
-//! - [`engine`]: the configured runtime (engine, linker, compile cache, limits).
+//! - [`runtime`]: the runtime users hold: loading, the compile cache.
+//! - [`engine`]: the configured wasmtime engine and linker plugins run on.
+//! - [`config`]: everything configurable about the runtime.
 //! - [`artifact`]: a validated, compiled plugin and its self-description.
 //! - [`plugin`]: a plugin registered with a configuration, one instance per rank.
 //! - [`instance`]: one live instance and the transaction around each call.
 //! - [`activation`]: host-side ranged access to a tensor, with an undo journal.
 //! - [`host`]: the host side of each WIT interface.
-//! - [`sandbox`]: WASI with nothing granted; denied capabilities trap.
+//! - [`sandbox`]: WASI with nothing granted; denied capabilities trap;
+//!   [`capture`]: what a plugin prints.
 //! - [`limits`]: every limit on what a plugin may make the host do.
 //! - [`compile`]: bounded compilation in a child process.
 //! - [`cache`]: the authenticated cache of compiled components.
@@ -17,7 +20,9 @@ mod activation_read;
 pub mod artifact;
 mod bindings;
 pub mod cache;
+pub mod capture;
 pub mod compile;
+pub mod config;
 pub mod dtype;
 pub mod engine;
 pub mod error;
@@ -27,17 +32,20 @@ pub mod instance;
 mod journal;
 pub mod limits;
 pub mod plugin;
+pub mod runtime;
 pub mod sandbox;
 pub mod slice;
 mod store;
+mod wit;
 
 pub use activation::{DType, EditMode};
 pub use artifact::{Plugin, PluginInfo, WIT_VERSION};
-pub use engine::{CpuLimit, NonFinitePolicy, Runtime, RuntimeConfig};
+pub use config::{CpuLimit, NonFinitePolicy, RuntimeConfig};
 pub use error::{HookError, HookErrorKind, LoadError, OutputConflict, PluginError};
 pub use hook::{Access, CallContext, CallReport, Emitted, GenStep, Hook, LogLevel, RankInfo};
 pub use limits::{CacheLimits, CompileLimits, ForwardLimits, HostLimits};
 pub use plugin::WasmHook;
+pub use runtime::Runtime;
 pub use sandbox::Grants;
 pub use slice::DimRange;
 pub use store::CallLimits;

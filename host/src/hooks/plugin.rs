@@ -64,7 +64,7 @@ impl WasmHook {
             plugin: plugin.info.name.clone(),
             error: e.kind.to_string(),
         })?;
-        let seed_base = stream_seed(plugin.runtime.config.seed, &plugin.hash, &config, 0);
+        let seed_base = stream_seed(plugin.core.config.seed, &plugin.hash, &config, 0);
         // The probe instance becomes rank 0's (usual first caller).
         let slot = Slot {
             state,

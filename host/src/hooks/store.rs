@@ -194,7 +194,7 @@ pub struct HostState {
     /// The environment was read during the current hook call.
     pub env_read: bool,
     /// What the guest wrote to stdout/stderr (bounded; shown in errors only).
-    pub stdio: super::sandbox::Capture,
+    pub stdio: super::capture::Capture,
 }
 
 impl HostState {
