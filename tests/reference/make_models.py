@@ -99,6 +99,50 @@ def first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
+def norm_inputs(model, paths, handles):
+    """Capture the input of each norm module in `paths` (forward pre-hooks)."""
+    seen = {}
+    for path in paths:
+        def hook(_m, args, kwargs, path=path):
+            seen[path] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+        handles.append(model.get_submodule(path).register_forward_pre_hook(hook, with_kwargs=True))
+    return seen
+
+
+def add_norm_parts(acts, seen, model, rms):
+    """TransformerLens' points inside each norm, from the norm's input:
+    `hook_scale` = sqrt(mean((x - mean)^2) + eps) (RMS: no centring, in
+    float32), `hook_normalized` = x / scale (before the weight and bias)."""
+    for path, x in seen.items():
+        mod = model.get_submodule(path)
+        eps = getattr(mod, "eps", None) or getattr(mod, "variance_epsilon", None)
+        if rms:
+            h = x.float()
+            scale = (h.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+            normalized = (h / scale).to(x.dtype)
+        else:
+            c = x - x.mean(-1, keepdim=True)
+            scale = (c.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+            normalized = c / scale
+        acts[f"{path}.hook_scale"] = scale.to(x.dtype).clone()
+        acts[f"{path}.hook_normalized"] = normalized.clone()
+
+
+def scores(q, k, scaling, window=None):
+    """Attention scores as eager attention computes them: `q @ k^T *
+    scaling` (`[batch, head, query, key]`; k repeated to q's heads) with
+    masked positions (future keys; keys `window` or more positions back) at
+    the dtype's minimum."""
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    s = q @ k.transpose(-1, -2) * scaling
+    pos = torch.arange(q.shape[2])
+    masked = pos[None, :] > pos[:, None]
+    if window is not None:
+        masked |= pos[None, :] <= pos[:, None] - window
+    return s.masked_fill(masked, torch.finfo(s.dtype).min).clone()
+
+
 def capture_gpt2(model, ids):
     cfg = model.config
     nh, d = cfg.n_head, cfg.n_embd
@@ -130,13 +174,21 @@ def capture_gpt2(model, ids):
             handles.append(blk.get_submodule(sub).register_forward_hook(save(f"{p}.{sub}")))
         heads = lambda x: x.reshape(x.shape[0], x.shape[1], nh, hd)
         handles.append(blk.attn.c_proj.register_forward_pre_hook(save_input(f"{p}.attn.hook_z", heads), with_kwargs=True))
+    norms = [f"transformer.h.{i}.{n}" for i in range(cfg.n_layer) for n in ("ln_1", "ln_2")] + ["transformer.ln_f"]
+    seen = norm_inputs(model, norms, handles)
     with torch.no_grad():
         out = model(ids, output_attentions=True)
     for h in handles:
         h.remove()
+    add_norm_parts(acts, seen, model, rms=False)
+    acts["transformer.hook_pos_embed"] = acts["transformer.wpe"].expand(BATCH, SEQ, d).clone()
     for i in range(cfg.n_layer):
         p = f"transformer.h.{i}"
+        scaling = hd ** -0.5 if cfg.scale_attn_weights else 1.0
+        if cfg.scale_attn_by_inverse_layer_idx:
+            scaling /= i + 1
         q, k, v = acts[f"{p}.attn.c_attn"].split(d, dim=2)
+        acts[f"{p}.attn.hook_attn_scores"] = scores(q.reshape(BATCH, SEQ, nh, hd), k.reshape(BATCH, SEQ, nh, hd), scaling)
         acts[f"{p}.attn.hook_q"] = q.reshape(BATCH, SEQ, nh, hd).clone()
         acts[f"{p}.attn.hook_k"] = k.reshape(BATCH, SEQ, nh, hd).clone()
         acts[f"{p}.attn.hook_v"] = v.reshape(BATCH, SEQ, nh, hd).clone()
@@ -177,12 +229,17 @@ def capture_llama(model, ids):
             handles.append(layer.get_submodule(sub).register_forward_hook(save(f"{p}.{sub}")))
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(save_input(f"{p}.self_attn.hook_z"), with_kwargs=True))
         handles.append(layer.mlp.down_proj.register_forward_pre_hook(save_input(f"{p}.mlp.hook_post"), with_kwargs=True))
+    norms = [f"model.layers.{i}.{n}" for i in range(cfg.num_hidden_layers)
+             for n in ("input_layernorm", "post_attention_layernorm")] + ["model.norm"]
+    seen = norm_inputs(model, norms, handles)
     with torch.no_grad():
         out = model(ids, output_attentions=True)
         pos = torch.arange(SEQ).unsqueeze(0)
         cos, sin = m.rotary_emb(acts["model.embed_tokens"], pos)
     for h in handles:
         h.remove()
+    add_norm_parts(acts, seen, model, rms=True)
+    window = getattr(cfg, "sliding_window", None) if cfg.model_type == "mistral" else None
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}"
         a = f"{p}.self_attn"
@@ -194,6 +251,7 @@ def capture_llama(model, ids):
         rq, rk = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
         acts[f"{a}.hook_rot_q"] = rq.transpose(1, 2).clone()
         acts[f"{a}.hook_rot_k"] = rk.transpose(1, 2).clone()
+        acts[f"{a}.hook_attn_scores"] = scores(acts[f"{a}.hook_rot_q"], acts[f"{a}.hook_rot_k"], hd ** -0.5, window)
         acts[f"{a}.hook_pattern"] = out.attentions[i].detach().clone()
         acts[f"{a}.hook_z"] = acts[f"{a}.hook_z"].reshape(BATCH, SEQ, nh, hd)
         acts[f"{p}.hook_resid_mid"] = acts[f"{a}"] + acts[f"{p}.hook_resid_pre"]
@@ -231,11 +289,15 @@ def capture_neox(model, ids):
                     "mlp.dense_4h_to_h", "mlp", "post_mlp_dropout"]:
             handles.append(layer.get_submodule(sub).register_forward_hook(save(f"{p}.{sub}")))
         handles.append(layer.attention.dense.register_forward_pre_hook(save_input(f"{p}.attention.hook_z"), with_kwargs=True))
+    norms = [f"gpt_neox.layers.{i}.{n}" for i in range(cfg.num_hidden_layers)
+             for n in ("input_layernorm", "post_attention_layernorm")] + ["gpt_neox.final_layer_norm"]
+    seen = norm_inputs(model, norms, handles)
     with torch.no_grad():
         out = model(ids, output_attentions=True)
         cos, sin = m.rotary_emb(acts["gpt_neox.embed_in"], torch.arange(SEQ).unsqueeze(0))
     for h in handles:
         h.remove()
+    add_norm_parts(acts, seen, model, rms=False)
     for i in range(cfg.num_hidden_layers):
         p = f"gpt_neox.layers.{i}"
         a = f"{p}.attention"
@@ -245,6 +307,7 @@ def capture_neox(model, ids):
         rq, rk = neox_rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
         acts[f"{a}.hook_rot_q"] = rq.transpose(1, 2).clone()
         acts[f"{a}.hook_rot_k"] = rk.transpose(1, 2).clone()
+        acts[f"{a}.hook_attn_scores"] = scores(acts[f"{a}.hook_rot_q"], acts[f"{a}.hook_rot_k"], hd ** -0.5)
         acts[f"{a}.hook_pattern"] = out.attentions[i].detach().clone()
         acts[f"{a}.hook_z"] = acts[f"{a}.hook_z"].reshape(BATCH, SEQ, nh, hd)
         if not cfg.use_parallel_residual:

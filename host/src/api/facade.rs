@@ -34,6 +34,7 @@ pub struct FlexModel {
     pub(crate) tokenizer: Option<Tokenizer>,
     pub(crate) opts: Options,
     pub(crate) forward_index: u64,
+    pub(crate) vocab: i64,
 }
 
 impl FlexModel {
@@ -52,6 +53,7 @@ impl FlexModel {
     ) -> FlexModel {
         FlexModel {
             points: engine.points(1, 1),
+            vocab: engine.model().vocab_size(),
             ranks: Ranks::Here {
                 engine: Box::new(engine),
                 _runtime: runtime,
@@ -80,11 +82,12 @@ impl FlexModel {
                 Self::here(Engine::single(model, opts), None, opts.clone(), None)
             }
             Launch::InProcess => {
-                let (pool, points) = Pool::start(dir, opts)?;
+                let (pool, points, vocab) = Pool::start(dir, opts)?;
                 FlexModel {
                     ranks: Ranks::Threads(pool),
                     registry: HookSet::default(),
                     points,
+                    vocab,
                     tokenizer: None,
                     opts: opts.clone(),
                     forward_index: 0,
@@ -163,6 +166,11 @@ impl FlexModel {
                 .points(batch, seq)
                 .unwrap_or_else(|| self.points.clone()),
         }
+    }
+
+    /// The model's vocabulary size.
+    pub fn vocab_size(&self) -> i64 {
+        self.vocab
     }
 
     /// Caps on what all hooks together may emit and log in one forward pass

@@ -114,7 +114,7 @@ fn worker(
     dir: std::path::PathBuf,
     opts: Options,
     comm: ThreadComm,
-    ready: Sender<Result<Vec<PointInfo>, FlexError>>,
+    ready: Sender<Result<(Vec<PointInfo>, i64), FlexError>>,
     jobs: Receiver<Job>,
 ) {
     // The ranks share the machine's cores.
@@ -125,7 +125,7 @@ fn worker(
     let world: Box<dyn Communicator> = Box::new(comm);
     let mut engine = match Engine::load(&dir, &opts, world) {
         Ok(e) => {
-            let _ = ready.send(Ok(e.points(1, 1)));
+            let _ = ready.send(Ok((e.points(1, 1), e.model().vocab_size())));
             e
         }
         Err(e) => {
@@ -141,8 +141,9 @@ fn worker(
 
 impl Pool {
     /// Start one thread per rank of `opts.mesh`; each loads its shard of the
-    /// model in `dir`. The model's hook points (logical shapes).
-    pub fn start(dir: &Path, opts: &Options) -> Result<(Pool, Vec<PointInfo>), FlexError> {
+    /// model in `dir`. The model's hook points (logical shapes) and
+    /// vocabulary size.
+    pub fn start(dir: &Path, opts: &Options) -> Result<(Pool, Vec<PointInfo>, i64), FlexError> {
         let n = opts.mesh.world();
         let comms = ThreadComm::world(n, opts.timeout);
         let (ready_tx, ready_rx) = channel();
@@ -178,11 +179,11 @@ impl Pool {
         if let Some(e) = first_err {
             return Err(e);
         }
-        let points = points.ok_or_else(|| FlexError::Rank {
+        let (points, vocab) = points.ok_or_else(|| FlexError::Rank {
             rank: 0,
             message: "no rank finished loading".into(),
         })?;
-        Ok((pool, points))
+        Ok((pool, points, vocab))
     }
 
     /// Every hook point with its logical shape, from rank 0.

@@ -147,5 +147,5 @@ pub fn register_hooks(fm: &mut FlexModel, specs: &[String], fuel: u64, seed: u64
 
 /// The vocabulary size (the logits' last dimension).
 pub fn vocab(fm: &FlexModel) -> i64 {
-    fm.points(1, 1).last().map(|p| p.shape[2]).unwrap_or(0)
+    fm.vocab_size()
 }

@@ -105,10 +105,7 @@ impl Engine {
             .iter()
             .map(|p| (p.name.clone(), p.tp_split))
             .collect();
-        let vocab = points
-            .last()
-            .and_then(|p| p.shape.last().copied())
-            .unwrap_or(0);
+        let vocab = model.vocab_size();
         let twice = model.points(2, 1);
         let batched = points
             .iter()

@@ -1,21 +1,13 @@
-//! GPT-2, as `transformers`' `modeling_gpt2.py` (eager attention), with hook
-//! points. Weight names as in the checkpoint (`transformer.h.{i}.attn.c_attn.weight`,
-//! Conv1D weights stored `[in, out]`); checkpoints without the `transformer.`
-//! prefix load too.
+//! GPT-2, as `transformers`' `modeling_gpt2.py` (eager attention), in its
+//! components: [`Attention`], [`Mlp`], [`Block`], each with `load` (its own
+//! weights, by checkpoint name: `transformer.h.{i}.attn.c_attn.weight`,
+//! `Conv1D` weights stored `[in, out]`; checkpoints without the
+//! `transformer.` prefix load too) and `forward`.
 //!
-//! Hook points of block `i` (`P = transformer.h.{i}`), in forward order:
-//! `P.hook_resid_pre` (block input), `P.ln_1`, `P.attn.c_attn`,
-//! `P.attn.hook_q` / `hook_k` / `hook_v` (`[batch, pos, head, d_head]`),
-//! `P.attn.hook_pattern` (post-softmax, `[batch, head, query, key]`),
-//! `P.attn.hook_z` (`[batch, pos, head, d_head]`), `P.attn.c_proj`,
-//! `P.attn.resid_dropout`, `P.attn`
-//! (attention output), `P.hook_resid_mid`, `P.ln_2`, `P.mlp.c_fc`, `P.mlp.act`
-//! (MLP hidden activation), `P.mlp.c_proj`, `P.mlp.dropout`, `P.mlp`, `P`
-//! (block output). `P.attn.attn_dropout` exists in transformers but its
-//! forward is never called (eager attention uses the functional dropout), so
-//! it is not a hook point here either.
-//! Around the blocks: `transformer.wte`, `transformer.wpe`, `transformer.drop`,
-//! `transformer.ln_f`, `lm_head` (logits).
+//! Hook points: the tables below, in forward order (`P` =
+//! `transformer.h.{i}`). `P.attn.attn_dropout` exists in transformers but
+//! its forward is never called (eager attention uses the functional
+//! dropout), so it is not a hook point here either.
 
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
@@ -23,9 +15,12 @@ use tch::{Device, Kind, Tensor};
 use super::cache::{KvCache, with_cache};
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
-use super::layers::{LayerNorm, Params, attention, causal_mask};
-use super::points::PointInfo;
-use super::shard::{Shard, SingleRank, TpComm, embed, lm_head, reduce_bias, stage_input};
+use super::layers::{Conv1D, CorePoints, Par, Params, attention, causal_mask};
+use super::loader::Loader;
+use super::norm::{Norm, NormPoints};
+use super::points::{Dims, PointInfo, hook_points};
+use super::shard::{Shard, TpComm, embed};
+use super::stage::{Head, HeadPoints, PreNormPoints, Step, pre_norm_block, prologue};
 use super::weights::Weights;
 
 /// `config.json` of a GPT-2 checkpoint.
@@ -64,107 +59,211 @@ fn yes() -> bool {
     true
 }
 
-struct Linear {
-    /// `[in, out]` as stored by Conv1D.
-    w: Tensor,
-    b: Tensor,
-    /// The same in oneDNN's layout (f32 on CPU), see `onednn`.
-    packed: Option<super::onednn::Packed>,
-}
-
-impl Linear {
-    fn new(w: Tensor, b: Tensor) -> Linear {
-        let packed = super::onednn::pack(&w.tr(), Some(&b));
-        Linear { w, b, packed }
-    }
-
-    /// `b + x @ w` in one `addmm`, as Conv1D does (no separate bias pass).
-    fn forward(&self, x: &Tensor) -> Tensor {
-        if let Some(p) = &self.packed
-            && !self.w.requires_grad()
-            && let Some(y) = super::onednn::linear(x, p)
-        {
-            return y;
-        }
-        let mut shape = x.size();
-        let inner = shape.pop().unwrap_or(0);
-        shape.push(self.w.size()[1]);
-        self.b
-            .addmm(&x.reshape([-1, inner]), &self.w)
-            .view(shape.as_slice())
-    }
-
-    /// `x @ w` without the bias (a row-parallel part, summed across ranks).
-    fn partial(&self, x: &Tensor) -> Tensor {
-        if let Some(p) = &self.packed
-            && !self.w.requires_grad()
-            && let Some(y) = super::onednn::matmul(x, p)
-        {
-            return y;
-        }
-        x.matmul(&self.w)
+hook_points! {
+    /// Before the blocks (first stage).
+    struct EmbedPoints {
+        wte: "transformer.wte", "hook_embed", [B, S, D];
+        wpe: "transformer.wpe", "", [One, S, D];
+        pos_embed: "transformer.hook_pos_embed", "hook_pos_embed", [B, S, D];
+        drop: "transformer.drop", "", [B, S, D];
     }
 }
 
-/// Canonical names of one block's hook points, built once.
-struct BlockNames {
-    resid_pre: String,
-    ln_1: String,
-    c_attn: String,
-    q: String,
-    k: String,
-    v: String,
-    pattern: String,
-    z: String,
-    attn_c_proj: String,
-    resid_dropout: String,
-    mlp_dropout: String,
-    attn: String,
-    resid_mid: String,
-    ln_2: String,
-    c_fc: String,
-    act: String,
-    mlp_c_proj: String,
-    mlp: String,
-    block: String,
-}
-
-impl BlockNames {
-    fn new(i: i64) -> Self {
-        let p = format!("transformer.h.{i}");
-        BlockNames {
-            resid_pre: format!("{p}.hook_resid_pre"),
-            ln_1: format!("{p}.ln_1"),
-            c_attn: format!("{p}.attn.c_attn"),
-            q: format!("{p}.attn.hook_q"),
-            k: format!("{p}.attn.hook_k"),
-            v: format!("{p}.attn.hook_v"),
-            pattern: format!("{p}.attn.hook_pattern"),
-            z: format!("{p}.attn.hook_z"),
-            attn_c_proj: format!("{p}.attn.c_proj"),
-            resid_dropout: format!("{p}.attn.resid_dropout"),
-            mlp_dropout: format!("{p}.mlp.dropout"),
-            attn: format!("{p}.attn"),
-            resid_mid: format!("{p}.hook_resid_mid"),
-            ln_2: format!("{p}.ln_2"),
-            c_fc: format!("{p}.mlp.c_fc"),
-            act: format!("{p}.mlp.act"),
-            mlp_c_proj: format!("{p}.mlp.c_proj"),
-            mlp: format!("{p}.mlp"),
-            block: p,
-        }
+hook_points! {
+    /// One block, under `transformer.h.{i}` (aliases under `blocks.{i}`).
+    struct BlockPoints {
+        resid_pre: "hook_resid_pre", "hook_resid_pre", [B, S, D];
+        ln_1_scale: "ln_1.hook_scale", "ln1.hook_scale", [B, S, One];
+        ln_1_normalized: "ln_1.hook_normalized", "ln1.hook_normalized", [B, S, D];
+        ln_1: "ln_1", "", [B, S, D];
+        c_attn: "attn.c_attn", "", [B, S, D3], split(2, 3);
+        q: "attn.hook_q", "attn.hook_q", [B, S, H, Dh], split(2, 1);
+        k: "attn.hook_k", "attn.hook_k", [B, S, H, Dh], split(2, 1);
+        v: "attn.hook_v", "attn.hook_v", [B, S, H, Dh], split(2, 1);
+        scores: "attn.hook_attn_scores", "attn.hook_attn_scores", [B, H, S, S], split(1, 1);
+        pattern: "attn.hook_pattern", "attn.hook_pattern", [B, H, S, S], split(1, 1);
+        z: "attn.hook_z", "attn.hook_z", [B, S, H, Dh], split(2, 1);
+        attn_c_proj: "attn.c_proj", "", [B, S, D];
+        resid_dropout: "attn.resid_dropout", "", [B, S, D];
+        attn: "attn", "hook_attn_out", [B, S, D];
+        resid_mid: "hook_resid_mid", "hook_resid_mid", [B, S, D];
+        ln_2_scale: "ln_2.hook_scale", "ln2.hook_scale", [B, S, One];
+        ln_2_normalized: "ln_2.hook_normalized", "ln2.hook_normalized", [B, S, D];
+        ln_2: "ln_2", "", [B, S, D];
+        c_fc: "mlp.c_fc", "mlp.hook_pre", [B, S, I], split(2, 1);
+        act: "mlp.act", "mlp.hook_post", [B, S, I], split(2, 1);
+        mlp_c_proj: "mlp.c_proj", "", [B, S, D];
+        mlp_dropout: "mlp.dropout", "", [B, S, D];
+        mlp: "mlp", "hook_mlp_out", [B, S, D];
+        block: "", "hook_resid_post", [B, S, D];
     }
 }
 
-struct Block {
-    ln_1: LayerNorm,
-    c_attn: Linear,
-    attn_c_proj: Linear,
-    ln_2: LayerNorm,
-    c_fc: Linear,
-    mlp_c_proj: Linear,
-    names: BlockNames,
+hook_points! {
+    /// After the blocks (last stage).
+    struct LastPoints {
+        ln_f_scale: "transformer.ln_f.hook_scale", "ln_final.hook_scale", [B, S, One];
+        ln_f_normalized: "transformer.ln_f.hook_normalized", "ln_final.hook_normalized", [B, S, D];
+        ln_f: "transformer.ln_f", "unembed.hook_in", [B, S, D];
+        lm_head: "lm_head", "unembed.hook_out|logits", [B, S, V], split(2, 1);
+    }
+}
+
+/// `GPT2Attention`: fused q | k | v (`c_attn`, column-parallel by head),
+/// the attention core, the output projection (`c_proj`, row-parallel).
+struct Attention {
+    c_attn: Conv1D,
+    c_proj: Conv1D,
+    /// Heads on this rank, head width, score scaling.
+    heads: i64,
+    head_dim: i64,
     scaling: f64,
+}
+
+impl Attention {
+    fn load(lb: &Loader, c: &Gpt2Config, layer: i64) -> Result<Attention, ModelError> {
+        let d = c.n_embd;
+        let head_dim = d / c.n_head;
+        let mut scaling = if c.scale_attn_weights {
+            (head_dim as f64).powf(-0.5)
+        } else {
+            1.0
+        };
+        if c.scale_attn_by_inverse_layer_idx {
+            scaling /= (layer + 1) as f64;
+        }
+        Ok(Attention {
+            c_attn: Conv1D::load(lb, "c_attn", d, 3 * d, 3, Par::Column)?,
+            c_proj: Conv1D::load(lb, "c_proj", d, d, 1, Par::Row)?,
+            heads: c.n_head / lb.shard.tp_size,
+            head_dim,
+            scaling,
+        })
+    }
+
+    fn forward(
+        &self,
+        h: Tensor,
+        st: &mut Step<'_>,
+        n: &BlockPoints,
+        layer: usize,
+    ) -> Result<Tensor, ModelError> {
+        let (b, s, nh, hd) = (st.b, st.s, self.heads, self.head_dim);
+        let h = st.tp.copy_to_parallel(h)?;
+        let qkv = fire(st.hooks, &n.c_attn, self.c_attn.forward(&h))?;
+        let parts = qkv.split(nh * hd, 2);
+        let q = fire(st.hooks, &n.q, parts[0].view([b, s, nh, hd]))?;
+        let k = fire(st.hooks, &n.k, parts[1].view([b, s, nh, hd]))?;
+        let v = fire(st.hooks, &n.v, parts[2].view([b, s, nh, hd]))?;
+        let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
+        let (k, v) = with_cache(&mut st.cache, layer, k, v);
+        let core = CorePoints {
+            scores: &n.scores,
+            pattern: &n.pattern,
+        };
+        let z = attention(
+            &q,
+            &k,
+            &v,
+            self.scaling,
+            &st.mask,
+            st.start > 0,
+            st.hooks,
+            &core,
+        )?;
+        let z = fire(st.hooks, &n.z, z.transpose(1, 2).contiguous())?;
+        let out = self
+            .c_proj
+            .forward_tp(&z.reshape([b, s, nh * hd]), Par::Row, st.tp)?;
+        let out = fire(st.hooks, &n.attn_c_proj, out)?;
+        fire(st.hooks, &n.resid_dropout, out)
+    }
+}
+
+/// `GPT2MLP`: `c_fc` (column-parallel), `gelu_new`, `c_proj` (row-parallel).
+struct Mlp {
+    c_fc: Conv1D,
+    c_proj: Conv1D,
+}
+
+impl Mlp {
+    fn load(lb: &Loader, c: &Gpt2Config) -> Result<Mlp, ModelError> {
+        let (d, inner) = (c.n_embd, c.n_inner.unwrap_or(4 * c.n_embd));
+        Ok(Mlp {
+            c_fc: Conv1D::load(lb, "c_fc", d, inner, 1, Par::Column)?,
+            c_proj: Conv1D::load(lb, "c_proj", inner, d, 1, Par::Row)?,
+        })
+    }
+
+    fn forward(&self, h: Tensor, st: &mut Step<'_>, n: &BlockPoints) -> Result<Tensor, ModelError> {
+        let h = st.tp.copy_to_parallel(h)?;
+        let h = fire(st.hooks, &n.c_fc, self.c_fc.forward(&h))?;
+        let h = fire(st.hooks, &n.act, h.gelu("tanh"))?;
+        let h = self.c_proj.forward_tp(&h, Par::Row, st.tp)?;
+        let h = fire(st.hooks, &n.mlp_c_proj, h)?;
+        fire(st.hooks, &n.mlp_dropout, h)
+    }
+}
+
+/// `GPT2Block`: pre-norm attention and MLP, each added to the residual.
+struct Block {
+    ln_1: Norm,
+    attn: Attention,
+    ln_2: Norm,
+    mlp: Mlp,
+    names: BlockPoints,
+}
+
+impl Block {
+    fn load(lb: &Loader, c: &Gpt2Config, layer: i64) -> Result<Block, ModelError> {
+        let (d, eps) = (c.n_embd, c.layer_norm_epsilon);
+        Ok(Block {
+            ln_1: Norm::layer_norm(&lb.pp("ln_1"), d, eps)?,
+            attn: Attention::load(&lb.pp("attn"), c, layer)?,
+            ln_2: Norm::layer_norm(&lb.pp("ln_2"), d, eps)?,
+            mlp: Mlp::load(&lb.pp("mlp"), c)?,
+            names: BlockPoints::new(&format!("transformer.h.{layer}")),
+        })
+    }
+
+    fn forward(&self, x: Tensor, st: &mut Step<'_>, layer: usize) -> Result<Tensor, ModelError> {
+        let n = &self.names;
+        let points = PreNormPoints {
+            resid_pre: &n.resid_pre,
+            ln1: NormPoints {
+                scale: &n.ln_1_scale,
+                normalized: &n.ln_1_normalized,
+            },
+            ln1_out: &n.ln_1,
+            attn: &n.attn,
+            resid_mid: &n.resid_mid,
+            ln2: NormPoints {
+                scale: &n.ln_2_scale,
+                normalized: &n.ln_2_normalized,
+            },
+            ln2_out: &n.ln_2,
+            mlp: &n.mlp,
+            resid_post: &n.block,
+        };
+        pre_norm_block(
+            x,
+            st,
+            &points,
+            (&self.ln_1, &self.ln_2),
+            |h, st| self.attn.forward(h, st, n, layer),
+            |h, st| self.mlp.forward(h, st, n),
+        )
+    }
+
+    fn parameters(&self, p: &mut Params) {
+        let n = &self.names.block;
+        p.norm(&format!("{n}.ln_1"), &self.ln_1);
+        p.conv1d(&format!("{n}.attn.c_attn"), &self.attn.c_attn);
+        p.conv1d(&format!("{n}.attn.c_proj"), &self.attn.c_proj);
+        p.norm(&format!("{n}.ln_2"), &self.ln_2);
+        p.conv1d(&format!("{n}.mlp.c_fc"), &self.mlp.c_fc);
+        p.conv1d(&format!("{n}.mlp.c_proj"), &self.mlp.c_proj);
+    }
 }
 
 /// A loaded GPT-2 (or one rank's shard of it: see [`Shard`]).
@@ -177,12 +276,31 @@ pub struct Gpt2 {
     vocab_offset: i64,
     wpe: Option<Tensor>,
     blocks: Vec<Block>,
-    ln_f: Option<LayerNorm>,
-    lm_head: Option<Tensor>,
-    /// The LM head in oneDNN's layout (f32 on CPU).
-    head_packed: Option<super::onednn::Packed>,
+    head: Option<Head>,
     kind: Kind,
     device: Device,
+}
+
+fn check_config(c: &Gpt2Config) -> Result<(), ModelError> {
+    let bad = |message: String| {
+        Err(ModelError::Config {
+            file: "config.json".into(),
+            message,
+        })
+    };
+    if c.activation_function != "gelu_new" && c.activation_function != "gelu_pytorch_tanh" {
+        return bad(format!(
+            "GPT-2 activation {:?} is not supported (gelu_new is)",
+            c.activation_function
+        ));
+    }
+    if c.n_head <= 0 || c.n_embd % c.n_head != 0 {
+        return bad(format!(
+            "n_embd {} is not divisible by n_head {}",
+            c.n_embd, c.n_head
+        ));
+    }
+    Ok(())
 }
 
 impl Gpt2 {
@@ -204,151 +322,50 @@ impl Gpt2 {
         device: Device,
         shard: &Shard,
     ) -> Result<Gpt2, ModelError> {
-        if config.activation_function != "gelu_new"
-            && config.activation_function != "gelu_pytorch_tanh"
-        {
-            return Err(ModelError::Config {
-                file: "config.json".into(),
-                message: format!(
-                    "GPT-2 activation {:?} is not supported (gelu_new is)",
-                    config.activation_function
-                ),
-            });
-        }
-        if config.n_head <= 0 || config.n_embd % config.n_head != 0 {
-            return Err(ModelError::Config {
-                file: "config.json".into(),
-                message: format!(
-                    "n_embd {} is not divisible by n_head {}",
-                    config.n_embd, config.n_head
-                ),
-            });
-        }
+        check_config(&config)?;
         shard.check(&[("attention heads", config.n_head)], config.n_layer)?;
-        let prefix = if w.contains("transformer.wte.weight") {
-            "transformer."
+        let root = Loader::new(w, shard, kind, device, "GPT-2");
+        let lb = if w.contains("transformer.wte.weight") {
+            root.pp("transformer")
         } else {
-            ""
+            root.clone()
         };
-        let d = config.n_embd;
-        let inner = config.n_inner.unwrap_or(4 * d);
-        let full = shard.tp_size == 1;
-        let get = |name: &str, shape: &[i64]| {
-            w.get_shaped(&format!("{prefix}{name}"), shape, kind, device, "GPT-2")
-        };
-        // Part of dimension `dim` of a weight stored with shape `shape`.
-        let part = |name: &str, shape: &[i64], dim: usize, parts: &[(i64, i64)]| {
-            w.get_parts(
-                &format!("{prefix}{name}"),
-                shape,
-                dim,
-                parts,
-                kind,
-                device,
-                "GPT-2",
-            )
-        };
-        let ln = |name: &str| -> Result<LayerNorm, ModelError> {
-            Ok(LayerNorm {
-                w: get(&format!("{name}.weight"), &[d])?,
-                b: get(&format!("{name}.bias"), &[d])?,
-                eps: config.layer_norm_epsilon,
-            })
-        };
-        // Conv1D weights are [in, out]: column-parallel splits `out` (dim 1,
-        // per section), row-parallel splits `in` (dim 0; the bias is whole).
-        let column = |name: &str, i: i64, o: i64, sections: i64| -> Result<Linear, ModelError> {
-            if full {
-                return Ok(Linear::new(
-                    get(&format!("{name}.weight"), &[i, o])?,
-                    get(&format!("{name}.bias"), &[o])?,
-                ));
-            }
-            let sec = o / sections;
-            let (s, l) = shard.part(sec);
-            let parts: Vec<(i64, i64)> = (0..sections).map(|g| (g * sec + s, l)).collect();
-            Ok(Linear::new(
-                part(&format!("{name}.weight"), &[i, o], 1, &parts)?,
-                part(&format!("{name}.bias"), &[o], 0, &parts)?,
-            ))
-        };
-        let row = |name: &str, i: i64, o: i64| -> Result<Linear, ModelError> {
-            if full {
-                return Ok(Linear::new(
-                    get(&format!("{name}.weight"), &[i, o])?,
-                    get(&format!("{name}.bias"), &[o])?,
-                ));
-            }
-            Ok(Linear::new(
-                part(&format!("{name}.weight"), &[i, o], 0, &[shard.part(i)])?,
-                get(&format!("{name}.bias"), &[o])?,
-            ))
-        };
-        let head_dim = d / config.n_head;
-        let mut blocks = Vec::new();
-        for i in shard.layers(config.n_layer) {
-            let p = format!("h.{i}");
-            let mut scaling = if config.scale_attn_weights {
-                (head_dim as f64).powf(-0.5)
-            } else {
-                1.0
-            };
-            if config.scale_attn_by_inverse_layer_idx {
-                scaling /= (i + 1) as f64;
-            }
-            blocks.push(Block {
-                ln_1: ln(&format!("{p}.ln_1"))?,
-                c_attn: column(&format!("{p}.attn.c_attn"), d, 3 * d, 3)?,
-                attn_c_proj: row(&format!("{p}.attn.c_proj"), d, d)?,
-                ln_2: ln(&format!("{p}.ln_2"))?,
-                c_fc: column(&format!("{p}.mlp.c_fc"), d, inner, 1)?,
-                mlp_c_proj: row(&format!("{p}.mlp.c_proj"), inner, d)?,
-                names: BlockNames::new(i),
-                scaling,
-            });
-        }
-        let v = config.vocab_size;
-        let (vocab_offset, vocab_rows) = shard.part(v);
+        let blocks = shard
+            .layers(config.n_layer)
+            .map(|i| Block::load(&lb.pp(format!("h.{i}")), &config, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (v, d) = (config.vocab_size, config.n_embd);
         let tied = config.tie_word_embeddings || !w.contains("lm_head.weight");
-        let wte = if shard.first_stage() || (shard.last_stage() && tied) {
-            Some(part(
-                "wte.weight",
-                &[v, d],
-                0,
-                &[(vocab_offset, vocab_rows)],
-            )?)
+        let (vocab_offset, wte) = if shard.first_stage() || (shard.last_stage() && tied) {
+            let (o, t) = lb.vocab_rows("wte.weight", v, d)?;
+            (o, Some(t))
+        } else {
+            (shard.part(v).0, None)
+        };
+        let head = if shard.last_stage() {
+            let weight = match &wte {
+                Some(e) if tied => e.shallow_clone(),
+                _ => root.vocab_rows("lm_head.weight", v, d)?.1,
+            };
+            let norm = Norm::layer_norm(&lb.pp("ln_f"), d, config.layer_norm_epsilon)?;
+            Some(Head::new(norm, weight))
         } else {
             None
         };
-        let lm_head = match (shard.last_stage(), tied) {
-            (false, _) => None,
-            (true, true) => wte.as_ref().map(Tensor::shallow_clone),
-            (true, false) => Some(w.get_part(
-                "lm_head.weight",
-                &[v, d],
-                0,
-                vocab_offset,
-                vocab_rows,
-                kind,
-                device,
-                "GPT-2 lm_head",
-            )?),
+        let wpe = if shard.first_stage() {
+            Some(lb.get("wpe.weight", &[config.n_positions, d])?)
+        } else {
+            None
         };
         Ok(Gpt2 {
-            wpe: if shard.first_stage() {
-                Some(get("wpe.weight", &[config.n_positions, d])?)
+            wte: if shard.first_stage() || tied {
+                wte
             } else {
                 None
             },
-            wte,
+            wpe,
             vocab_offset,
-            ln_f: if shard.last_stage() {
-                Some(ln("ln_f")?)
-            } else {
-                None
-            },
-            head_packed: lm_head.as_ref().and_then(|h| super::onednn::pack(h, None)),
-            lm_head,
+            head,
             blocks,
             config,
             shard: shard.clone(),
@@ -369,6 +386,10 @@ impl Gpt2 {
         &self.shard
     }
 
+    pub fn vocab_size(&self) -> i64 {
+        self.config.vocab_size
+    }
+
     /// This rank's parameters, named as in the checkpoint (`transformer.`
     /// prefix; a tied LM head is the embedding, listed once).
     pub fn parameters(&self) -> Vec<(String, Tensor)> {
@@ -380,34 +401,42 @@ impl Gpt2 {
             p.add("transformer.wpe.weight", w);
         }
         for b in &self.blocks {
-            let n = &b.names.block;
-            p.layer_norm(&format!("{n}.ln_1"), &b.ln_1);
-            for (name, l) in [
-                ("attn.c_attn", &b.c_attn),
-                ("attn.c_proj", &b.attn_c_proj),
-                ("mlp.c_fc", &b.c_fc),
-                ("mlp.c_proj", &b.mlp_c_proj),
-            ] {
-                p.add(format!("{n}.{name}.weight"), &l.w);
-                p.add(format!("{n}.{name}.bias"), &l.b);
-            }
-            p.layer_norm(&format!("{n}.ln_2"), &b.ln_2);
+            b.parameters(&mut p);
         }
-        if let Some(l) = &self.ln_f {
-            p.layer_norm("transformer.ln_f", l);
+        if let Some(h) = &self.head {
+            p.norm("transformer.ln_f", &h.norm);
+            p.head("lm_head.weight", Some(&h.weight), self.wte.as_ref());
         }
-        p.head("lm_head.weight", self.lm_head.as_ref(), self.wte.as_ref());
         p.0
     }
 
-    /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]` (int64),
-    /// firing every hook point through `hooks`.
-    pub fn forward(
-        &self,
-        input_ids: &Tensor,
-        hooks: &mut dyn HookSite,
-    ) -> Result<Tensor, ModelError> {
-        self.forward_stage(input_ids, None, hooks, &SingleRank, None)
+    /// The token and position embeddings of the first stage.
+    fn embed(&self, ids: &Tensor, st: &mut Step<'_>) -> Result<Tensor, ModelError> {
+        let (Some(wte), Some(wpe)) = (&self.wte, &self.wpe) else {
+            return Err(ModelError::Internal(
+                "first stage without embeddings".into(),
+            ));
+        };
+        let n = EmbedPoints::new("");
+        let ids = ids.to_device(self.device);
+        let tok = fire(
+            st.hooks,
+            &n.wte,
+            embed(wte, &ids, self.vocab_offset, st.tp)?,
+        )?;
+        let pos_ids = Tensor::arange_start(st.start, st.start + st.s, (Kind::Int64, self.device))
+            .unsqueeze(0);
+        let pos = Tensor::embedding(wpe, &pos_ids, -1, false, false);
+        let pos = fire(st.hooks, &n.wpe, pos)?;
+        // TransformerLens' hook_pos_embed is per batch row (the module's
+        // output is one row, broadcast).
+        let pos = if st.hooks.active(&n.pos_embed) {
+            let rows = pos.expand([st.b, st.s, self.config.n_embd], false);
+            st.hooks.fire(&n.pos_embed, rows.contiguous())?
+        } else {
+            pos
+        };
+        fire(st.hooks, &n.drop, tok + pos)
     }
 
     /// This rank's part of the forward: from the token ids (first pipeline
@@ -420,176 +449,78 @@ impl Gpt2 {
         hidden: Option<Tensor>,
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor, ModelError> {
-        let size = input_ids.size();
-        let [b, s] = size[..] else {
-            return Err(ModelError::Input(format!(
-                "input_ids must be [batch, seq], got {size:?}"
-            )));
-        };
-        let start = cache.as_ref().map_or(0, |c| c.len());
-        if start + s > self.config.n_positions {
-            return Err(ModelError::Input(format!(
-                "sequence of {} tokens exceeds the model's {} positions",
-                start + s,
-                self.config.n_positions
-            )));
-        }
-        let d = self.config.n_embd;
-        let tp_size = self.shard.tp_size;
-        let nh = self.config.n_head / tp_size;
-        let hd = d / self.config.n_head;
-        let dl = nh * hd;
-        let full = tp_size == 1;
-        let mut x = match stage_input(&self.shard, hidden, b, s, d, self.kind)? {
-            Some(h) => h.to_device(self.device),
-            None => {
-                let (Some(wte), Some(wpe)) = (&self.wte, &self.wpe) else {
-                    return Err(ModelError::Internal(
-                        "first stage without embeddings".into(),
-                    ));
-                };
-                let ids = input_ids.to_device(self.device);
-                let tok = fire(
-                    hooks,
-                    "transformer.wte",
-                    embed(wte, &ids, self.vocab_offset, tp)?,
-                )?;
-                let pos_ids =
-                    Tensor::arange_start(start, start + s, (Kind::Int64, self.device)).unsqueeze(0);
-                let pos = fire(
-                    hooks,
-                    "transformer.wpe",
-                    Tensor::embedding(wpe, &pos_ids, -1, false, false),
-                )?;
-                fire(hooks, "transformer.drop", tok + pos)?
-            }
-        };
-        // Causal mask, additive, as HF builds it.
+        let c = &self.config;
+        let (b, s, start, hidden) = prologue(
+            &self.shard,
+            input_ids,
+            hidden,
+            &cache,
+            c.n_embd,
+            self.kind,
+            self.device,
+            Some(c.n_positions),
+        )?;
         let mask = causal_mask(start, s, None, self.device);
+        let mut st = Step {
+            hooks,
+            tp,
+            cache,
+            b,
+            s,
+            start,
+            mask,
+            rope: None,
+        };
+        let mut x = match hidden {
+            Some(h) => h,
+            None => self.embed(input_ids, &mut st)?,
+        };
         for (li, blk) in self.blocks.iter().enumerate() {
-            let n = &blk.names;
-            let resid_pre = fire(hooks, &n.resid_pre, x)?;
-            let h = fire(hooks, &n.ln_1, blk.ln_1.forward(&resid_pre))?;
-            let h = tp.copy_to_parallel(h)?;
-            let qkv = fire(hooks, &n.c_attn, blk.c_attn.forward(&h))?;
-            let parts = qkv.split(dl, 2);
-            let q = fire(hooks, &n.q, parts[0].view([b, s, nh, hd]))?;
-            let k = fire(hooks, &n.k, parts[1].view([b, s, nh, hd]))?;
-            let v = fire(hooks, &n.v, parts[2].view([b, s, nh, hd]))?;
-            let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
-            let (k, v) = with_cache(&mut cache, li, k, v);
-            let z = attention(
-                &q,
-                &k,
-                &v,
-                blk.scaling,
-                &mask,
-                start > 0,
-                hooks,
-                &[&n.pattern],
-            )?;
-            let z = fire(hooks, &n.z, z.transpose(1, 2))?;
-            let z = z.reshape([b, s, dl]);
-            let attn = if full {
-                blk.attn_c_proj.forward(&z)
-            } else {
-                reduce_bias(blk.attn_c_proj.partial(&z), Some(&blk.attn_c_proj.b), tp)?
-            };
-            let attn = fire(hooks, &n.attn_c_proj, attn)?;
-            let attn = fire(hooks, &n.resid_dropout, attn)?;
-            let attn = fire(hooks, &n.attn, attn)?;
-            let resid_mid = fire(hooks, &n.resid_mid, resid_pre + attn)?;
-            let h = fire(hooks, &n.ln_2, blk.ln_2.forward(&resid_mid))?;
-            let h = tp.copy_to_parallel(h)?;
-            let h = fire(hooks, &n.c_fc, blk.c_fc.forward(&h))?;
-            let h = fire(hooks, &n.act, h.gelu("tanh"))?;
-            let h = if full {
-                blk.mlp_c_proj.forward(&h)
-            } else {
-                reduce_bias(blk.mlp_c_proj.partial(&h), Some(&blk.mlp_c_proj.b), tp)?
-            };
-            let h = fire(hooks, &n.mlp_c_proj, h)?;
-            let h = fire(hooks, &n.mlp_dropout, h)?;
-            let mlp = fire(hooks, &n.mlp, h)?;
-            x = fire(hooks, &n.block, resid_mid + mlp)?;
+            x = blk.forward(x, &mut st, li)?;
         }
-        if let Some(c) = cache {
+        if let Some(c) = st.cache {
             c.advance(s);
         }
-        let (Some(ln_f), Some(head)) = (&self.ln_f, &self.lm_head) else {
+        let Some(head) = &self.head else {
             return Ok(x);
         };
-        let x = fire(hooks, "transformer.ln_f", ln_f.forward(&x))?;
-        let x = tp.copy_to_parallel(x)?;
-        fire(
-            hooks,
-            "lm_head",
-            lm_head(&x, head, self.head_packed.as_ref()),
-        )
+        let n = LastPoints::new("");
+        let points = HeadPoints {
+            norm: NormPoints {
+                scale: &n.ln_f_scale,
+                normalized: &n.ln_f_normalized,
+            },
+            normed: &n.ln_f,
+            logits: &n.lm_head,
+        };
+        head.forward(&x, st.hooks, tp, &points)
     }
 
     /// Every hook point with its shape for `batch` × `seq` tokens, in forward
-    /// order, with its TransformerLens-style alias.
+    /// order, with its TransformerLens alias.
     pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
         let c = &self.config;
-        let (d, nh) = (c.n_embd, c.n_head);
-        let hd = d / nh;
-        let inner = c.n_inner.unwrap_or(4 * d);
-        let bsd = vec![batch, seq, d];
-        let mut v = vec![
-            PointInfo::new("transformer.wte", bsd.clone(), "hook_embed"),
-            PointInfo::new("transformer.wpe", vec![1, seq, d], "hook_pos_embed"),
-            PointInfo::new("transformer.drop", bsd.clone(), ""),
-        ];
+        let dims = Dims {
+            batch,
+            seq,
+            width: c.n_embd,
+            heads: c.n_head,
+            kv_heads: c.n_head,
+            head_dim: c.n_embd / c.n_head,
+            inner: c.n_inner.unwrap_or(4 * c.n_embd),
+            vocab: c.vocab_size,
+        };
+        let mut v = EmbedPoints::infos("", "", &dims);
         for i in 0..c.n_layer {
-            let n = BlockNames::new(i);
-            let tl = format!("blocks.{i}");
-            let heads = vec![batch, seq, nh, hd];
-            v.extend([
-                PointInfo::new(&n.resid_pre, bsd.clone(), &format!("{tl}.hook_resid_pre")),
-                PointInfo::new(&n.ln_1, bsd.clone(), &format!("{tl}.ln1.hook_normalized")),
-                PointInfo::new(&n.c_attn, vec![batch, seq, 3 * d], "").split_groups(2, 3),
-                PointInfo::new(&n.q, heads.clone(), &format!("{tl}.attn.hook_q")).split(2),
-                PointInfo::new(&n.k, heads.clone(), &format!("{tl}.attn.hook_k")).split(2),
-                PointInfo::new(&n.v, heads.clone(), &format!("{tl}.attn.hook_v")).split(2),
-                PointInfo::new(
-                    &n.pattern,
-                    vec![batch, nh, seq, seq],
-                    &format!("{tl}.attn.hook_pattern"),
-                )
-                .split(1),
-                PointInfo::new(&n.z, heads, &format!("{tl}.attn.hook_z")).split(2),
-                PointInfo::new(&n.attn_c_proj, bsd.clone(), ""),
-                PointInfo::new(&n.resid_dropout, bsd.clone(), ""),
-                PointInfo::new(&n.attn, bsd.clone(), &format!("{tl}.hook_attn_out")),
-                PointInfo::new(&n.resid_mid, bsd.clone(), &format!("{tl}.hook_resid_mid")),
-                PointInfo::new(&n.ln_2, bsd.clone(), &format!("{tl}.ln2.hook_normalized")),
-                PointInfo::new(
-                    &n.c_fc,
-                    vec![batch, seq, inner],
-                    &format!("{tl}.mlp.hook_pre"),
-                )
-                .split(2),
-                PointInfo::new(
-                    &n.act,
-                    vec![batch, seq, inner],
-                    &format!("{tl}.mlp.hook_post"),
-                )
-                .split(2),
-                PointInfo::new(&n.mlp_c_proj, bsd.clone(), ""),
-                PointInfo::new(&n.mlp_dropout, bsd.clone(), ""),
-                PointInfo::new(&n.mlp, bsd.clone(), &format!("{tl}.hook_mlp_out")),
-                PointInfo::new(&n.block, bsd.clone(), &format!("{tl}.hook_resid_post")),
-            ]);
+            v.extend(BlockPoints::infos(
+                &format!("transformer.h.{i}"),
+                &format!("blocks.{i}"),
+                &dims,
+            ));
         }
-        v.push(PointInfo::new(
-            "transformer.ln_f",
-            bsd,
-            "ln_final.hook_normalized",
-        ));
-        v.push(PointInfo::new("lm_head", vec![batch, seq, c.vocab_size], "logits").split(2));
+        v.extend(LastPoints::infos("", "", &dims));
         v
     }
 }

@@ -1,20 +1,13 @@
 //! GPT-NeoX (Pythia), as `transformers`' `modeling_gpt_neox.py` (eager
-//! attention): fused per-head q/k/v, partial rotary embeddings
-//! (`rotary_pct` / `partial_rotary_factor`), parallel residual
-//! (`use_parallel_residual`), LayerNorm. Weight names as in the checkpoint;
-//! the LM head loads from `embed_out.weight` (transformers 4) or
-//! `lm_head.weight` (transformers 5).
-//!
-//! Hook points of layer `i` (`P = gpt_neox.layers.{i}`): `P.hook_resid_pre`,
-//! `P.input_layernorm`, `P.attention.query_key_value`, `P.attention.hook_q` /
-//! `hook_k` / `hook_v`, `P.attention.hook_rot_q` / `hook_rot_k`,
-//! `P.attention.hook_pattern`, `P.attention.hook_z`, `P.attention.dense`,
-//! `P.attention`, `P.hook_resid_mid` (sequential residual only),
-//! `P.post_attention_layernorm`, `P.mlp.dense_h_to_4h`, `P.mlp.act`,
-//! `P.mlp.dense_4h_to_h`, `P.mlp`, `P.post_attention_dropout` /
-//! `P.post_mlp_dropout` (identity in eval, after the attention / MLP
-//! outputs), `P`. Around them: `gpt_neox.embed_in`,
-//! `gpt_neox.emb_dropout`, `gpt_neox.final_layer_norm`, `lm_head`.
+//! attention), in its components: [`Attention`] (fused per-head q/k/v,
+//! partial rotary embeddings: `rotary_pct` / `partial_rotary_factor`),
+//! [`Mlp`], [`Block`] (parallel residual with `use_parallel_residual`);
+//! LayerNorm. Weight names as in the checkpoint; the LM head loads from
+//! `embed_out.weight` (transformers 4) or `lm_head.weight` (transformers 5).
+//! Hook points: the tables below, in forward order (`P` =
+//! `gpt_neox.layers.{i}`); `P.hook_resid_mid` only with a sequential
+//! residual; `P.post_attention_dropout` / `P.post_mlp_dropout` are the
+//! identity in eval, after the attention / MLP outputs.
 
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
@@ -23,10 +16,13 @@ use super::cache::{KvCache, with_cache};
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
 use super::layers::{
-    LayerNorm, Linear, Par, Params, attention, causal_mask, rope_tables, rotate_half,
+    CorePoints, Linear, Par, Params, attention, causal_mask, rope_tables, rotate_half,
 };
-use super::points::PointInfo;
-use super::shard::{Shard, SingleRank, TpComm, embed, lm_head, stage_input};
+use super::loader::Loader;
+use super::norm::{Norm, NormPoints};
+use super::points::{Dims, PointInfo, hook_points};
+use super::shard::{Shard, TpComm, embed};
+use super::stage::{Head, HeadPoints, Step, prologue};
 use super::weights::Weights;
 
 /// `config.json` of a GPT-NeoX checkpoint.
@@ -101,69 +97,218 @@ impl GptNeoXConfig {
     }
 }
 
-struct Names {
-    resid_pre: String,
-    ln1: String,
-    qkv: String,
-    q: String,
-    k: String,
-    v: String,
-    rot_q: String,
-    rot_k: String,
-    pattern: String,
-    z: String,
-    dense: String,
-    post_attn_dropout: String,
-    post_mlp_dropout: String,
-    attn: String,
-    resid_mid: String,
-    ln2: String,
-    fc_in: String,
-    act: String,
-    fc_out: String,
-    mlp: String,
-    block: String,
-}
-
-impl Names {
-    fn new(i: i64) -> Self {
-        let p = format!("gpt_neox.layers.{i}");
-        let a = format!("{p}.attention");
-        let m = format!("{p}.mlp");
-        Names {
-            resid_pre: format!("{p}.hook_resid_pre"),
-            ln1: format!("{p}.input_layernorm"),
-            qkv: format!("{a}.query_key_value"),
-            q: format!("{a}.hook_q"),
-            k: format!("{a}.hook_k"),
-            v: format!("{a}.hook_v"),
-            rot_q: format!("{a}.hook_rot_q"),
-            rot_k: format!("{a}.hook_rot_k"),
-            pattern: format!("{a}.hook_pattern"),
-            z: format!("{a}.hook_z"),
-            dense: format!("{a}.dense"),
-            post_attn_dropout: format!("{p}.post_attention_dropout"),
-            post_mlp_dropout: format!("{p}.post_mlp_dropout"),
-            resid_mid: format!("{p}.hook_resid_mid"),
-            ln2: format!("{p}.post_attention_layernorm"),
-            fc_in: format!("{m}.dense_h_to_4h"),
-            act: format!("{m}.act"),
-            fc_out: format!("{m}.dense_4h_to_h"),
-            attn: a,
-            mlp: m,
-            block: p,
-        }
+hook_points! {
+    /// One layer, under `gpt_neox.layers.{i}` (aliases under `blocks.{i}`).
+    struct BlockPoints {
+        resid_pre: "hook_resid_pre", "hook_resid_pre", [B, S, D];
+        ln1_scale: "input_layernorm.hook_scale", "ln1.hook_scale", [B, S, One];
+        ln1_normalized: "input_layernorm.hook_normalized", "ln1.hook_normalized", [B, S, D];
+        ln1: "input_layernorm", "", [B, S, D];
+        qkv: "attention.query_key_value", "", [B, S, D3], split(2, 1);
+        q: "attention.hook_q", "attn.hook_q", [B, S, H, Dh], split(2, 1);
+        k: "attention.hook_k", "attn.hook_k", [B, S, H, Dh], split(2, 1);
+        v: "attention.hook_v", "attn.hook_v", [B, S, H, Dh], split(2, 1);
+        rot_q: "attention.hook_rot_q", "attn.hook_rot_q", [B, S, H, Dh], split(2, 1);
+        rot_k: "attention.hook_rot_k", "attn.hook_rot_k", [B, S, H, Dh], split(2, 1);
+        scores: "attention.hook_attn_scores", "attn.hook_attn_scores", [B, H, S, S], split(1, 1);
+        pattern: "attention.hook_pattern", "attn.hook_pattern", [B, H, S, S], split(1, 1);
+        z: "attention.hook_z", "attn.hook_z", [B, S, H, Dh], split(2, 1);
+        dense: "attention.dense", "", [B, S, D];
+        attn: "attention", "hook_attn_out", [B, S, D];
+        post_attn_dropout: "post_attention_dropout", "", [B, S, D];
+        resid_mid: "hook_resid_mid", "hook_resid_mid", [B, S, D];
+        ln2_scale: "post_attention_layernorm.hook_scale", "ln2.hook_scale", [B, S, One];
+        ln2_normalized: "post_attention_layernorm.hook_normalized", "ln2.hook_normalized", [B, S, D];
+        ln2: "post_attention_layernorm", "", [B, S, D];
+        fc_in: "mlp.dense_h_to_4h", "mlp.hook_pre", [B, S, I], split(2, 1);
+        act: "mlp.act", "mlp.hook_post", [B, S, I], split(2, 1);
+        fc_out: "mlp.dense_4h_to_h", "", [B, S, D];
+        mlp: "mlp", "hook_mlp_out", [B, S, D];
+        post_mlp_dropout: "post_mlp_dropout", "", [B, S, D];
+        block: "", "hook_resid_post", [B, S, D];
     }
 }
 
-struct Layer {
-    ln1: LayerNorm,
+hook_points! {
+    /// Around the layers.
+    struct OuterPoints {
+        embed: "gpt_neox.embed_in", "hook_embed", [B, S, D];
+        emb_dropout: "gpt_neox.emb_dropout", "", [B, S, D];
+        norm_scale: "gpt_neox.final_layer_norm.hook_scale", "ln_final.hook_scale", [B, S, One];
+        norm_normalized: "gpt_neox.final_layer_norm.hook_normalized", "ln_final.hook_normalized", [B, S, D];
+        norm: "gpt_neox.final_layer_norm", "unembed.hook_in", [B, S, D];
+        lm_head: "lm_head", "unembed.hook_out|logits", [B, S, V], split(2, 1);
+    }
+}
+
+/// `GPTNeoXAttention`: query_key_value (rows per head, `[head, q|k|v,
+/// d_head]`: a contiguous run of rows is a run of whole heads, so it is
+/// column-parallel as stored), partial rotary, dense (row-parallel).
+struct Attention {
     qkv: Linear,
     dense: Linear,
-    ln2: LayerNorm,
+    heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn load(lb: &Loader, c: &GptNeoXConfig) -> Result<Attention, ModelError> {
+        let (d, bias) = (c.hidden_size, c.attention_bias);
+        Ok(Attention {
+            qkv: Linear::load(lb, "query_key_value", d, 3 * d, bias, Par::Column)?,
+            dense: Linear::load(lb, "dense", d, d, bias, Par::Row)?,
+            heads: c.num_attention_heads / lb.shard.tp_size,
+            head_dim: c.head_dim(),
+        })
+    }
+
+    fn rope(&self, t: &Tensor, st: &Step<'_>) -> Result<Tensor, ModelError> {
+        let Some((cos, sin)) = &st.rope else {
+            return Err(ModelError::Internal("no rotary tables".into()));
+        };
+        // The rotary width as transformers applies it: the cos/sin width.
+        let rd = *cos.size().last().unwrap_or(&0);
+        let r = t.narrow(3, 0, rd);
+        let rest = t.narrow(3, rd, self.head_dim - rd);
+        Ok(Tensor::cat(&[&r * cos + rotate_half(&r) * sin, rest], 3))
+    }
+
+    fn forward(
+        &self,
+        h: Tensor,
+        st: &mut Step<'_>,
+        n: &BlockPoints,
+        layer: usize,
+    ) -> Result<Tensor, ModelError> {
+        let (b, s, nh, hd) = (st.b, st.s, self.heads, self.head_dim);
+        let h = st.tp.copy_to_parallel(h)?;
+        let qkv = fire(st.hooks, &n.qkv, self.qkv.forward(&h))?;
+        // Per-head fused layout: [b, s, h, 3 * hd] -> q | k | v.
+        let parts = qkv.view([b, s, nh, 3 * hd]).chunk(3, -1);
+        let q = fire(st.hooks, &n.q, parts[0].contiguous())?.transpose(1, 2);
+        let k = fire(st.hooks, &n.k, parts[1].contiguous())?.transpose(1, 2);
+        let v = fire(st.hooks, &n.v, parts[2].contiguous())?.transpose(1, 2);
+        let q = self.rope(&q, st)?.transpose(1, 2);
+        let q = fire(st.hooks, &n.rot_q, q)?.transpose(1, 2);
+        let k = self.rope(&k, st)?.transpose(1, 2);
+        let k = fire(st.hooks, &n.rot_k, k)?.transpose(1, 2);
+        let (k, v) = with_cache(&mut st.cache, layer, k, v);
+        let core = CorePoints {
+            scores: &n.scores,
+            pattern: &n.pattern,
+        };
+        let scaling = (hd as f64).powf(-0.5);
+        let z = attention(&q, &k, &v, scaling, &st.mask, st.start > 0, st.hooks, &core)?;
+        let z = fire(st.hooks, &n.z, z.transpose(1, 2).contiguous())?;
+        let o = self
+            .dense
+            .forward_tp(&z.reshape([b, s, nh * hd]), Par::Row, st.tp)?;
+        fire(st.hooks, &n.dense, o)
+    }
+}
+
+/// `GPTNeoXMLP`: dense_h_to_4h (column-parallel), GELU, dense_4h_to_h
+/// (row-parallel).
+struct Mlp {
     fc_in: Linear,
     fc_out: Linear,
-    names: Names,
+    /// Exact GELU (`gelu`) or the tanh approximation.
+    exact: bool,
+}
+
+impl Mlp {
+    fn load(lb: &Loader, c: &GptNeoXConfig) -> Result<Mlp, ModelError> {
+        let (d, inter) = (c.hidden_size, c.intermediate_size);
+        Ok(Mlp {
+            fc_in: Linear::load(lb, "dense_h_to_4h", d, inter, true, Par::Column)?,
+            fc_out: Linear::load(lb, "dense_4h_to_h", inter, d, true, Par::Row)?,
+            exact: c.hidden_act == "gelu",
+        })
+    }
+
+    fn forward(&self, h: Tensor, st: &mut Step<'_>, n: &BlockPoints) -> Result<Tensor, ModelError> {
+        let h = st.tp.copy_to_parallel(h)?;
+        let h = fire(st.hooks, &n.fc_in, self.fc_in.forward(&h))?;
+        let h = fire(
+            st.hooks,
+            &n.act,
+            h.gelu(if self.exact { "none" } else { "tanh" }),
+        )?;
+        fire(
+            st.hooks,
+            &n.fc_out,
+            self.fc_out.forward_tp(&h, Par::Row, st.tp)?,
+        )
+    }
+}
+
+/// `GPTNeoXLayer`: attention and MLP on the same input (parallel residual)
+/// or one after the other.
+struct Block {
+    ln1: Norm,
+    attn: Attention,
+    ln2: Norm,
+    mlp: Mlp,
+    parallel: bool,
+    names: BlockPoints,
+}
+
+impl Block {
+    fn load(lb: &Loader, c: &GptNeoXConfig, layer: i64) -> Result<Block, ModelError> {
+        let (d, eps) = (c.hidden_size, c.layer_norm_eps);
+        Ok(Block {
+            ln1: Norm::layer_norm(&lb.pp("input_layernorm"), d, eps)?,
+            attn: Attention::load(&lb.pp("attention"), c)?,
+            ln2: Norm::layer_norm(&lb.pp("post_attention_layernorm"), d, eps)?,
+            mlp: Mlp::load(&lb.pp("mlp"), c)?,
+            parallel: c.use_parallel_residual,
+            names: BlockPoints::new(&format!("gpt_neox.layers.{layer}")),
+        })
+    }
+
+    fn forward(&self, x: Tensor, st: &mut Step<'_>, layer: usize) -> Result<Tensor, ModelError> {
+        let n = &self.names;
+        let resid_pre = fire(st.hooks, &n.resid_pre, x)?;
+        let ln1 = NormPoints {
+            scale: &n.ln1_scale,
+            normalized: &n.ln1_normalized,
+        };
+        let h = self.ln1.forward(&resid_pre, st.hooks, &ln1)?;
+        let h = fire(st.hooks, &n.ln1, h)?;
+        let attn = self.attn.forward(h, st, n, layer)?;
+        let attn = fire(st.hooks, &n.attn, attn)?;
+        let attn = fire(st.hooks, &n.post_attn_dropout, attn)?;
+        let mlp_in = if self.parallel {
+            resid_pre.shallow_clone()
+        } else {
+            fire(st.hooks, &n.resid_mid, &resid_pre + &attn)?
+        };
+        let ln2 = NormPoints {
+            scale: &n.ln2_scale,
+            normalized: &n.ln2_normalized,
+        };
+        let h = self.ln2.forward(&mlp_in, st.hooks, &ln2)?;
+        let h = fire(st.hooks, &n.ln2, h)?;
+        let mlp = self.mlp.forward(h, st, n)?;
+        let mlp = fire(st.hooks, &n.mlp, mlp)?;
+        let mlp = fire(st.hooks, &n.post_mlp_dropout, mlp)?;
+        let out = if self.parallel {
+            mlp + attn + resid_pre
+        } else {
+            mlp + mlp_in
+        };
+        fire(st.hooks, &n.block, out)
+    }
+
+    fn parameters(&self, p: &mut Params) {
+        let n = &self.names.block;
+        p.norm(&format!("{n}.input_layernorm"), &self.ln1);
+        p.linear(&format!("{n}.attention.query_key_value"), &self.attn.qkv);
+        p.linear(&format!("{n}.attention.dense"), &self.attn.dense);
+        p.norm(&format!("{n}.post_attention_layernorm"), &self.ln2);
+        p.linear(&format!("{n}.mlp.dense_h_to_4h"), &self.mlp.fc_in);
+        p.linear(&format!("{n}.mlp.dense_4h_to_h"), &self.mlp.fc_out);
+    }
 }
 
 /// A loaded GPT-NeoX model (or one rank's shard of it: see [`Shard`]).
@@ -172,14 +317,37 @@ pub struct GptNeoX {
     shard: Shard,
     embed: Option<Tensor>,
     vocab_offset: i64,
-    layers: Vec<Layer>,
-    final_ln: Option<LayerNorm>,
-    lm_head: Option<Tensor>,
-    /// The LM head in oneDNN's layout (f32 on CPU).
-    head_packed: Option<super::onednn::Packed>,
+    layers: Vec<Block>,
+    head: Option<Head>,
     inv_freq: Tensor,
     kind: Kind,
     device: Device,
+}
+
+fn check_config(c: &GptNeoXConfig) -> Result<(), ModelError> {
+    let bad = |message: String| {
+        Err(ModelError::Config {
+            file: "config.json".into(),
+            message,
+        })
+    };
+    if !matches!(c.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_fast") {
+        return bad(format!(
+            "activation {:?} is not supported (gelu, gelu_new are)",
+            c.hidden_act
+        ));
+    }
+    if let Some(t) = c
+        .rope_parameters
+        .as_ref()
+        .and_then(|r| r.rope_type.as_deref())
+        && t != "default"
+    {
+        return bad(format!(
+            "GPT-NeoX rope type {t:?} is not supported (default is)"
+        ));
+    }
+    Ok(())
 }
 
 impl GptNeoX {
@@ -201,100 +369,36 @@ impl GptNeoX {
         device: Device,
         shard: &Shard,
     ) -> Result<GptNeoX, ModelError> {
-        if !matches!(
-            config.hidden_act.as_str(),
-            "gelu" | "gelu_new" | "gelu_fast"
-        ) {
-            return Err(ModelError::Config {
-                file: "config.json".into(),
-                message: format!(
-                    "activation {:?} is not supported (gelu, gelu_new are)",
-                    config.hidden_act
-                ),
-            });
-        }
-        if let Some(t) = config
-            .rope_parameters
-            .as_ref()
-            .and_then(|r| r.rope_type.as_deref())
-            && t != "default"
-        {
-            return Err(ModelError::Config {
-                file: "config.json".into(),
-                message: format!("GPT-NeoX rope type {t:?} is not supported (default is)"),
-            });
-        }
-        let (d, inter) = (config.hidden_size, config.intermediate_size);
+        check_config(&config)?;
         shard.check(
             &[("attention heads", config.num_attention_heads)],
             config.num_hidden_layers,
         )?;
-        let get = |name: &str, shape: &[i64]| w.get_shaped(name, shape, kind, device, "GPT-NeoX");
-        let lin = |name: &str, i: i64, o: i64, bias: bool, par: Par| {
-            Linear::load(w, name, i, o, bias, par, shard, kind, device, "GPT-NeoX")
-        };
-        let ln = |name: &str| -> Result<LayerNorm, ModelError> {
-            Ok(LayerNorm {
-                w: get(&format!("{name}.weight"), &[d])?,
-                b: get(&format!("{name}.bias"), &[d])?,
-                eps: config.layer_norm_eps,
-            })
-        };
-        let bias = config.attention_bias;
-        let mut layers = Vec::new();
-        for i in shard.layers(config.num_hidden_layers) {
-            let p = format!("gpt_neox.layers.{i}");
-            // query_key_value rows are per head ([head, q|k|v, d_head]): a
-            // contiguous run of rows is a run of whole heads.
-            layers.push(Layer {
-                ln1: ln(&format!("{p}.input_layernorm"))?,
-                qkv: lin(
-                    &format!("{p}.attention.query_key_value"),
-                    d,
-                    3 * d,
-                    bias,
-                    Par::Column,
-                )?,
-                dense: lin(&format!("{p}.attention.dense"), d, d, bias, Par::Row)?,
-                ln2: ln(&format!("{p}.post_attention_layernorm"))?,
-                fc_in: lin(
-                    &format!("{p}.mlp.dense_h_to_4h"),
-                    d,
-                    inter,
-                    true,
-                    Par::Column,
-                )?,
-                fc_out: lin(&format!("{p}.mlp.dense_4h_to_h"), inter, d, true, Par::Row)?,
-                names: Names::new(i),
-            });
-        }
-        let v = config.vocab_size;
-        let (vocab_offset, vocab_rows) = shard.part(v);
-        let rows = |name: &str| {
-            w.get_part(
-                name,
-                &[v, d],
-                0,
-                vocab_offset,
-                vocab_rows,
-                kind,
-                device,
-                "GPT-NeoX",
-            )
-        };
+        let root = Loader::new(w, shard, kind, device, "GPT-NeoX");
+        let lb = root.pp("gpt_neox");
+        let layers = shard
+            .layers(config.num_hidden_layers)
+            .map(|i| Block::load(&lb.pp(format!("layers.{i}")), &config, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (v, d) = (config.vocab_size, config.hidden_size);
         let tied = config.tie_word_embeddings;
-        let embed = if shard.first_stage() || (shard.last_stage() && tied) {
-            Some(rows("gpt_neox.embed_in.weight")?)
+        let (vocab_offset, embed) = if shard.first_stage() || (shard.last_stage() && tied) {
+            let (o, t) = lb.vocab_rows("embed_in.weight", v, d)?;
+            (o, Some(t))
+        } else {
+            (shard.part(v).0, None)
+        };
+        let head = if shard.last_stage() {
+            let weight = match &embed {
+                Some(e) if tied => e.shallow_clone(),
+                _ if w.contains("embed_out.weight") => root.vocab_rows("embed_out.weight", v, d)?.1,
+                _ => root.vocab_rows("lm_head.weight", v, d)?.1,
+            };
+            let norm = Norm::layer_norm(&lb.pp("final_layer_norm"), d, config.layer_norm_eps)?;
+            Some(Head::new(norm, weight))
         } else {
             None
         };
-        let lm_head = match (shard.last_stage(), tied) {
-            (false, _) => None,
-            (true, true) => embed.as_ref().map(Tensor::shallow_clone),
-            (true, false) if w.contains("embed_out.weight") => Some(rows("embed_out.weight")?),
-            (true, false) => Some(rows("lm_head.weight")?),
-        };
-
         let dim = config.rotary_ndims();
         let exps = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))
             .to_kind(Kind::Float)
@@ -303,17 +407,11 @@ impl GptNeoX {
             .reciprocal()
             .to_device(device);
         Ok(GptNeoX {
-            final_ln: if shard.last_stage() {
-                Some(ln("gpt_neox.final_layer_norm")?)
-            } else {
-                None
-            },
             embed: if shard.first_stage() { embed } else { None },
             vocab_offset,
             shard: shard.clone(),
             layers,
-            head_packed: lm_head.as_ref().and_then(|h| super::onednn::pack(h, None)),
-            lm_head,
+            head,
             inv_freq,
             config,
             kind,
@@ -325,15 +423,12 @@ impl GptNeoX {
         self.device
     }
 
-    fn act(&self, x: &Tensor) -> Tensor {
-        match self.config.hidden_act.as_str() {
-            "gelu" => x.gelu("none"),
-            _ => x.gelu("tanh"),
-        }
-    }
-
     pub fn shard(&self) -> &Shard {
         &self.shard
+    }
+
+    pub fn vocab_size(&self) -> i64 {
+        self.config.vocab_size
     }
 
     /// This rank's parameters, named as transformers' `named_parameters()`
@@ -345,33 +440,17 @@ impl GptNeoX {
             p.add("gpt_neox.embed_in.weight", w);
         }
         for l in &self.layers {
-            let n = &l.names.block;
-            p.layer_norm(&format!("{n}.input_layernorm"), &l.ln1);
-            p.linear(&format!("{n}.attention.query_key_value"), &l.qkv);
-            p.linear(&format!("{n}.attention.dense"), &l.dense);
-            p.layer_norm(&format!("{n}.post_attention_layernorm"), &l.ln2);
-            p.linear(&format!("{n}.mlp.dense_h_to_4h"), &l.fc_in);
-            p.linear(&format!("{n}.mlp.dense_4h_to_h"), &l.fc_out);
+            l.parameters(&mut p);
         }
-        if let Some(l) = &self.final_ln {
-            p.layer_norm("gpt_neox.final_layer_norm", l);
-        }
-        if self.config.tie_word_embeddings && self.embed.is_none() {
-            if let Some(h) = &self.lm_head {
-                p.add("gpt_neox.embed_in.weight", h);
+        if let Some(h) = &self.head {
+            p.norm("gpt_neox.final_layer_norm", &h.norm);
+            if self.config.tie_word_embeddings && self.embed.is_none() {
+                p.add("gpt_neox.embed_in.weight", &h.weight);
+            } else {
+                p.head("lm_head.weight", Some(&h.weight), self.embed.as_ref());
             }
-        } else {
-            p.head("lm_head.weight", self.lm_head.as_ref(), self.embed.as_ref());
         }
         p.0
-    }
-
-    pub fn forward(
-        &self,
-        input_ids: &Tensor,
-        hooks: &mut dyn HookSite,
-    ) -> Result<Tensor, ModelError> {
-        self.forward_stage(input_ids, None, hooks, &SingleRank, None)
     }
 
     /// This rank's part of the forward (see `Gpt2::forward_stage`).
@@ -381,23 +460,22 @@ impl GptNeoX {
         hidden: Option<Tensor>,
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor, ModelError> {
-        let start = cache.as_ref().map_or(0, |c| c.len());
-        let size = input_ids.size();
-        let [b, s] = size[..] else {
-            return Err(ModelError::Input(format!(
-                "input_ids must be [batch, seq], got {size:?}"
-            )));
-        };
         let c = &self.config;
-        // Rotary width as transformers applies it: the cos/sin width, i.e. twice
-        // the number of frequencies (rounds an odd `rotary_ndims` up).
-        let rd = 2 * self.inv_freq.size()[0];
-        let nh = c.num_attention_heads / self.shard.tp_size;
-        let hd = c.head_dim();
-        let mut x = match stage_input(&self.shard, hidden, b, s, c.hidden_size, self.kind)? {
-            Some(h) => h.to_device(self.device),
+        let (b, s, start, hidden) = prologue(
+            &self.shard,
+            input_ids,
+            hidden,
+            &cache,
+            c.hidden_size,
+            self.kind,
+            self.device,
+            None,
+        )?;
+        let n = OuterPoints::new("");
+        let mut x = match hidden {
+            Some(h) => h,
             None => {
                 let Some(table) = &self.embed else {
                     return Err(ModelError::Internal(
@@ -405,148 +483,67 @@ impl GptNeoX {
                     ));
                 };
                 let ids = input_ids.to_device(self.device);
-                let x = fire(
-                    hooks,
-                    "gpt_neox.embed_in",
-                    embed(table, &ids, self.vocab_offset, tp)?,
-                )?;
-                fire(hooks, "gpt_neox.emb_dropout", x)?
+                let x = fire(hooks, &n.embed, embed(table, &ids, self.vocab_offset, tp)?)?;
+                fire(hooks, &n.emb_dropout, x)?
             }
         };
-        let (cos, sin) = rope_tables(&self.inv_freq, start, s, self.kind, self.device);
-        let rope = |t: &Tensor| -> Tensor {
-            let r = t.narrow(3, 0, rd);
-            let rest = t.narrow(3, rd, hd - rd);
-            Tensor::cat(&[&r * &cos + rotate_half(&r) * &sin, rest], 3)
-        };
+        let rope = rope_tables(&self.inv_freq, start, s, self.kind, self.device);
         let mask = causal_mask(start, s, None, self.device);
-        let scaling = (hd as f64).powf(-0.5);
+        let mut st = Step {
+            hooks,
+            tp,
+            cache,
+            b,
+            s,
+            start,
+            mask,
+            rope: Some(rope),
+        };
         for (li, l) in self.layers.iter().enumerate() {
-            let n = &l.names;
-            let resid_pre = fire(hooks, &n.resid_pre, x)?;
-            let h = fire(hooks, &n.ln1, l.ln1.forward(&resid_pre))?;
-            let h = tp.copy_to_parallel(h)?;
-            let qkv = fire(hooks, &n.qkv, l.qkv.forward(&h))?;
-            // Per-head fused layout: [b, s, h, 3 * hd] -> q | k | v.
-            let parts = qkv.view([b, s, nh, 3 * hd]).chunk(3, -1);
-            let q = fire(hooks, &n.q, parts[0].contiguous())?.transpose(1, 2);
-            let k = fire(hooks, &n.k, parts[1].contiguous())?.transpose(1, 2);
-            let v = fire(hooks, &n.v, parts[2].contiguous())?.transpose(1, 2);
-            let q = fire(hooks, &n.rot_q, rope(&q).transpose(1, 2))?.transpose(1, 2);
-            let k = fire(hooks, &n.rot_k, rope(&k).transpose(1, 2))?.transpose(1, 2);
-            let (k, v) = with_cache(&mut cache, li, k, v);
-            let z = attention(&q, &k, &v, scaling, &mask, start > 0, hooks, &[&n.pattern])?;
-            let z = fire(hooks, &n.z, z.transpose(1, 2))?;
-            let o = l
-                .dense
-                .forward_tp(&z.reshape([b, s, nh * hd]), Par::Row, tp)?;
-            let o = fire(hooks, &n.dense, o)?;
-            let attn = fire(hooks, &n.attn, o)?;
-            let attn = fire(hooks, &n.post_attn_dropout, attn)?;
-            let mlp_in = if c.use_parallel_residual {
-                resid_pre.shallow_clone()
-            } else {
-                fire(hooks, &n.resid_mid, &resid_pre + &attn)?
-            };
-            let h = fire(hooks, &n.ln2, l.ln2.forward(&mlp_in))?;
-            let h = tp.copy_to_parallel(h)?;
-            let h = fire(hooks, &n.fc_in, l.fc_in.forward(&h))?;
-            let h = fire(hooks, &n.act, self.act(&h))?;
-            let h = fire(hooks, &n.fc_out, l.fc_out.forward_tp(&h, Par::Row, tp)?)?;
-            let mlp = fire(hooks, &n.mlp, h)?;
-            let mlp = fire(hooks, &n.post_mlp_dropout, mlp)?;
-            let out = if c.use_parallel_residual {
-                mlp + attn + resid_pre
-            } else {
-                mlp + mlp_in
-            };
-            x = fire(hooks, &n.block, out)?;
+            x = l.forward(x, &mut st, li)?;
         }
-        if let Some(c) = cache {
+        if let Some(c) = st.cache {
             c.advance(s);
         }
-        let (Some(final_ln), Some(head)) = (&self.final_ln, &self.lm_head) else {
+        let Some(head) = &self.head else {
             return Ok(x);
         };
-        let x = fire(hooks, "gpt_neox.final_layer_norm", final_ln.forward(&x))?;
-        let x = tp.copy_to_parallel(x)?;
-        fire(
-            hooks,
-            "lm_head",
-            lm_head(&x, head, self.head_packed.as_ref()),
-        )
+        let points = HeadPoints {
+            norm: NormPoints {
+                scale: &n.norm_scale,
+                normalized: &n.norm_normalized,
+            },
+            normed: &n.norm,
+            logits: &n.lm_head,
+        };
+        head.forward(&x, st.hooks, tp, &points)
     }
 
     pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
         let c = &self.config;
-        let (d, nh, hd, inter) = (
-            c.hidden_size,
-            c.num_attention_heads,
-            c.head_dim(),
-            c.intermediate_size,
-        );
-        let bsd = vec![batch, seq, d];
-        let mut v = vec![
-            PointInfo::new("gpt_neox.embed_in", bsd.clone(), "hook_embed"),
-            PointInfo::new("gpt_neox.emb_dropout", bsd.clone(), ""),
-        ];
+        let dims = Dims {
+            batch,
+            seq,
+            width: c.hidden_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_attention_heads,
+            head_dim: c.head_dim(),
+            inner: c.intermediate_size,
+            vocab: c.vocab_size,
+        };
+        let outer = OuterPoints::infos("", "", &dims);
+        let mut v: Vec<PointInfo> = outer[..2].to_vec();
         for i in 0..c.num_hidden_layers {
-            let n = Names::new(i);
-            let tl = format!("blocks.{i}");
-            let heads = vec![batch, seq, nh, hd];
-            v.extend([
-                PointInfo::new(&n.resid_pre, bsd.clone(), &format!("{tl}.hook_resid_pre")),
-                PointInfo::new(&n.ln1, bsd.clone(), &format!("{tl}.ln1.hook_normalized")),
-                PointInfo::new(&n.qkv, vec![batch, seq, 3 * d], "").split(2),
-                PointInfo::new(&n.q, heads.clone(), &format!("{tl}.attn.hook_q")).split(2),
-                PointInfo::new(&n.k, heads.clone(), &format!("{tl}.attn.hook_k")).split(2),
-                PointInfo::new(&n.v, heads.clone(), &format!("{tl}.attn.hook_v")).split(2),
-                PointInfo::new(&n.rot_q, heads.clone(), &format!("{tl}.attn.hook_rot_q")).split(2),
-                PointInfo::new(&n.rot_k, heads.clone(), &format!("{tl}.attn.hook_rot_k")).split(2),
-                PointInfo::new(
-                    &n.pattern,
-                    vec![batch, nh, seq, seq],
-                    &format!("{tl}.attn.hook_pattern"),
-                )
-                .split(1),
-                PointInfo::new(&n.z, heads, &format!("{tl}.attn.hook_z")).split(2),
-                PointInfo::new(&n.dense, bsd.clone(), ""),
-                PointInfo::new(&n.attn, bsd.clone(), &format!("{tl}.hook_attn_out")),
-                PointInfo::new(&n.post_attn_dropout, bsd.clone(), ""),
-            ]);
-            if !c.use_parallel_residual {
-                v.push(PointInfo::new(
-                    &n.resid_mid,
-                    bsd.clone(),
-                    &format!("{tl}.hook_resid_mid"),
-                ));
+            let prefix = format!("gpt_neox.layers.{i}");
+            let mut block = BlockPoints::infos(&prefix, &format!("blocks.{i}"), &dims);
+            if c.use_parallel_residual {
+                // No residual between attention and MLP.
+                let mid = BlockPoints::new(&prefix).resid_mid;
+                block.retain(|p| p.name != mid);
             }
-            v.extend([
-                PointInfo::new(&n.ln2, bsd.clone(), &format!("{tl}.ln2.hook_normalized")),
-                PointInfo::new(
-                    &n.fc_in,
-                    vec![batch, seq, inter],
-                    &format!("{tl}.mlp.hook_pre"),
-                )
-                .split(2),
-                PointInfo::new(
-                    &n.act,
-                    vec![batch, seq, inter],
-                    &format!("{tl}.mlp.hook_post"),
-                )
-                .split(2),
-                PointInfo::new(&n.fc_out, bsd.clone(), ""),
-                PointInfo::new(&n.mlp, bsd.clone(), &format!("{tl}.hook_mlp_out")),
-                PointInfo::new(&n.post_mlp_dropout, bsd.clone(), ""),
-                PointInfo::new(&n.block, bsd.clone(), &format!("{tl}.hook_resid_post")),
-            ]);
+            v.extend(block);
         }
-        v.push(PointInfo::new(
-            "gpt_neox.final_layer_norm",
-            bsd,
-            "ln_final.hook_normalized",
-        ));
-        v.push(PointInfo::new("lm_head", vec![batch, seq, c.vocab_size], "logits").split(2));
+        v.extend(outer.into_iter().skip(2));
         v
     }
 }

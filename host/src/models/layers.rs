@@ -1,13 +1,15 @@
-//! Building blocks shared by the architectures: `nn.Linear`, `nn.LayerNorm`,
-//! rotary tables, the causal mask and the attention core (explicit pattern
-//! when it is hooked, fused otherwise), each computed as transformers does.
+//! Building blocks shared by the architectures: `nn.Linear`, GPT-2's
+//! `Conv1D`, rotary tables, the causal mask and the attention core (explicit
+//! scores and pattern when they are hooked, fused otherwise), each computed
+//! as transformers does.
 
 use tch::{Device, Kind, Tensor};
 
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
-use super::shard::{Shard, TpComm, reduce_bias};
-use super::weights::Weights;
+use super::loader::Loader;
+use super::norm::Norm;
+use super::shard::{TpComm, reduce_bias};
 
 /// `nn.Linear`: weight `[out, in]`, optional bias.
 pub(crate) struct Linear {
@@ -55,43 +57,101 @@ impl Linear {
         }
     }
 
-    /// Load `name` (`nn.Linear`, weight `[out, in]`) as `shard` holds it
-    /// under `par`: whole, a slice of the output features (column), or of the
-    /// input features (row; the bias stays whole).
-    #[allow(clippy::too_many_arguments)]
+    /// Load `name` (`nn.Linear`, weight `[out, in]`) as the loader's shard
+    /// holds it under `par`: whole, a slice of the output features
+    /// (column), or of the input features (row; the bias stays whole).
     pub fn load(
-        w: &Weights,
+        lb: &Loader,
         name: &str,
         i: i64,
         o: i64,
         bias: bool,
         par: Par,
-        shard: &Shard,
-        kind: Kind,
-        device: Device,
-        needed_by: &str,
     ) -> Result<Linear, ModelError> {
-        let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
-        let whole = |n: &str, shape: &[i64]| w.get_shaped(n, shape, kind, device, needed_by);
-        let part = |n: &str, shape: &[i64], dim: usize, (s, l): (i64, i64)| {
-            w.get_part(n, shape, dim, s, l, kind, device, needed_by)
+        let lb = lb.pp(name);
+        let (dim, bias_split) = match par {
+            Par::Column => (0, true),
+            Par::Row => (1, false),
         };
-        let (weight, b) = match (par, shard.tp_size) {
-            (_, 1) => (
-                whole(&wn, &[o, i])?,
-                bias.then(|| whole(&bn, &[o])).transpose()?,
-            ),
-            (Par::Column, _) => (
-                part(&wn, &[o, i], 0, shard.part(o))?,
-                bias.then(|| part(&bn, &[o], 0, shard.part(o)))
-                    .transpose()?,
-            ),
-            (Par::Row, _) => (
-                part(&wn, &[o, i], 1, shard.part(i))?,
-                bias.then(|| whole(&bn, &[o])).transpose()?,
-            ),
+        let w = lb.split("weight", &[o, i], dim, 1)?;
+        let b = match (bias, bias_split) {
+            (false, _) => None,
+            (true, true) => Some(lb.split("bias", &[o], 0, 1)?),
+            (true, false) => Some(lb.get("bias", &[o])?),
         };
-        Ok(Linear::new(weight, b))
+        Ok(Linear::new(w, b))
+    }
+}
+
+/// GPT-2's `Conv1D`: `b + x @ w` with the weight stored `[in, out]`.
+pub(crate) struct Conv1D {
+    pub w: Tensor,
+    pub b: Tensor,
+    /// The same in oneDNN's layout (f32 on CPU), see `onednn`.
+    packed: Option<super::onednn::Packed>,
+}
+
+impl Conv1D {
+    fn new(w: Tensor, b: Tensor) -> Conv1D {
+        let packed = super::onednn::pack(&w.tr(), Some(&b));
+        Conv1D { w, b, packed }
+    }
+
+    /// Load `name` (`[i, o]`) as the loader's shard holds it: column-parallel
+    /// splits `o` (dim 1, each of `sections` sections, e.g. q | k | v),
+    /// row-parallel splits `i` (dim 0; the bias stays whole).
+    pub fn load(
+        lb: &Loader,
+        name: &str,
+        i: i64,
+        o: i64,
+        sections: i64,
+        par: Par,
+    ) -> Result<Conv1D, ModelError> {
+        let lb = lb.pp(name);
+        Ok(match par {
+            Par::Column => Conv1D::new(
+                lb.split("weight", &[i, o], 1, sections)?,
+                lb.split("bias", &[o], 0, sections)?,
+            ),
+            Par::Row => Conv1D::new(lb.split("weight", &[i, o], 0, 1)?, lb.get("bias", &[o])?),
+        })
+    }
+
+    /// `b + x @ w` in one `addmm`, as Conv1D does (no separate bias pass).
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        if let Some(p) = &self.packed
+            && !self.w.requires_grad()
+            && let Some(y) = super::onednn::linear(x, p)
+        {
+            return y;
+        }
+        let mut shape = x.size();
+        let inner = shape.pop().unwrap_or(0);
+        shape.push(self.w.size()[1]);
+        self.b
+            .addmm(&x.reshape([-1, inner]), &self.w)
+            .view(shape.as_slice())
+    }
+
+    /// `x @ w` without the bias (a row-parallel part, summed across ranks).
+    fn partial(&self, x: &Tensor) -> Tensor {
+        if let Some(p) = &self.packed
+            && !self.w.requires_grad()
+            && let Some(y) = super::onednn::matmul(x, p)
+        {
+            return y;
+        }
+        x.matmul(&self.w)
+    }
+
+    /// The whole projection under tensor parallelism (see `Linear::forward_tp`).
+    pub fn forward_tp(&self, x: &Tensor, par: Par, tp: &dyn TpComm) -> Result<Tensor, ModelError> {
+        if par == Par::Row && tp.size() > 1 {
+            reduce_bias(self.partial(x), Some(&self.b), tp)
+        } else {
+            Ok(self.forward(x))
+        }
     }
 }
 
@@ -102,20 +162,6 @@ pub(crate) enum Par {
     Column,
     /// Input features split; partial outputs are summed over the group.
     Row,
-}
-
-/// `nn.LayerNorm` over the last dimension.
-pub(crate) struct LayerNorm {
-    pub w: Tensor,
-    pub b: Tensor,
-    pub eps: f64,
-}
-
-impl LayerNorm {
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let d = *x.size().last().unwrap_or(&0);
-        x.layer_norm([d], Some(&self.w), Some(&self.b), self.eps, false)
-    }
 }
 
 /// `rotate_half` of transformers' rotary embeddings (last dimension, rank 4).
@@ -156,13 +202,21 @@ pub(crate) fn causal_mask(start: i64, seq: i64, window: Option<i64>, device: Dev
     }
 }
 
+/// The hook points inside the attention core: the scaled, masked scores
+/// before the softmax and the pattern after it (`[batch, head, query,
+/// key]`).
+pub(crate) struct CorePoints<'a> {
+    pub scores: &'a str,
+    pub pattern: &'a str,
+}
+
 /// Attention of `q`, `k`, `v` (`[batch, heads, seq, head]`, k/v already
-/// repeated to the query heads). When something hooks one of `pattern_points`
-/// (the post-softmax pattern, then e.g. the attention-dropout module, which is
-/// the identity in eval) the pattern is materialised and fired at each, as
-/// transformers' eager path computes it; otherwise a fused kernel runs.
-/// `explicit`: `mask` holds more than square causality (a sliding window, or
-/// queries after cached positions).
+/// repeated to the query heads). When something hooks the scores or the
+/// pattern they are materialised and fired, as transformers' eager path
+/// computes them (masked scores hold the dtype's minimum); otherwise a fused
+/// kernel runs. `explicit`: `mask` holds more than square causality (a
+/// sliding window, or queries after cached positions).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -171,15 +225,14 @@ pub(crate) fn attention(
     mask: &Tensor,
     explicit: bool,
     hooks: &mut dyn HookSite,
-    pattern_points: &[&str],
+    points: &CorePoints<'_>,
 ) -> Result<Tensor, ModelError> {
-    if pattern_points.iter().any(|p| hooks.active(p)) {
+    if hooks.active(points.scores) || hooks.active(points.pattern) {
         let scores = q.matmul(&k.transpose(-1, -2)) * scaling;
         let scores = scores.masked_fill(mask, super::mask_value(scores.kind()));
-        let mut pattern = scores.softmax(-1, Kind::Float).to_kind(v.kind());
-        for p in pattern_points {
-            pattern = fire(hooks, p, pattern)?;
-        }
+        let scores = fire(hooks, points.scores, scores)?;
+        let pattern = scores.softmax(-1, Kind::Float).to_kind(v.kind());
+        let pattern = fire(hooks, points.pattern, pattern)?;
         Ok(pattern.matmul(v))
     } else if explicit {
         // Fused, with the mask inverted to SDPA's convention (true = attend).
@@ -215,9 +268,15 @@ impl Params {
             self.add(format!("{name}.bias"), b);
         }
     }
-    pub fn layer_norm(&mut self, name: &str, l: &LayerNorm) {
+    pub fn conv1d(&mut self, name: &str, l: &Conv1D) {
         self.add(format!("{name}.weight"), &l.w);
         self.add(format!("{name}.bias"), &l.b);
+    }
+    pub fn norm(&mut self, name: &str, n: &Norm) {
+        self.add(format!("{name}.weight"), n.weight());
+        if let Some(b) = n.bias() {
+            self.add(format!("{name}.bias"), b);
+        }
     }
     /// The LM head unless it is the embedding itself (tied).
     pub fn head(&mut self, name: &str, head: Option<&Tensor>, embed: Option<&Tensor>) {

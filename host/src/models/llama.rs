@@ -1,20 +1,12 @@
 //! The LLaMA family (`model_type` `llama`, `mistral`, `qwen2`), as
 //! `transformers`' `modeling_llama.py` / `modeling_mistral.py` /
-//! `modeling_qwen2.py` (eager attention): RMSNorm, rotary embeddings with
-//! `rope_theta` and `llama3` scaling, grouped-query attention, optional
-//! q/k/v(/o) biases, SwiGLU MLP, sliding-window attention (Mistral, Qwen2),
-//! tied or untied embeddings. Weight names as in the checkpoint.
-//!
-//! Hook points of layer `i` (`P = model.layers.{i}`), in forward order:
-//! `P.hook_resid_pre`, `P.input_layernorm`, `P.self_attn.q_proj` / `k_proj` /
-//! `v_proj`, `P.self_attn.hook_q` / `hook_k` / `hook_v` (`[batch, pos, head,
-//! d_head]`, before rotary), `P.self_attn.hook_rot_q` / `hook_rot_k` (after
-//! rotary), `P.self_attn.hook_pattern` (`[batch, head, query, key]`),
-//! `P.self_attn.hook_z`, `P.self_attn.o_proj`, `P.self_attn`,
-//! `P.hook_resid_mid`, `P.post_attention_layernorm`, `P.mlp.gate_proj`,
-//! `P.mlp.up_proj`, `P.mlp.act_fn`, `P.mlp.hook_post` (`act(gate) * up`),
-//! `P.mlp.down_proj`, `P.mlp`, `P`. Around them: `model.embed_tokens`,
-//! `model.norm`, `lm_head`.
+//! `modeling_qwen2.py` (eager attention), in its components:
+//! [`Attention`] (grouped-query, rotary embeddings with `rope_theta` and
+//! `llama3` scaling, optional q/k/v(/o) biases, sliding windows for Mistral
+//! and Qwen2), [`Mlp`] (SwiGLU), [`Block`]; RMSNorm; tied or untied
+//! embeddings. Weight names as in the checkpoint. Hook points: the tables
+//! below, in forward order (`P` = `model.layers.{i}`); `hook_q`/`hook_k` are
+//! before rotary, `hook_rot_q`/`hook_rot_k` after.
 
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
@@ -22,9 +14,14 @@ use tch::{Device, Kind, Tensor};
 use super::cache::{KvCache, with_cache};
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
-use super::layers::{Linear, Par, Params, attention, causal_mask, rope_tables, rotate_half};
-use super::points::PointInfo;
-use super::shard::{Shard, SingleRank, TpComm, embed, lm_head, stage_input};
+use super::layers::{
+    CorePoints, Linear, Par, Params, attention, causal_mask, rope_tables, rotate_half,
+};
+use super::loader::Loader;
+use super::norm::{Norm, NormPoints};
+use super::points::{Dims, PointInfo, hook_points};
+use super::shard::{Shard, TpComm, embed};
+use super::stage::{Head, HeadPoints, PreNormPoints, Step, pre_norm_block, prologue};
 use super::weights::Weights;
 
 /// RoPE parameters: `rope_parameters` (transformers 5) or the older
@@ -128,91 +125,238 @@ impl LlamaConfig {
     }
 }
 
-struct RmsNorm {
-    w: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let kind = x.kind();
-        let h = x.to_kind(Kind::Float);
-        let var = h.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        let h = &h * (var + self.eps).rsqrt();
-        &self.w * h.to_kind(kind)
+hook_points! {
+    /// One decoder layer, under `model.layers.{i}` (aliases under `blocks.{i}`).
+    struct BlockPoints {
+        resid_pre: "hook_resid_pre", "hook_resid_pre", [B, S, D];
+        ln1_scale: "input_layernorm.hook_scale", "ln1.hook_scale", [B, S, One];
+        ln1_normalized: "input_layernorm.hook_normalized", "ln1.hook_normalized", [B, S, D];
+        ln1: "input_layernorm", "", [B, S, D];
+        q_proj: "self_attn.q_proj", "", [B, S, HDh], split(2, 1);
+        k_proj: "self_attn.k_proj", "", [B, S, HkvDh], split(2, 1);
+        v_proj: "self_attn.v_proj", "", [B, S, HkvDh], split(2, 1);
+        q: "self_attn.hook_q", "attn.hook_q", [B, S, H, Dh], split(2, 1);
+        k: "self_attn.hook_k", "attn.hook_k", [B, S, Hkv, Dh], split(2, 1);
+        v: "self_attn.hook_v", "attn.hook_v", [B, S, Hkv, Dh], split(2, 1);
+        rot_q: "self_attn.hook_rot_q", "attn.hook_rot_q", [B, S, H, Dh], split(2, 1);
+        rot_k: "self_attn.hook_rot_k", "attn.hook_rot_k", [B, S, Hkv, Dh], split(2, 1);
+        scores: "self_attn.hook_attn_scores", "attn.hook_attn_scores", [B, H, S, S], split(1, 1);
+        pattern: "self_attn.hook_pattern", "attn.hook_pattern", [B, H, S, S], split(1, 1);
+        z: "self_attn.hook_z", "attn.hook_z", [B, S, H, Dh], split(2, 1);
+        o_proj: "self_attn.o_proj", "", [B, S, D];
+        attn: "self_attn", "hook_attn_out", [B, S, D];
+        resid_mid: "hook_resid_mid", "hook_resid_mid", [B, S, D];
+        ln2_scale: "post_attention_layernorm.hook_scale", "ln2.hook_scale", [B, S, One];
+        ln2_normalized: "post_attention_layernorm.hook_normalized", "ln2.hook_normalized", [B, S, D];
+        ln2: "post_attention_layernorm", "", [B, S, D];
+        gate: "mlp.gate_proj", "mlp.hook_pre", [B, S, I], split(2, 1);
+        up: "mlp.up_proj", "mlp.hook_pre_linear", [B, S, I], split(2, 1);
+        act: "mlp.act_fn", "", [B, S, I], split(2, 1);
+        post: "mlp.hook_post", "mlp.hook_post", [B, S, I], split(2, 1);
+        down: "mlp.down_proj", "", [B, S, D];
+        mlp: "mlp", "hook_mlp_out", [B, S, D];
+        block: "", "hook_resid_post", [B, S, D];
     }
 }
 
-struct Names {
-    resid_pre: String,
-    ln1: String,
-    q_proj: String,
-    k_proj: String,
-    v_proj: String,
-    q: String,
-    k: String,
-    v: String,
-    rot_q: String,
-    rot_k: String,
-    pattern: String,
-    z: String,
-    o_proj: String,
-    attn: String,
-    resid_mid: String,
-    ln2: String,
-    gate: String,
-    up: String,
-    act: String,
-    post: String,
-    down: String,
-    mlp: String,
-    block: String,
-}
-
-impl Names {
-    fn new(i: i64) -> Self {
-        let p = format!("model.layers.{i}");
-        let a = format!("{p}.self_attn");
-        let m = format!("{p}.mlp");
-        Names {
-            resid_pre: format!("{p}.hook_resid_pre"),
-            ln1: format!("{p}.input_layernorm"),
-            q_proj: format!("{a}.q_proj"),
-            k_proj: format!("{a}.k_proj"),
-            v_proj: format!("{a}.v_proj"),
-            q: format!("{a}.hook_q"),
-            k: format!("{a}.hook_k"),
-            v: format!("{a}.hook_v"),
-            rot_q: format!("{a}.hook_rot_q"),
-            rot_k: format!("{a}.hook_rot_k"),
-            pattern: format!("{a}.hook_pattern"),
-            z: format!("{a}.hook_z"),
-            o_proj: format!("{a}.o_proj"),
-            resid_mid: format!("{p}.hook_resid_mid"),
-            ln2: format!("{p}.post_attention_layernorm"),
-            gate: format!("{m}.gate_proj"),
-            up: format!("{m}.up_proj"),
-            act: format!("{m}.act_fn"),
-            post: format!("{m}.hook_post"),
-            down: format!("{m}.down_proj"),
-            attn: a,
-            mlp: m,
-            block: p,
-        }
+hook_points! {
+    /// Around the layers: the embedding (first stage), the final norm and
+    /// the LM head (last stage).
+    struct OuterPoints {
+        embed: "model.embed_tokens", "hook_embed", [B, S, D];
+        norm_scale: "model.norm.hook_scale", "ln_final.hook_scale", [B, S, One];
+        norm_normalized: "model.norm.hook_normalized", "ln_final.hook_normalized", [B, S, D];
+        norm: "model.norm", "unembed.hook_in", [B, S, D];
+        lm_head: "lm_head", "unembed.hook_out|logits", [B, S, V], split(2, 1);
     }
 }
 
-struct Layer {
-    ln1: RmsNorm,
+/// `LlamaAttention`: q, k, v (column-parallel by head), rotary, grouped-query
+/// attention, o (row-parallel).
+struct Attention {
     q: Linear,
     k: Linear,
     v: Linear,
     o: Linear,
-    ln2: RmsNorm,
+    /// Query and key/value heads on this rank, head width.
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+    /// Sliding window: the mask needs the explicit path.
+    windowed: bool,
+}
+
+impl Attention {
+    fn load(lb: &Loader, c: &LlamaConfig) -> Result<Attention, ModelError> {
+        let (d, nh, nkv, hd) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.kv_heads(),
+            c.head_dim(),
+        );
+        let bias = c.qkv_bias();
+        let tp = lb.shard.tp_size;
+        Ok(Attention {
+            q: Linear::load(lb, "q_proj", d, nh * hd, bias, Par::Column)?,
+            k: Linear::load(lb, "k_proj", d, nkv * hd, bias, Par::Column)?,
+            v: Linear::load(lb, "v_proj", d, nkv * hd, bias, Par::Column)?,
+            o: Linear::load(lb, "o_proj", nh * hd, d, c.o_bias(), Par::Row)?,
+            heads: nh / tp,
+            kv_heads: nkv / tp,
+            head_dim: hd,
+            windowed: c.window().is_some(),
+        })
+    }
+
+    fn forward(
+        &self,
+        h: Tensor,
+        st: &mut Step<'_>,
+        n: &BlockPoints,
+        layer: usize,
+    ) -> Result<Tensor, ModelError> {
+        let (b, s, nh, nkv, hd) = (st.b, st.s, self.heads, self.kv_heads, self.head_dim);
+        let h = st.tp.copy_to_parallel(h)?;
+        let q = fire(st.hooks, &n.q_proj, self.q.forward(&h))?;
+        let k = fire(st.hooks, &n.k_proj, self.k.forward(&h))?;
+        let v = fire(st.hooks, &n.v_proj, self.v.forward(&h))?;
+        let q = fire(st.hooks, &n.q, q.view([b, s, nh, hd]))?.transpose(1, 2);
+        let k = fire(st.hooks, &n.k, k.view([b, s, nkv, hd]))?.transpose(1, 2);
+        let v = fire(st.hooks, &n.v, v.view([b, s, nkv, hd]))?.transpose(1, 2);
+        let Some((cos, sin)) = &st.rope else {
+            return Err(ModelError::Internal("no rotary tables".into()));
+        };
+        let q = &q * cos + rotate_half(&q) * sin;
+        let k = &k * cos + rotate_half(&k) * sin;
+        let q = fire(st.hooks, &n.rot_q, q.transpose(1, 2))?.transpose(1, 2);
+        let k = fire(st.hooks, &n.rot_k, k.transpose(1, 2))?.transpose(1, 2);
+        let (k, v) = with_cache(&mut st.cache, layer, k, v);
+        let rep = nh / nkv;
+        let (k, v) = if rep > 1 {
+            (
+                k.repeat_interleave_self_int(rep, 1, None),
+                v.repeat_interleave_self_int(rep, 1, None),
+            )
+        } else {
+            (k, v)
+        };
+        let core = CorePoints {
+            scores: &n.scores,
+            pattern: &n.pattern,
+        };
+        let scaling = (hd as f64).powf(-0.5);
+        let explicit = self.windowed || st.start > 0;
+        let z = attention(&q, &k, &v, scaling, &st.mask, explicit, st.hooks, &core)?;
+        let z = fire(st.hooks, &n.z, z.transpose(1, 2).contiguous())?;
+        let o = self
+            .o
+            .forward_tp(&z.reshape([b, s, nh * hd]), Par::Row, st.tp)?;
+        fire(st.hooks, &n.o_proj, o)
+    }
+}
+
+/// `LlamaMLP`: `down(silu(gate(x)) * up(x))`; gate and up column-parallel,
+/// down row-parallel.
+struct Mlp {
     gate: Linear,
     up: Linear,
     down: Linear,
-    names: Names,
+}
+
+impl Mlp {
+    fn load(lb: &Loader, c: &LlamaConfig) -> Result<Mlp, ModelError> {
+        let (d, inter, bias) = (c.hidden_size, c.intermediate_size, c.mlp_bias);
+        Ok(Mlp {
+            gate: Linear::load(lb, "gate_proj", d, inter, bias, Par::Column)?,
+            up: Linear::load(lb, "up_proj", d, inter, bias, Par::Column)?,
+            down: Linear::load(lb, "down_proj", inter, d, bias, Par::Row)?,
+        })
+    }
+
+    fn forward(&self, h: Tensor, st: &mut Step<'_>, n: &BlockPoints) -> Result<Tensor, ModelError> {
+        let h = st.tp.copy_to_parallel(h)?;
+        let gate = fire(st.hooks, &n.gate, self.gate.forward(&h))?;
+        let up = fire(st.hooks, &n.up, self.up.forward(&h))?;
+        let act = fire(st.hooks, &n.act, gate.silu())?;
+        let post = fire(st.hooks, &n.post, act * up)?;
+        fire(
+            st.hooks,
+            &n.down,
+            self.down.forward_tp(&post, Par::Row, st.tp)?,
+        )
+    }
+}
+
+/// `LlamaDecoderLayer`: pre-norm attention and MLP, each added to the residual.
+struct Block {
+    ln1: Norm,
+    attn: Attention,
+    ln2: Norm,
+    mlp: Mlp,
+    names: BlockPoints,
+}
+
+impl Block {
+    fn load(lb: &Loader, c: &LlamaConfig, layer: i64) -> Result<Block, ModelError> {
+        let (d, eps) = (c.hidden_size, c.rms_norm_eps);
+        Ok(Block {
+            ln1: Norm::rms_norm(&lb.pp("input_layernorm"), d, eps)?,
+            attn: Attention::load(&lb.pp("self_attn"), c)?,
+            ln2: Norm::rms_norm(&lb.pp("post_attention_layernorm"), d, eps)?,
+            mlp: Mlp::load(&lb.pp("mlp"), c)?,
+            names: BlockPoints::new(&format!("model.layers.{layer}")),
+        })
+    }
+
+    fn forward(&self, x: Tensor, st: &mut Step<'_>, layer: usize) -> Result<Tensor, ModelError> {
+        let n = &self.names;
+        let points = PreNormPoints {
+            resid_pre: &n.resid_pre,
+            ln1: NormPoints {
+                scale: &n.ln1_scale,
+                normalized: &n.ln1_normalized,
+            },
+            ln1_out: &n.ln1,
+            attn: &n.attn,
+            resid_mid: &n.resid_mid,
+            ln2: NormPoints {
+                scale: &n.ln2_scale,
+                normalized: &n.ln2_normalized,
+            },
+            ln2_out: &n.ln2,
+            mlp: &n.mlp,
+            resid_post: &n.block,
+        };
+        pre_norm_block(
+            x,
+            st,
+            &points,
+            (&self.ln1, &self.ln2),
+            |h, st| self.attn.forward(h, st, n, layer),
+            |h, st| self.mlp.forward(h, st, n),
+        )
+    }
+
+    fn parameters(&self, p: &mut Params) {
+        let n = &self.names.block;
+        p.norm(&format!("{n}.input_layernorm"), &self.ln1);
+        for (name, lin) in [
+            ("self_attn.q_proj", &self.attn.q),
+            ("self_attn.k_proj", &self.attn.k),
+            ("self_attn.v_proj", &self.attn.v),
+            ("self_attn.o_proj", &self.attn.o),
+        ] {
+            p.linear(&format!("{n}.{name}"), lin);
+        }
+        p.norm(&format!("{n}.post_attention_layernorm"), &self.ln2);
+        for (name, lin) in [
+            ("mlp.gate_proj", &self.mlp.gate),
+            ("mlp.up_proj", &self.mlp.up),
+            ("mlp.down_proj", &self.mlp.down),
+        ] {
+            p.linear(&format!("{n}.{name}"), lin);
+        }
+    }
 }
 
 /// A loaded LLaMA-family model (or one rank's shard of it: see [`Shard`]).
@@ -223,11 +367,8 @@ pub struct Llama {
     /// `vocab_offset`.
     embed: Option<Tensor>,
     vocab_offset: i64,
-    layers: Vec<Layer>,
-    norm: Option<RmsNorm>,
-    lm_head: Option<Tensor>,
-    /// The LM head in oneDNN's layout (f32 on CPU).
-    head_packed: Option<super::onednn::Packed>,
+    layers: Vec<Block>,
+    head: Option<Head>,
     inv_freq: Tensor,
     kind: Kind,
     device: Device,
@@ -273,6 +414,28 @@ fn inv_freq(rope: &RopeParams, head_dim: i64) -> Result<Tensor, ModelError> {
     }
 }
 
+fn check_config(c: &LlamaConfig) -> Result<(), ModelError> {
+    let bad = |message: String| {
+        Err(ModelError::Config {
+            file: "config.json".into(),
+            message,
+        })
+    };
+    if c.hidden_act != "silu" {
+        return bad(format!(
+            "activation {:?} is not supported (silu is)",
+            c.hidden_act
+        ));
+    }
+    let (nh, nkv) = (c.num_attention_heads, c.kv_heads());
+    if nkv <= 0 || nh % nkv != 0 {
+        return bad(format!(
+            "num_attention_heads {nh} is not a multiple of num_key_value_heads {nkv}"
+        ));
+    }
+    Ok(())
+}
+
 impl Llama {
     pub fn load(
         config: LlamaConfig,
@@ -292,101 +455,21 @@ impl Llama {
         device: Device,
         shard: &Shard,
     ) -> Result<Llama, ModelError> {
-        if config.hidden_act != "silu" {
-            return Err(ModelError::Config {
-                file: "config.json".into(),
-                message: format!(
-                    "activation {:?} is not supported (silu is)",
-                    config.hidden_act
-                ),
-            });
-        }
-        let (d, nh, nkv, hd, inter) = (
-            config.hidden_size,
-            config.num_attention_heads,
-            config.kv_heads(),
-            config.head_dim(),
-            config.intermediate_size,
-        );
-        if nkv <= 0 || nh % nkv != 0 {
-            return Err(ModelError::Config {
-                file: "config.json".into(),
-                message: format!(
-                    "num_attention_heads {nh} is not a multiple of num_key_value_heads {nkv}"
-                ),
-            });
-        }
+        check_config(&config)?;
         shard.check(
-            &[("attention heads", nh), ("key/value heads", nkv)],
+            &[
+                ("attention heads", config.num_attention_heads),
+                ("key/value heads", config.kv_heads()),
+            ],
             config.num_hidden_layers,
         )?;
-        let get = |name: &str, shape: &[i64]| w.get_shaped(name, shape, kind, device, "LLaMA");
-        let lin = |name: &str, i: i64, o: i64, bias: bool, par: Par| {
-            Linear::load(w, name, i, o, bias, par, shard, kind, device, "LLaMA")
-        };
-        let norm = |name: &str| -> Result<RmsNorm, ModelError> {
-            Ok(RmsNorm {
-                w: get(&format!("{name}.weight"), &[d])?,
-                eps: config.rms_norm_eps,
-            })
-        };
-        let mut layers = Vec::new();
-        for i in shard.layers(config.num_hidden_layers) {
-            let p = format!("model.layers.{i}");
-            let a = format!("{p}.self_attn");
-            let m = format!("{p}.mlp");
-            let qkv_bias = config.qkv_bias();
-            layers.push(Layer {
-                ln1: norm(&format!("{p}.input_layernorm"))?,
-                q: lin(&format!("{a}.q_proj"), d, nh * hd, qkv_bias, Par::Column)?,
-                k: lin(&format!("{a}.k_proj"), d, nkv * hd, qkv_bias, Par::Column)?,
-                v: lin(&format!("{a}.v_proj"), d, nkv * hd, qkv_bias, Par::Column)?,
-                o: lin(
-                    &format!("{a}.o_proj"),
-                    nh * hd,
-                    d,
-                    config.o_bias(),
-                    Par::Row,
-                )?,
-                ln2: norm(&format!("{p}.post_attention_layernorm"))?,
-                gate: lin(
-                    &format!("{m}.gate_proj"),
-                    d,
-                    inter,
-                    config.mlp_bias,
-                    Par::Column,
-                )?,
-                up: lin(
-                    &format!("{m}.up_proj"),
-                    d,
-                    inter,
-                    config.mlp_bias,
-                    Par::Column,
-                )?,
-                down: lin(
-                    &format!("{m}.down_proj"),
-                    inter,
-                    d,
-                    config.mlp_bias,
-                    Par::Row,
-                )?,
-                names: Names::new(i),
-            });
-        }
-        let v = config.vocab_size;
-        let (vocab_offset, vocab_rows) = shard.part(v);
-        let rows = |name: &str| {
-            w.get_part(
-                name,
-                &[v, d],
-                0,
-                vocab_offset,
-                vocab_rows,
-                kind,
-                device,
-                "LLaMA",
-            )
-        };
+        let root = Loader::new(w, shard, kind, device, "LLaMA");
+        let lb = root.pp("model");
+        let layers = shard
+            .layers(config.num_hidden_layers)
+            .map(|i| Block::load(&lb.pp(format!("layers.{i}")), &config, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (v, d) = (config.vocab_size, config.hidden_size);
         let tied = config.tie_word_embeddings;
         if !tied && !w.contains("lm_head.weight") {
             return Err(ModelError::MissingTensor {
@@ -394,28 +477,31 @@ impl Llama {
                 needed_by: "LLaMA (untied)".into(),
             });
         }
-        let embed = if shard.first_stage() || (shard.last_stage() && tied) {
-            Some(rows("model.embed_tokens.weight")?)
+        let need_embed = shard.first_stage() || (shard.last_stage() && tied);
+        let (vocab_offset, embed) = if need_embed {
+            let (o, t) = lb.vocab_rows("embed_tokens.weight", v, d)?;
+            (o, Some(t))
+        } else {
+            (shard.part(v).0, None)
+        };
+        let head = if shard.last_stage() {
+            let weight = match &embed {
+                Some(e) if tied => e.shallow_clone(),
+                _ => root.vocab_rows("lm_head.weight", v, d)?.1,
+            };
+            Some(Head::new(
+                Norm::rms_norm(&lb.pp("norm"), d, config.rms_norm_eps)?,
+                weight,
+            ))
         } else {
             None
         };
-        let lm_head = match (shard.last_stage(), tied) {
-            (false, _) => None,
-            (true, true) => embed.as_ref().map(Tensor::shallow_clone),
-            (true, false) => Some(rows("lm_head.weight")?),
-        };
-        let inv_freq = inv_freq(&config.rope(), hd)?.to_device(device);
+        let inv_freq = inv_freq(&config.rope(), config.head_dim())?.to_device(device);
         Ok(Llama {
-            norm: if shard.last_stage() {
-                Some(norm("model.norm")?)
-            } else {
-                None
-            },
             embed: if shard.first_stage() { embed } else { None },
             vocab_offset,
             layers,
-            head_packed: lm_head.as_ref().and_then(|h| super::onednn::pack(h, None)),
-            lm_head,
+            head,
             inv_freq,
             config,
             shard: shard.clone(),
@@ -432,6 +518,10 @@ impl Llama {
         &self.shard
     }
 
+    pub fn vocab_size(&self) -> i64 {
+        self.config.vocab_size
+    }
+
     /// This rank's parameters, named as in the checkpoint.
     pub fn parameters(&self) -> Vec<(String, Tensor)> {
         let mut p = Params::default();
@@ -439,45 +529,18 @@ impl Llama {
             p.add("model.embed_tokens.weight", w);
         }
         for l in &self.layers {
-            let n = &l.names.block;
-            p.add(format!("{n}.input_layernorm.weight"), &l.ln1.w);
-            for (name, lin) in [
-                ("self_attn.q_proj", &l.q),
-                ("self_attn.k_proj", &l.k),
-                ("self_attn.v_proj", &l.v),
-                ("self_attn.o_proj", &l.o),
-            ] {
-                p.linear(&format!("{n}.{name}"), lin);
-            }
-            p.add(format!("{n}.post_attention_layernorm.weight"), &l.ln2.w);
-            for (name, lin) in [
-                ("mlp.gate_proj", &l.gate),
-                ("mlp.up_proj", &l.up),
-                ("mlp.down_proj", &l.down),
-            ] {
-                p.linear(&format!("{n}.{name}"), lin);
-            }
+            l.parameters(&mut p);
         }
-        if let Some(nm) = &self.norm {
-            p.add("model.norm.weight", &nm.w);
-        }
-        if self.config.tie_word_embeddings && self.embed.is_none() {
-            // A later pipeline stage's tied head: the embedding's parameter.
-            if let Some(h) = &self.lm_head {
-                p.add("model.embed_tokens.weight", h);
+        if let Some(h) = &self.head {
+            p.norm("model.norm", &h.norm);
+            if self.config.tie_word_embeddings && self.embed.is_none() {
+                // A later pipeline stage's tied head: the embedding's parameter.
+                p.add("model.embed_tokens.weight", &h.weight);
+            } else {
+                p.head("lm_head.weight", Some(&h.weight), self.embed.as_ref());
             }
-        } else {
-            p.head("lm_head.weight", self.lm_head.as_ref(), self.embed.as_ref());
         }
         p.0
-    }
-
-    pub fn forward(
-        &self,
-        input_ids: &Tensor,
-        hooks: &mut dyn HookSite,
-    ) -> Result<Tensor, ModelError> {
-        self.forward_stage(input_ids, None, hooks, &SingleRank, None)
     }
 
     /// This rank's part of the forward (see `Gpt2::forward_stage`).
@@ -487,24 +550,22 @@ impl Llama {
         hidden: Option<Tensor>,
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor, ModelError> {
-        let start = cache.as_ref().map_or(0, |c| c.len());
-        let size = input_ids.size();
-        let [b, s] = size[..] else {
-            return Err(ModelError::Input(format!(
-                "input_ids must be [batch, seq], got {size:?}"
-            )));
-        };
         let c = &self.config;
-        let tp_size = self.shard.tp_size;
-        let (nh, nkv, hd) = (
-            c.num_attention_heads / tp_size,
-            c.kv_heads() / tp_size,
-            c.head_dim(),
-        );
-        let mut x = match stage_input(&self.shard, hidden, b, s, c.hidden_size, self.kind)? {
-            Some(h) => h.to_device(self.device),
+        let (b, s, start, hidden) = prologue(
+            &self.shard,
+            input_ids,
+            hidden,
+            &cache,
+            c.hidden_size,
+            self.kind,
+            self.device,
+            None,
+        )?;
+        let n = OuterPoints::new("");
+        let mut x = match hidden {
+            Some(h) => h,
             None => {
                 let Some(table) = &self.embed else {
                     return Err(ModelError::Internal(
@@ -512,154 +573,64 @@ impl Llama {
                     ));
                 };
                 let ids = input_ids.to_device(self.device);
-                fire(
-                    hooks,
-                    "model.embed_tokens",
-                    embed(table, &ids, self.vocab_offset, tp)?,
-                )?
+                fire(hooks, &n.embed, embed(table, &ids, self.vocab_offset, tp)?)?
             }
         };
         // Rotary tables as LlamaRotaryEmbedding; causal (and sliding-window) mask.
-        let (cos, sin) = rope_tables(&self.inv_freq, start, s, self.kind, self.device);
+        let rope = rope_tables(&self.inv_freq, start, s, self.kind, self.device);
         let mask = causal_mask(start, s, c.window(), self.device);
-        let scaling = (hd as f64).powf(-0.5);
-        let rep = nh / nkv;
+        let mut st = Step {
+            hooks,
+            tp,
+            cache,
+            b,
+            s,
+            start,
+            mask,
+            rope: Some(rope),
+        };
         for (li, l) in self.layers.iter().enumerate() {
-            let n = &l.names;
-            let resid_pre = fire(hooks, &n.resid_pre, x)?;
-            let h = fire(hooks, &n.ln1, l.ln1.forward(&resid_pre))?;
-            let h = tp.copy_to_parallel(h)?;
-            let q = fire(hooks, &n.q_proj, l.q.forward(&h))?;
-            let k = fire(hooks, &n.k_proj, l.k.forward(&h))?;
-            let v = fire(hooks, &n.v_proj, l.v.forward(&h))?;
-            let q = fire(hooks, &n.q, q.view([b, s, nh, hd]))?.transpose(1, 2);
-            let k = fire(hooks, &n.k, k.view([b, s, nkv, hd]))?.transpose(1, 2);
-            let v = fire(hooks, &n.v, v.view([b, s, nkv, hd]))?.transpose(1, 2);
-            let q = &q * &cos + rotate_half(&q) * &sin;
-            let k = &k * &cos + rotate_half(&k) * &sin;
-            let q = fire(hooks, &n.rot_q, q.transpose(1, 2))?.transpose(1, 2);
-            let k = fire(hooks, &n.rot_k, k.transpose(1, 2))?.transpose(1, 2);
-            let (k, v) = with_cache(&mut cache, li, k, v);
-            let (k, v) = if rep > 1 {
-                (
-                    k.repeat_interleave_self_int(rep, 1, None),
-                    v.repeat_interleave_self_int(rep, 1, None),
-                )
-            } else {
-                (k, v)
-            };
-            let z = attention(
-                &q,
-                &k,
-                &v,
-                scaling,
-                &mask,
-                c.window().is_some() || start > 0,
-                hooks,
-                &[&n.pattern],
-            )?;
-            let z = fire(hooks, &n.z, z.transpose(1, 2))?;
-            let o = l.o.forward_tp(&z.reshape([b, s, nh * hd]), Par::Row, tp)?;
-            let o = fire(hooks, &n.o_proj, o)?;
-            let attn = fire(hooks, &n.attn, o)?;
-            let resid_mid = fire(hooks, &n.resid_mid, resid_pre + attn)?;
-            let h = fire(hooks, &n.ln2, l.ln2.forward(&resid_mid))?;
-            let h = tp.copy_to_parallel(h)?;
-            let gate = fire(hooks, &n.gate, l.gate.forward(&h))?;
-            let up = fire(hooks, &n.up, l.up.forward(&h))?;
-            let act = fire(hooks, &n.act, gate.silu())?;
-            let post = fire(hooks, &n.post, act * up)?;
-            let down = fire(hooks, &n.down, l.down.forward_tp(&post, Par::Row, tp)?)?;
-            let mlp = fire(hooks, &n.mlp, down)?;
-            x = fire(hooks, &n.block, resid_mid + mlp)?;
+            x = l.forward(x, &mut st, li)?;
         }
-        if let Some(c) = cache {
+        if let Some(c) = st.cache {
             c.advance(s);
         }
-        let (Some(norm), Some(head)) = (&self.norm, &self.lm_head) else {
+        let Some(head) = &self.head else {
             return Ok(x);
         };
-        let x = fire(hooks, "model.norm", norm.forward(&x))?;
-        let x = tp.copy_to_parallel(x)?;
-        fire(
-            hooks,
-            "lm_head",
-            lm_head(&x, head, self.head_packed.as_ref()),
-        )
+        let points = HeadPoints {
+            norm: NormPoints {
+                scale: &n.norm_scale,
+                normalized: &n.norm_normalized,
+            },
+            normed: &n.norm,
+            logits: &n.lm_head,
+        };
+        head.forward(&x, st.hooks, tp, &points)
     }
 
     pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
         let c = &self.config;
-        let (d, nh, nkv, hd, inter) = (
-            c.hidden_size,
-            c.num_attention_heads,
-            c.kv_heads(),
-            c.head_dim(),
-            c.intermediate_size,
-        );
-        let bsd = vec![batch, seq, d];
-        let mut v = vec![PointInfo::new(
-            "model.embed_tokens",
-            bsd.clone(),
-            "hook_embed",
-        )];
+        let dims = Dims {
+            batch,
+            seq,
+            width: c.hidden_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.kv_heads(),
+            head_dim: c.head_dim(),
+            inner: c.intermediate_size,
+            vocab: c.vocab_size,
+        };
+        let outer = OuterPoints::infos("", "", &dims);
+        let mut v = vec![outer[0].clone()];
         for i in 0..c.num_hidden_layers {
-            let n = Names::new(i);
-            let tl = format!("blocks.{i}");
-            let qh = vec![batch, seq, nh, hd];
-            let kh = vec![batch, seq, nkv, hd];
-            v.extend([
-                PointInfo::new(&n.resid_pre, bsd.clone(), &format!("{tl}.hook_resid_pre")),
-                PointInfo::new(&n.ln1, bsd.clone(), &format!("{tl}.ln1.hook_normalized")),
-                PointInfo::new(&n.q_proj, vec![batch, seq, nh * hd], "").split(2),
-                PointInfo::new(&n.k_proj, vec![batch, seq, nkv * hd], "").split(2),
-                PointInfo::new(&n.v_proj, vec![batch, seq, nkv * hd], "").split(2),
-                PointInfo::new(&n.q, qh.clone(), &format!("{tl}.attn.hook_q")).split(2),
-                PointInfo::new(&n.k, kh.clone(), &format!("{tl}.attn.hook_k")).split(2),
-                PointInfo::new(&n.v, kh.clone(), &format!("{tl}.attn.hook_v")).split(2),
-                PointInfo::new(&n.rot_q, qh.clone(), &format!("{tl}.attn.hook_rot_q")).split(2),
-                PointInfo::new(&n.rot_k, kh, &format!("{tl}.attn.hook_rot_k")).split(2),
-                PointInfo::new(
-                    &n.pattern,
-                    vec![batch, nh, seq, seq],
-                    &format!("{tl}.attn.hook_pattern"),
-                )
-                .split(1),
-                PointInfo::new(&n.z, qh, &format!("{tl}.attn.hook_z")).split(2),
-                PointInfo::new(&n.o_proj, bsd.clone(), ""),
-                PointInfo::new(&n.attn, bsd.clone(), &format!("{tl}.hook_attn_out")),
-                PointInfo::new(&n.resid_mid, bsd.clone(), &format!("{tl}.hook_resid_mid")),
-                PointInfo::new(&n.ln2, bsd.clone(), &format!("{tl}.ln2.hook_normalized")),
-                PointInfo::new(
-                    &n.gate,
-                    vec![batch, seq, inter],
-                    &format!("{tl}.mlp.hook_pre"),
-                )
-                .split(2),
-                PointInfo::new(
-                    &n.up,
-                    vec![batch, seq, inter],
-                    &format!("{tl}.mlp.hook_pre_linear"),
-                )
-                .split(2),
-                PointInfo::new(&n.act, vec![batch, seq, inter], "").split(2),
-                PointInfo::new(
-                    &n.post,
-                    vec![batch, seq, inter],
-                    &format!("{tl}.mlp.hook_post"),
-                )
-                .split(2),
-                PointInfo::new(&n.down, bsd.clone(), ""),
-                PointInfo::new(&n.mlp, bsd.clone(), &format!("{tl}.hook_mlp_out")),
-                PointInfo::new(&n.block, bsd.clone(), &format!("{tl}.hook_resid_post")),
-            ]);
+            v.extend(BlockPoints::infos(
+                &format!("model.layers.{i}"),
+                &format!("blocks.{i}"),
+                &dims,
+            ));
         }
-        v.push(PointInfo::new(
-            "model.norm",
-            bsd,
-            "ln_final.hook_normalized",
-        ));
-        v.push(PointInfo::new("lm_head", vec![batch, seq, c.vocab_size], "logits").split(2));
+        v.extend(outer.into_iter().skip(1));
         v
     }
 }

@@ -8,9 +8,12 @@ pub mod gpt_neox;
 pub mod hook_site;
 mod layers;
 pub mod llama;
+mod loader;
+mod norm;
 mod onednn;
 pub mod points;
 pub mod shard;
+mod stage;
 pub mod tokenizer;
 pub mod weights;
 
@@ -134,6 +137,15 @@ impl Model {
         hooks: &mut dyn HookSite,
     ) -> Result<Tensor, ModelError> {
         self.forward_stage(input_ids, None, hooks, &SingleRank, None)
+    }
+
+    /// The vocabulary size (the logits' last dimension).
+    pub fn vocab_size(&self) -> i64 {
+        match self {
+            Model::Gpt2(m) => m.vocab_size(),
+            Model::Llama(m) => m.vocab_size(),
+            Model::GptNeoX(m) => m.vocab_size(),
+        }
     }
 
     /// One rank's part of a sharded forward: from the token ids (first

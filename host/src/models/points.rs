@@ -1,7 +1,13 @@
 //! Hook-point names: every point has a canonical name (the Hugging Face module
 //! path, or `<module path>.hook_*` for points inside a module's forward) and
-//! usually a TransformerLens-style alias. Users may use either, or a glob
-//! pattern over either (`blocks.*.hook_resid_post`).
+//! usually a TransformerLens alias, meaning what it means in TransformerLens
+//! 3.x. Users may use either, or a glob pattern over either
+//! (`blocks.*.hook_resid_post`).
+//!
+//! Each architecture declares its points once, in tables made with
+//! [`hook_points!`]: name, alias, shape and tensor-parallel layout. The
+//! names the forward fires, [`PointInfo`]s and the TP splits the engine
+//! gathers with all come from them.
 
 use globset::{Glob, GlobMatcher};
 
@@ -23,8 +29,11 @@ pub struct PointInfo {
     /// Shape (of the logical, unsharded tensor) for the batch and sequence
     /// length asked for.
     pub shape: Vec<i64>,
-    /// TransformerLens-style alias (empty if none).
+    /// TransformerLens alias (empty if none).
     pub alias: String,
+    /// Further aliases (e.g. `logits` next to `unembed.hook_out`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     /// Layout under tensor parallelism; `None`: every TP rank holds the whole
     /// activation.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,8 +46,16 @@ impl PointInfo {
             name: name.into(),
             shape,
             alias: alias.into(),
+            aliases: Vec::new(),
             tp_split: None,
         }
+    }
+
+    /// Every alias of the point.
+    pub fn all_aliases(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.alias.as_str())
+            .filter(|a| !a.is_empty())
+            .chain(self.aliases.iter().map(String::as_str))
     }
 
     /// Mark the point as split along `dim` over the TP group.
@@ -53,6 +70,142 @@ impl PointInfo {
         self
     }
 }
+
+/// A dimension of a hook point's shape, resolved by [`Dims`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dim {
+    /// Batch.
+    B,
+    /// Sequence positions.
+    S,
+    /// Model width.
+    D,
+    /// Three times the width (fused q | k | v).
+    D3,
+    /// Attention heads, key/value heads, head width.
+    H,
+    Hkv,
+    Dh,
+    /// Query and key/value projection widths (`H·Dh`, `Hkv·Dh`).
+    HDh,
+    HkvDh,
+    /// MLP hidden width.
+    I,
+    /// Vocabulary.
+    V,
+    One,
+}
+
+/// The sizes [`Dim`]s stand for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dims {
+    pub batch: i64,
+    pub seq: i64,
+    pub width: i64,
+    pub heads: i64,
+    pub kv_heads: i64,
+    pub head_dim: i64,
+    pub inner: i64,
+    pub vocab: i64,
+}
+
+impl Dims {
+    pub fn get(&self, d: Dim) -> i64 {
+        match d {
+            Dim::B => self.batch,
+            Dim::S => self.seq,
+            Dim::D => self.width,
+            Dim::D3 => 3 * self.width,
+            Dim::H => self.heads,
+            Dim::Hkv => self.kv_heads,
+            Dim::Dh => self.head_dim,
+            Dim::HDh => self.heads * self.head_dim,
+            Dim::HkvDh => self.kv_heads * self.head_dim,
+            Dim::I => self.inner,
+            Dim::V => self.vocab,
+            Dim::One => 1,
+        }
+    }
+}
+
+/// `prefix.name` (either may be empty).
+pub fn join(prefix: &str, name: &str) -> String {
+    match (prefix.is_empty(), name.is_empty()) {
+        (_, true) => prefix.to_string(),
+        (true, false) => name.to_string(),
+        (false, false) => format!("{prefix}.{name}"),
+    }
+}
+
+/// One row of a hook-point table.
+pub struct PointSpec {
+    /// Canonical name under the table's prefix.
+    pub name: &'static str,
+    /// Aliases under the table's TransformerLens prefix, `|`-separated
+    /// (empty: none).
+    pub alias: &'static str,
+    pub shape: &'static [Dim],
+    pub tp_split: Option<TpSplit>,
+}
+
+impl PointSpec {
+    /// The point under `prefix` (canonical) and `tl` (aliases).
+    pub fn info(&self, prefix: &str, tl: &str, dims: &Dims) -> PointInfo {
+        let mut aliases = self
+            .alias
+            .split('|')
+            .filter(|a| !a.is_empty())
+            .map(|a| join(tl, a));
+        PointInfo {
+            name: join(prefix, self.name),
+            shape: self.shape.iter().map(|&d| dims.get(d)).collect(),
+            alias: aliases.next().unwrap_or_default(),
+            aliases: aliases.collect(),
+            tp_split: self.tp_split,
+        }
+    }
+}
+
+/// Declare a table of hook points: a struct with one canonical name per
+/// point (`Names::new(prefix)`), and `Names::TABLE`, the rows in forward
+/// order. Each row: `field: "name", "alias", [dims]` and optionally
+/// `split(dim, groups)` for a point split over the TP group.
+macro_rules! hook_points {
+    ($(#[$m:meta])* $vis:vis struct $ty:ident {
+        $( $field:ident : $name:literal, $alias:literal, [$($d:ident),*] $(, split($sd:literal, $sg:literal))? ; )*
+    }) => {
+        $(#[$m])*
+        $vis struct $ty { $( pub $field: String, )* }
+
+        impl $ty {
+            /// The canonical names under `prefix`.
+            pub fn new(prefix: &str) -> Self {
+                $ty { $( $field: $crate::models::points::join(prefix, $name), )* }
+            }
+
+            /// Every row, in forward order.
+            pub const TABLE: &'static [$crate::models::points::PointSpec] = &[ $(
+                $crate::models::points::PointSpec {
+                    name: $name,
+                    alias: $alias,
+                    shape: &[$($crate::models::points::Dim::$d),*],
+                    tp_split: hook_points!(@split $($sd, $sg)?),
+                },
+            )* ];
+
+            /// The points under `prefix` (canonical) and `tl` (aliases).
+            pub fn infos(prefix: &str, tl: &str, dims: &$crate::models::points::Dims)
+                -> Vec<$crate::models::points::PointInfo> {
+                Self::TABLE.iter().map(|p| p.info(prefix, tl, dims)).collect()
+            }
+        }
+    };
+    (@split) => { None };
+    (@split $d:literal, $g:literal) => {
+        Some($crate::models::points::TpSplit { dim: $d, groups: $g })
+    };
+}
+pub(crate) use hook_points;
 
 /// Why a pattern selects nothing or is malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,7 +250,7 @@ impl PointPattern {
     pub fn matches(&self, p: &PointInfo) -> bool {
         let dotted = |s: &str| s.replace('.', "/");
         self.glob.is_match(dotted(&p.name))
-            || (!p.alias.is_empty() && self.glob.is_match(dotted(&p.alias)))
+            || p.all_aliases().any(|a| self.glob.is_match(dotted(a)))
     }
 
     /// Canonical names of the points this pattern selects, in forward order.

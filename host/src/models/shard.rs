@@ -169,20 +169,6 @@ pub(crate) fn reduce_bias(
     })
 }
 
-/// LM head over this rank's slice of the vocabulary (`w` `[rows, d]`): this
-/// rank's columns of the logits (all of them on one rank). The hook point
-/// `lm_head` is split along the vocabulary; whoever needs whole logits
-/// gathers them (the distributed engine, at TP rank 0 only).
-pub(crate) fn lm_head(x: &Tensor, w: &Tensor, packed: Option<&super::onednn::Packed>) -> Tensor {
-    if let Some(p) = packed
-        && !w.requires_grad()
-        && let Some(y) = super::onednn::linear(x, p)
-    {
-        return y;
-    }
-    x.matmul(&w.tr())
-}
-
 /// Whether a stage's input is the token ids (first stage) or the hidden
 /// state received from the previous stage.
 pub(crate) fn stage_input(

@@ -1,0 +1,148 @@
+//! What every architecture's stage shares: the prologue (the batch and
+//! sequence of the ids, the positions already cached, the input: the
+//! previous stage's hidden state or the ids to embed) and the LM head at the
+//! end of the last stage (final norm, then the logits over this rank's
+//! vocabulary slice).
+
+use tch::{Device, Kind, Tensor};
+
+use super::cache::KvCache;
+use super::error::ModelError;
+use super::hook_site::{HookSite, fire};
+use super::norm::{Norm, NormPoints};
+use super::onednn::Packed;
+use super::shard::{Shard, TpComm, stage_input};
+
+/// One step through a stage, as its components see it.
+pub(crate) struct Step<'a> {
+    pub hooks: &'a mut dyn HookSite,
+    pub tp: &'a dyn TpComm,
+    pub cache: Option<&'a mut KvCache>,
+    /// Batch rows, new positions, positions cached before them.
+    pub b: i64,
+    pub s: i64,
+    pub start: i64,
+    /// The causal (and sliding-window) mask of these positions.
+    pub mask: Tensor,
+    /// Rotary `(cos, sin)` tables of these positions (rotary models).
+    pub rope: Option<(Tensor, Tensor)>,
+}
+
+/// The start of a stage: `(batch, seq, start)` of `input_ids` after the
+/// cached positions (at most `max_positions` in all), and the previous
+/// stage's hidden state (`None` on the first stage, which embeds the ids).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn prologue(
+    shard: &Shard,
+    input_ids: &Tensor,
+    hidden: Option<Tensor>,
+    cache: &Option<&mut KvCache>,
+    width: i64,
+    kind: Kind,
+    device: Device,
+    max_positions: Option<i64>,
+) -> Result<(i64, i64, i64, Option<Tensor>), ModelError> {
+    let size = input_ids.size();
+    let [b, s] = size[..] else {
+        return Err(ModelError::Input(format!(
+            "input_ids must be [batch, seq], got {size:?}"
+        )));
+    };
+    let start = cache.as_ref().map_or(0, |c| c.len());
+    if let Some(max) = max_positions
+        && start + s > max
+    {
+        return Err(ModelError::Input(format!(
+            "sequence of {} tokens exceeds the model's {max} positions",
+            start + s
+        )));
+    }
+    let hidden = stage_input(shard, hidden, b, s, width, kind)?.map(|h| h.to_device(device));
+    Ok((b, s, start, hidden))
+}
+
+/// Where the LM head fires its points.
+pub(crate) struct HeadPoints<'a> {
+    pub norm: NormPoints<'a>,
+    /// The final norm's output (TransformerLens' `unembed.hook_in`).
+    pub normed: &'a str,
+    /// The logits (`unembed.hook_out`).
+    pub logits: &'a str,
+}
+
+/// The final norm and the LM head (this rank's rows of the vocabulary).
+pub(crate) struct Head {
+    pub norm: Norm,
+    pub weight: Tensor,
+    /// The head in oneDNN's layout (f32 on CPU).
+    packed: Option<Packed>,
+}
+
+impl Head {
+    pub fn new(norm: Norm, weight: Tensor) -> Head {
+        let packed = super::onednn::pack(&weight, None);
+        Head {
+            norm,
+            weight,
+            packed,
+        }
+    }
+
+    /// This rank's columns of the logits (all of them on one rank). The
+    /// logits point is split along the vocabulary; whoever needs whole
+    /// logits gathers them (the engine, at TP rank 0 only).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        hooks: &mut dyn HookSite,
+        tp: &dyn TpComm,
+        points: &HeadPoints<'_>,
+    ) -> Result<Tensor, ModelError> {
+        let x = self.norm.forward(x, hooks, &points.norm)?;
+        let x = fire(hooks, points.normed, x)?;
+        let x = tp.copy_to_parallel(x)?;
+        let logits = match &self.packed {
+            Some(p) if !self.weight.requires_grad() => {
+                super::onednn::linear(&x, p).unwrap_or_else(|| x.matmul(&self.weight.tr()))
+            }
+            _ => x.matmul(&self.weight.tr()),
+        };
+        fire(hooks, points.logits, logits)
+    }
+}
+
+/// The points of a pre-norm block (GPT-2, LLaMA): residual in, first norm,
+/// attention, residual between, second norm, MLP, residual out.
+pub(crate) struct PreNormPoints<'a> {
+    pub resid_pre: &'a str,
+    pub ln1: NormPoints<'a>,
+    pub ln1_out: &'a str,
+    pub attn: &'a str,
+    pub resid_mid: &'a str,
+    pub ln2: NormPoints<'a>,
+    pub ln2_out: &'a str,
+    pub mlp: &'a str,
+    pub resid_post: &'a str,
+}
+
+/// `x + attn(ln1(x))`, then `+ mlp(ln2(·))`, firing `p`'s points.
+pub(crate) fn pre_norm_block(
+    x: Tensor,
+    st: &mut Step<'_>,
+    p: &PreNormPoints<'_>,
+    norms: (&Norm, &Norm),
+    attn: impl FnOnce(Tensor, &mut Step<'_>) -> Result<Tensor, ModelError>,
+    mlp: impl FnOnce(Tensor, &mut Step<'_>) -> Result<Tensor, ModelError>,
+) -> Result<Tensor, ModelError> {
+    let resid_pre = fire(st.hooks, p.resid_pre, x)?;
+    let h = norms.0.forward(&resid_pre, st.hooks, &p.ln1)?;
+    let h = fire(st.hooks, p.ln1_out, h)?;
+    let a = attn(h, st)?;
+    let a = fire(st.hooks, p.attn, a)?;
+    let resid_mid = fire(st.hooks, p.resid_mid, resid_pre + a)?;
+    let h = norms.1.forward(&resid_mid, st.hooks, &p.ln2)?;
+    let h = fire(st.hooks, p.ln2_out, h)?;
+    let m = mlp(h, st)?;
+    let m = fire(st.hooks, p.mlp, m)?;
+    fire(st.hooks, p.resid_post, resid_mid + m)
+}
