@@ -14,4 +14,6 @@ fi
 rm -rf "$out"
 mkdir -p "$out"
 "$FLEXMODEL_VENV/bin/python" tests/reference/make_models.py "$out"
+# TransformerLens' own activations, for the alias test (tests/transformer_lens.rs).
+"$FLEXMODEL_VENV/bin/python" tests/reference/tl_aliases.py "$out"
 echo "$sum" > "$stamp"

@@ -34,11 +34,16 @@ if [ ! -f "$LIBTORCH/lib/libtorch_cpu.so" ]; then
 fi
 ls "$LIBTORCH/lib/libtorch_cpu.so" >/dev/null
 
-step "Python venv: componentize-py, torch, transformers (in $FLEXMODEL_VENV)"
+step "Python venv: componentize-py, torch, transformers, transformer-lens (in $FLEXMODEL_VENV)"
 [ -x "$FLEXMODEL_VENV/bin/python" ] || python3 -m venv "$FLEXMODEL_VENV"
 if ! "$FLEXMODEL_VENV/bin/python" -c "import torch, transformers, safetensors, componentize_py" 2>/dev/null; then
   "$FLEXMODEL_VENV/bin/pip" install --quiet componentize-py==0.25.1 "torch==$TORCH_VERSION" \
     transformers==5.24.0 safetensors
+fi
+# TransformerLens itself, to check the hook-point aliases against (pinned
+# with the torch and transformers above so that neither moves).
+if ! "$FLEXMODEL_VENV/bin/python" -c "import transformer_lens" 2>/dev/null; then
+  "$FLEXMODEL_VENV/bin/pip" install --quiet transformer-lens==3.9.0 "torch==$TORCH_VERSION" transformers==5.24.0
 fi
 
 step "Reference models (tiny random HF checkpoints + transformers outputs)"

@@ -15,12 +15,11 @@ use tch::{Device, Kind, Tensor};
 use super::cache::{KvCache, with_cache};
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
-use super::layers::{
-    CorePoints, Linear, Par, Params, attention, causal_mask, rope_tables, rotate_half,
-};
+use super::layers::{CorePoints, Linear, Par, Params, attention, causal_mask};
 use super::loader::Loader;
 use super::norm::{Norm, NormPoints};
 use super::points::{Dims, PointInfo, hook_points};
+use super::rope::{rope_tables, rotate_half};
 use super::shard::{Shard, TpComm, embed};
 use super::stage::{Head, HeadPoints, Step, prologue};
 use super::weights::Weights;

@@ -164,30 +164,6 @@ pub(crate) enum Par {
     Row,
 }
 
-/// `rotate_half` of transformers' rotary embeddings (last dimension, rank 4).
-pub(crate) fn rotate_half(x: &Tensor) -> Tensor {
-    let h = x.size()[3] / 2;
-    Tensor::cat(&[-x.narrow(3, h, h), x.narrow(3, 0, h)], 3)
-}
-
-/// `(cos, sin)`, each `[1, 1, seq, 2 * len(inv_freq)]`, for positions
-/// `start..start + seq`: float32 angles, then the model's dtype.
-pub(crate) fn rope_tables(
-    inv_freq: &Tensor,
-    start: i64,
-    seq: i64,
-    kind: Kind,
-    device: Device,
-) -> (Tensor, Tensor) {
-    let pos = Tensor::arange_start(start, start + seq, (Kind::Float, device)).unsqueeze(0);
-    let freqs = pos.unsqueeze(-1) * inv_freq.unsqueeze(0).unsqueeze(0);
-    let emb = Tensor::cat(&[&freqs, &freqs], -1);
-    (
-        emb.cos().to_kind(kind).unsqueeze(1),
-        emb.sin().to_kind(kind).unsqueeze(1),
-    )
-}
-
 /// Causal mask `[seq, start + seq]` for queries at positions
 /// `start..start + seq` over keys at `0..start + seq`, true where a query may
 /// NOT attend; with a sliding `window`, keys older than `window` positions

@@ -14,33 +14,15 @@ use tch::{Device, Kind, Tensor};
 use super::cache::{KvCache, with_cache};
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
-use super::layers::{
-    CorePoints, Linear, Par, Params, attention, causal_mask, rope_tables, rotate_half,
-};
+use super::layers::{CorePoints, Linear, Par, Params, attention, causal_mask};
 use super::loader::Loader;
 use super::norm::{Norm, NormPoints};
 use super::points::{Dims, PointInfo, hook_points};
+pub use super::rope::RopeParams;
+use super::rope::{inv_freq, rope_tables, rotate_half};
 use super::shard::{Shard, TpComm, embed};
 use super::stage::{Head, HeadPoints, PreNormPoints, Step, pre_norm_block, prologue};
 use super::weights::Weights;
-
-/// RoPE parameters: `rope_parameters` (transformers 5) or the older
-/// `rope_scaling` object.
-#[derive(Debug, Clone, Deserialize, Default)]
-pub struct RopeParams {
-    #[serde(default, alias = "type")]
-    pub rope_type: Option<String>,
-    #[serde(default)]
-    pub rope_theta: Option<f64>,
-    #[serde(default)]
-    pub factor: Option<f64>,
-    #[serde(default)]
-    pub low_freq_factor: Option<f64>,
-    #[serde(default)]
-    pub high_freq_factor: Option<f64>,
-    #[serde(default)]
-    pub original_max_position_embeddings: Option<f64>,
-}
 
 /// `config.json` of a LLaMA-family checkpoint.
 #[derive(Debug, Clone, Deserialize)]
@@ -372,46 +354,6 @@ pub struct Llama {
     inv_freq: Tensor,
     kind: Kind,
     device: Device,
-}
-
-/// Inverse RoPE frequencies, computed as transformers does (float32 ops).
-fn inv_freq(rope: &RopeParams, head_dim: i64) -> Result<Tensor, ModelError> {
-    let base = rope.rope_theta.unwrap_or(10_000.0);
-    let exps = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, Device::Cpu))
-        .to_kind(Kind::Float)
-        / head_dim as f64;
-    let inv = Tensor::pow_scalar(base, &exps).reciprocal();
-    match rope.rope_type.as_deref().unwrap_or("default") {
-        "default" => Ok(inv),
-        "llama3" => {
-            let need = |v: Option<f64>, what: &str| {
-                v.ok_or_else(|| ModelError::Config {
-                    file: "config.json".into(),
-                    message: format!("llama3 rope scaling needs `{what}`"),
-                })
-            };
-            let factor = need(rope.factor, "factor")?;
-            let low = need(rope.low_freq_factor, "low_freq_factor")?;
-            let high = need(rope.high_freq_factor, "high_freq_factor")?;
-            let old = need(
-                rope.original_max_position_embeddings,
-                "original_max_position_embeddings",
-            )?;
-            let (low_wl, high_wl) = (old / low, old / high);
-            let wavelen = inv.reciprocal() * (2.0 * std::f64::consts::PI);
-            let scaled = &inv / factor;
-            let inv_l = scaled.where_self(&wavelen.gt(low_wl), &inv);
-            let smooth = ((wavelen.reciprocal() * old) - low) / (high - low);
-            let one_minus: Tensor = -&smooth + 1.0;
-            let smoothed: Tensor = &one_minus * &inv_l / factor + &smooth * &inv_l;
-            let medium = wavelen.ge(high_wl).logical_and(&wavelen.le(low_wl));
-            Ok(smoothed.where_self(&medium, &inv_l))
-        }
-        other => Err(ModelError::Config {
-            file: "config.json".into(),
-            message: format!("rope type {other:?} is not supported (default, llama3 are)"),
-        }),
-    }
 }
 
 fn check_config(c: &LlamaConfig) -> Result<(), ModelError> {

@@ -12,6 +12,7 @@ mod loader;
 mod norm;
 mod onednn;
 pub mod points;
+mod rope;
 pub mod shard;
 mod stage;
 pub mod tokenizer;
