@@ -259,3 +259,28 @@ fn a_single_rank_is_the_mesh_of_one_and_reports_no_gathering() {
     assert!(out.logits.equal(&again.logits));
     same_tensors("1x1x1", &again.outputs, &out.outputs);
 }
+
+#[test]
+fn hook_points_inside_attention_fire_on_contiguous_tensors() {
+    use flexmodel::api::FnHook;
+    for model in MODELS {
+        for layout in [(1, 1, 1), (1, 1, 2)] {
+            let mut fm = mesh(model, layout);
+            let strided = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let seen = strided.clone();
+            let hook = Arc::new(FnHook::read_only("contiguity", move |ctx, t, _| {
+                if !t.is_contiguous() {
+                    seen.lock().unwrap().push(ctx.hook_point.clone());
+                }
+                Ok(())
+            }));
+            fm.register(hook, "blocks.*.attn.*", &[]).unwrap();
+            fm.forward(&ids(), &Groups::All).unwrap();
+            let strided = strided.lock().unwrap();
+            assert!(
+                strided.is_empty(),
+                "{model} {layout:?}: strided views at {strided:?}"
+            );
+        }
+    }
+}

@@ -104,15 +104,10 @@ pub fn gather_slice(
     let piece = apply(local, reads).contiguous();
     let parts = comm.all_gather(&piece)?;
     let bytes = received(&parts, comm.rank());
-    let sizes: Vec<i64> = comm
-        .all_gather_bytes(bytes::Bytes::copy_from_slice(
-            &local.size()[dim].to_le_bytes(),
-        ))?
-        .iter()
-        .map(|b| i64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])))
-        .collect();
+    // The slice keeps the split dimension whole: each part's size there is
+    // its rank's, no separate exchange needed.
     let mut shape = local.size();
-    shape[dim] = sizes.iter().sum();
+    shape[dim] = parts.iter().map(|p| p.size()[dim]).sum();
     let kind = local.kind();
     let fill = if matches!(
         kind,

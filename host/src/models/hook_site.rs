@@ -28,10 +28,19 @@ impl HookSite for NoHooks {
     }
 }
 
-/// Fire `point` only if something is registered there.
+/// Fire `point` only if something is registered there. A hooked strided
+/// view (q, k, v of a fused projection; a transposed head layout) is made
+/// contiguous first: the hooks then work on it in place, and the forward
+/// continues from it, instead of the hook runtime staging a copy and
+/// writing it back into the view.
 #[inline]
 pub fn fire(hooks: &mut dyn HookSite, point: &str, t: Tensor) -> Result<Tensor, ModelError> {
     if hooks.active(point) {
+        let t = if t.device() == tch::Device::Cpu && !t.is_contiguous() {
+            t.contiguous()
+        } else {
+            t
+        };
         hooks.fire(point, t)
     } else {
         Ok(t)
