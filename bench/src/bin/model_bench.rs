@@ -1,26 +1,32 @@
-//! Model-host benchmark (issue 3, P1-P3). Writes its section of BENCHMARKS.md.
+//! Model-host benchmark (issue 3, P1-P3; issue 10: interleaved, peak RSS).
+//! Writes its section of BENCHMARKS.md.
 //!
 //! ```text
 //! model-bench [--python PY] [--model-dir DIR] [--artifacts DIR] [--batch 4] [--seq 128]
-//!             [--threads 2] [--reps 5] [--out BENCHMARKS.md]
+//!             [--threads 2] [--reps 7] [--out BENCHMARKS.md]
 //! ```
-//! In one run, with the same random GPT-2-small weights, inputs and thread
-//! count: `tests/reference/bench_baselines.py` times transformers (eager) and
-//! nnsight in PyTorch, then this binary times FlexModel-rs:
+//! With the same random GPT-2-small weights, inputs and thread count, our
+//! runs and PyTorch's alternate in one session: a persistent Python worker
+//! (`tests/reference/bench_worker.py`, one per allocator setting) runs one
+//! configuration per request, right after ours. Each ratio is the median of
+//! per-pair ratios (ours / the PyTorch run next to it):
 //! - P1: forward without hooks vs transformers eager;
 //! - P2: an identity WASM hook on every block output vs no hooks (and a
-//!   native Rust hook, and nnsight's identity intervention as the anchor);
+//!   native Rust hook; PyTorch hooks and nnsight as anchors);
 //! - P3: retrieving every block's residual stream (the `retrieve` plugin) vs
 //!   PyTorch forward hooks doing `.detach().cpu()`.
+//! Peak RSS of one load and one forward, ours and transformers', each in a
+//! fresh process.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use flexmodel::api::{FlexModel, FnHook, Groups};
 use flexmodel::hooks::{Runtime, RuntimeConfig};
-use flexmodel::models::Model;
 use flexmodel_bench::report;
 use tch::{Device, Kind, Tensor};
 
@@ -33,6 +39,7 @@ struct Args {
     threads: i32,
     reps: usize,
     out: Option<PathBuf>,
+    rss_child: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -47,6 +54,7 @@ fn parse() -> Result<Args> {
         threads: 2,
         reps: 7,
         out: None,
+        rss_child: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -60,6 +68,7 @@ fn parse() -> Result<Args> {
             "--threads" => a.threads = v()?.parse()?,
             "--reps" => a.reps = v()?.parse()?,
             "--out" => a.out = Some(v()?.into()),
+            "--rss-child" => a.rss_child = true,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -68,224 +77,396 @@ fn parse() -> Result<Args> {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+const TUNABLES: &str = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824:glibc.malloc.arena_max=1";
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/bench_worker.py")
+}
+
+fn python(a: &Args, tunables: bool) -> Command {
+    let mut cmd = Command::new(&a.python);
+    if tunables {
+        // Our allocator settings, for PyTorch through glibc's tunables.
+        cmd.env("GLIBC_TUNABLES", TUNABLES);
+    } else {
+        cmd.env_remove("GLIBC_TUNABLES");
+    }
+    cmd.arg(script()).args([
+        a.model_dir.to_str().unwrap_or("."),
+        &a.batch.to_string(),
+        &a.seq.to_string(),
+        &a.threads.to_string(),
+    ]);
+    cmd
+}
+
+/// A persistent PyTorch worker: one configuration per request.
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Worker {
+    fn start(a: &Args, tunables: bool) -> Result<Worker> {
+        let mut child = python(a, tunables)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {}", a.python.display()))?;
+        let stdin = child.stdin.take().context("worker stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("worker stdout")?);
+        let mut w = Worker {
+            child,
+            stdin,
+            stdout,
+        };
+        w.reply().context("the PyTorch worker did not start")?;
+        Ok(w)
+    }
+
+    fn reply(&mut self) -> Result<serde_json::Value> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.stdout.read_line(&mut line)? == 0 {
+                bail!("the PyTorch worker exited");
+            }
+            if line.starts_with('{') {
+                return Ok(serde_json::from_str(&line)?);
+            }
+        }
+    }
+
+    /// Seconds of one run of `config`, or why it cannot run.
+    fn run(&mut self, config: &str) -> Result<std::result::Result<f64, String>> {
+        writeln!(self.stdin, "{config}")?;
+        self.stdin.flush()?;
+        let v = self.reply()?;
+        Ok(match v.get("secs").and_then(|s| s.as_f64()) {
+            Some(s) => Ok(s),
+            None => Err(v
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("?")
+                .to_string()),
+        })
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.wait();
+    }
+}
+
+/// This process's peak resident set (`VmHWM`: per address space, so not
+/// inherited from the parent as `getrusage`'s `ru_maxrss` is across fork
+/// and exec).
+fn peak_rss_bytes() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmHWM in /proc/self/status")?;
+    Ok(kib * 1024)
+}
+
+fn ids(a: &Args) -> Result<Tensor> {
+    let ids: Vec<Vec<i64>> = serde_json::from_str(&std::fs::read_to_string(
+        a.model_dir.join("bench_ids.json"),
+    )?)?;
+    Ok(Tensor::from_slice(&ids.concat()).view([a.batch, a.seq]))
+}
+
+/// `--rss-child`: load the model, run one forward, print the peak RSS.
+fn rss_child(a: &Args) -> Result<()> {
+    tch::set_num_threads(a.threads);
+    let mut fm = FlexModel::load(&a.model_dir, Kind::Float, Device::Cpu)?;
+    fm.forward(&ids(a)?, &Groups::All)?;
+    let peak = peak_rss_bytes()?;
+    println!("{}", serde_json::json!({ "peak_rss_bytes": peak }));
+    Ok(())
+}
+
+fn last_json(out: &[u8]) -> Result<serde_json::Value> {
+    let line = out
+        .split(|&b| b == b'\n')
+        .rfind(|l| l.starts_with(b"{"))
+        .unwrap_or(b"{}");
+    Ok(serde_json::from_slice(line)?)
+}
+
+/// Peak RSS of (ours, transformers') for one load and forward, each in a
+/// fresh process.
+fn peak_rss(a: &Args) -> Result<(u64, u64)> {
+    let exe = std::env::current_exe()?;
+    let ours = Command::new(exe)
+        .args([
+            "--rss-child",
+            "--model-dir",
+            a.model_dir.to_str().unwrap_or("."),
+        ])
+        .args(["--batch", &a.batch.to_string(), "--seq", &a.seq.to_string()])
+        .args(["--threads", &a.threads.to_string()])
+        .output()?;
+    let theirs = python(a, false).arg("--rss").output()?;
+    let get = |o: &std::process::Output, who: &str| -> Result<u64> {
+        if !o.status.success() {
+            bail!("{who}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        last_json(&o.stdout)?["peak_rss_bytes"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("{who}: no peak RSS reported"))
+    };
+    Ok((
+        get(&ours, "model-bench --rss-child")?,
+        get(&theirs, "bench_worker.py --rss")?,
+    ))
+}
+
+/// One row's samples: per-pair ratios and the two sides' times.
+#[derive(Default)]
+struct Pairs {
+    ratios: Vec<f64>,
+    ours: Vec<f64>,
+    theirs: Vec<f64>,
+}
+
+impl Pairs {
+    fn push(&mut self, ours: f64, theirs: f64) {
+        self.ratios.push(ours / theirs);
+        self.ours.push(ours);
+        self.theirs.push(theirs);
+    }
 }
 
 fn main() -> Result<()> {
     let a = parse()?;
     let tuned = std::env::var_os("FLEXMODEL_NO_MALLOPT").is_none() && flexmodel::tune_allocator();
+    if a.rss_child {
+        return rss_child(&a);
+    }
     std::fs::create_dir_all(&a.model_dir)?;
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/bench_baselines.py");
-    let baseline = |tunables: bool| -> Result<serde_json::Value> {
-        eprintln!(
-            "PyTorch baselines ({} threads, {} allocator)...",
-            a.threads,
-            if tunables { "tuned" } else { "default" }
-        );
-        let mut cmd = std::process::Command::new(&a.python);
-        if tunables {
-            // Our allocator settings, for PyTorch through glibc's tunables.
-            cmd.env(
-                "GLIBC_TUNABLES",
-                "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824:glibc.malloc.arena_max=1",
-            );
-        } else {
-            cmd.env_remove("GLIBC_TUNABLES");
-        }
-        let out = cmd
-            .arg(&script)
-            .args([
-                a.model_dir.to_str().unwrap_or("."),
-                &a.batch.to_string(),
-                &a.seq.to_string(),
-            ])
-            .args([a.threads.to_string(), a.reps.to_string()])
-            .output()
-            .with_context(|| format!("running {}", a.python.display()))?;
-        if !out.status.success() {
-            bail!(
-                "baseline script failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let line = out
-            .stdout
-            .split(|&b| b == b'\n')
-            .rfind(|l| l.starts_with(b"{"))
-            .unwrap_or(b"{}");
-        Ok(serde_json::from_slice(line)?)
+    eprintln!("PyTorch workers ({} threads)...", a.threads);
+    let mut py = Worker::start(&a, false)?;
+    let mut py_same = if tuned {
+        Some(Worker::start(&a, true)?)
+    } else {
+        None
     };
-    // As users run PyTorch (default allocator), and with ours.
-    let py = baseline(false)?;
-    let py_same = if tuned { Some(baseline(true)?) } else { None };
-    let get = |k: &str| py.get(k).and_then(|v| v.as_f64());
-    let get_same = |k: &str| {
-        py_same
-            .as_ref()
-            .and_then(|p| p.get(k))
-            .and_then(|v| v.as_f64())
-    };
-
     tch::set_num_threads(a.threads);
-    let ids: Vec<Vec<i64>> = serde_json::from_str(&std::fs::read_to_string(
-        a.model_dir.join("bench_ids.json"),
-    )?)?;
-    let flat: Vec<i64> = ids.concat();
-    let ids = Tensor::from_slice(&flat).view([a.batch, a.seq]);
-    let model = Model::load(&a.model_dir, Kind::Float, Device::Cpu)?;
-    let mut fm = FlexModel::new(model);
-    eprintln!("FlexModel-rs...");
+    let ids = ids(&a)?;
+    let mut fm = FlexModel::load(&a.model_dir, Kind::Float, Device::Cpu)?;
     let rt = Runtime::new(RuntimeConfig::default())?;
     let bench = rt.load_file(a.artifacts.join("bench.wasm"))?;
     let retrieve = rt.load_file(a.artifacts.join("retrieve.wasm"))?;
-    fm.register_wasm(
-        &bench,
-        "blocks.*.hook_resid_post",
-        r#"{"mode": "noop"}"#,
-        &["wasm-identity"],
-    )?;
-    fm.register(
-        Arc::new(FnHook::read_only("native-identity", |_, _, _| Ok(()))),
-        "blocks.*.hook_resid_post",
-        &["native-identity"],
-    )?;
-    fm.register_wasm(&retrieve, "blocks.*.hook_resid_post", "{}", &["retrieve"])?;
-    // Round-robin over the configurations so that slow drift of the machine
-    // affects them alike; one warm-up round first.
-    let configs = [
-        Groups::only(["none"]),
-        Groups::only(["wasm-identity"]),
-        Groups::only(["native-identity"]),
-        Groups::only(["retrieve"]),
-    ];
-    let mut times = vec![Vec::new(); configs.len()];
-    for round in 0..=a.reps {
-        for (i, g) in configs.iter().enumerate() {
-            let t = Instant::now();
-            fm.forward(&ids, g).map_err(|e| anyhow::anyhow!("{e}"))?;
-            if round > 0 {
-                times[i].push(t.elapsed().as_secs_f64());
-            }
-        }
-    }
-    let [plain, wasm_id, native_id, retr]: [f64; 4] = times
-        .into_iter()
-        .map(median)
-        .collect::<Vec<_>>()
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("timings"))?;
-    // The same retrieval, stopping after the last block (no final norm, no LM head).
-    let mut until = Vec::new();
-    for round in 0..=a.reps {
-        let t = Instant::now();
-        fm.forward_until(
-            &ids,
-            &Groups::only(["retrieve"]),
-            "blocks.*.hook_resid_post",
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if round > 0 {
-            until.push(t.elapsed().as_secs_f64());
-        }
-    }
-    let retr_until = median(until);
-
-    let ms = |s: f64| format!("{:.1} ms", s * 1e3);
-
-    let mut md = String::new();
-    md.push_str(&format!(
-        "## Model host (issue 3) — `model-bench`\n\nMachine: {}. GPT-2-small dimensions (12 × 768, \
-         vocab 50257), random weights, f32, batch {} × {} tokens, {} threads on both sides; medians of {} runs. \
-         Reproduce: `scripts/bench.sh`.\n\n",
-        report::machine(),
-        a.batch,
-        a.seq,
-        a.threads,
-        a.reps
-    ));
-    md.push_str(&format!(
-        "glibc allocator: {}.\n\n",
-        if tuned {
-            "FlexModel-rs runs with mmap threshold 256 MiB, trim threshold 1 GiB and one arena (`flexmodel::tune_allocator()`, \
-             as the `flexmodel` binary does); the PyTorch column is PyTorch as users run it (default allocator), \
-             and each P1/P3 row also gives the ratio against PyTorch run with the same settings (`GLIBC_TUNABLES`)"
-        } else {
-            "defaults on both sides (`FLEXMODEL_NO_MALLOPT` set)"
-        }
-    ));
-    md.push_str(
-        "FlexModel-rs configurations are timed round-robin in one process; the PyTorch ones in one \
-         Python process just before. On CPU, `.detach().cpu()` of a CPU tensor copies nothing, so P3's \
-         baseline is essentially the plain forward.\n\n",
-    );
-    let same = |ours: f64, k: &str| match get_same(k) {
-        Some(t) => format!(" (same allocator: {}, {:.2}×)", ms(t), ours / t),
-        None => String::new(),
-    };
-    md.push_str(
-        "| measurement | FlexModel-rs | PyTorch | ratio | target |\n|---|---|---|---|---|\n",
-    );
-    if let Some(hf) = get("eager") {
-        md.push_str(&format!(
-            "| P1 forward, no hooks (vs transformers eager){} | {} | {} | {:.2}× | ≤ 0.95× |\n",
-            same(plain, "eager"),
-            ms(plain),
-            ms(hf),
-            plain / hf
-        ));
-    }
-    md.push_str(&format!(
-        "| P2 identity WASM hook on every block output (vs our forward without hooks) | {} | {} | {:.3}× | ≤ 1.05× |\n",
-        ms(wasm_id),
-        ms(plain),
-        wasm_id / plain
-    ));
-    md.push_str(&format!(
-        "| P2 identity native Rust hook on every block output (vs without hooks) | {} | {} | {:.3}× | — |\n",
-        ms(native_id),
-        ms(plain),
-        native_id / plain
-    ));
-    if let (Some(id), Some(hf)) = (get("identity"), get("eager")) {
-        md.push_str(&format!(
-            "| P2 anchor: PyTorch identity forward hooks (vs eager) | — | {} | {:.3}× | — |\n",
-            ms(id),
-            id / hf
-        ));
-    }
-    match (get("nnsight"), get("eager")) {
-        (Some(nn), Some(hf)) => md.push_str(&format!(
-            "| P2 anchor: nnsight identity intervention on every block output (vs eager) | — | {} | {:.3}× | — |\n",
-            ms(nn),
-            nn / hf
-        )),
-        _ => md.push_str(&format!(
-            "| P2 anchor: nnsight | — | not measured: {} | — | — |\n",
-            py.get("nnsight_error").and_then(|v| v.as_str()).unwrap_or("nnsight not installed")
-        )),
-    }
-    if let Some(hf) = get("detach_cpu") {
-        md.push_str(&format!(
-            "| P3 retrieve every block's residual stream (vs PyTorch hooks `.detach().cpu()`){} | {} | {} | {:.2}× | ≤ 0.8× |\n",
-            same(retr, "detach_cpu"),
-            ms(retr),
-            ms(hf),
-            retr / hf
-        ));
-        md.push_str(&format!(
-            "| P3 the same with `forward_until` the last block (no final norm / LM head; logits not needed){} | {} | {} | {:.2}× | ≤ 0.8× |\n",
-            same(retr_until, "detach_cpu"),
-            ms(retr_until),
-            ms(hf),
-            retr_until / hf
-        ));
-    }
-    md.push('\n');
+    let blocks = "blocks.*.hook_resid_post";
+    fm.register_wasm(&bench, blocks, r#"{"mode": "noop"}"#, &["wasm-identity"])?;
+    let native = Arc::new(FnHook::read_only("native-identity", |_, _, _| Ok(())));
+    fm.register(native, blocks, &["native-identity"])?;
+    fm.register_wasm(&retrieve, blocks, "{}", &["retrieve"])?;
+    let r = measure(&a, &mut fm, &ids, &mut py, py_same.as_mut())?;
+    drop(py);
+    drop(py_same);
+    eprintln!("peak RSS...");
+    let rss = peak_rss(&a)?;
+    let md = render(&a, tuned, &r, rss);
     print!("{md}");
     if let Some(path) = &a.out {
         report::write_section(path, "model-bench", &md)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Everything measured, by row.
+#[derive(Default)]
+struct Measured {
+    p1: Pairs,
+    p1_same: Pairs,
+    p2_wasm: Pairs,
+    p2_native: Pairs,
+    p3: Pairs,
+    p3_same: Pairs,
+    p3_until: Pairs,
+    anchor_hooks: Pairs,
+    anchor_nnsight: Pairs,
+    nnsight_error: Option<String>,
+}
+
+fn secs(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Rounds (one warm-up first) of: each of our configurations, each right
+/// before the PyTorch run it is compared with.
+fn measure(
+    a: &Args,
+    fm: &mut FlexModel,
+    ids: &Tensor,
+    py: &mut Worker,
+    mut py_same: Option<&mut Worker>,
+) -> Result<Measured> {
+    let mut m = Measured::default();
+    let fwd = |fm: &mut FlexModel, g: &Groups| {
+        secs(|| fm.forward(ids, g).map(|_| ()).map_err(|e| anyhow!("{e}")))
+    };
+    let pyrun = |w: &mut Worker, c: &str| w.run(c)?.map_err(|e| anyhow!("{c}: {e}"));
+    for round in 0..=a.reps {
+        let keep = round > 0;
+        let plain = fwd(fm, &Groups::only(["none"]))?;
+        let eager = pyrun(py, "eager")?;
+        let eager_same = match py_same.as_deref_mut() {
+            Some(w) => Some(pyrun(w, "eager")?),
+            None => None,
+        };
+        let wasm = fwd(fm, &Groups::only(["wasm-identity"]))?;
+        let native = fwd(fm, &Groups::only(["native-identity"]))?;
+        let retr = fwd(fm, &Groups::only(["retrieve"]))?;
+        let detach = pyrun(py, "detach_cpu")?;
+        let detach_same = match py_same.as_deref_mut() {
+            Some(w) => Some(pyrun(w, "detach_cpu")?),
+            None => None,
+        };
+        let until = secs(|| {
+            fm.forward_until(ids, &Groups::only(["retrieve"]), "blocks.*.hook_resid_post")
+                .map(|_| ())
+                .map_err(|e| anyhow!("{e}"))
+        })?;
+        let hooks = pyrun(py, "identity")?;
+        let nnsight = py.run("nnsight")?;
+        if !keep {
+            continue;
+        }
+        m.p1.push(plain, eager);
+        m.p2_wasm.push(wasm, plain);
+        m.p2_native.push(native, plain);
+        m.p3.push(retr, detach);
+        m.p3_until.push(until, detach);
+        m.anchor_hooks.push(hooks, eager);
+        if let (Some(e), Some(d)) = (eager_same, detach_same) {
+            m.p1_same.push(plain, e);
+            m.p3_same.push(retr, d);
+        }
+        match nnsight {
+            Ok(s) => m.anchor_nnsight.push(s, eager),
+            Err(e) => m.nnsight_error = Some(e),
+        }
+    }
+    Ok(m)
+}
+
+fn row(md: &mut String, what: &str, p: &Pairs, same: Option<&Pairs>, target: &str) {
+    let ms = |v: &[f64]| format!("{:.1} ms", median(v.to_vec()) * 1e3);
+    let same = match same {
+        Some(s) if !s.ratios.is_empty() => format!(
+            " (PyTorch with the same allocator: {}, {:.2}×)",
+            ms(&s.theirs),
+            median(s.ratios.clone())
+        ),
+        _ => String::new(),
+    };
+    md.push_str(&format!(
+        "| {what}{same} | {} | {} | {:.3}× | {target} |\n",
+        ms(&p.ours),
+        ms(&p.theirs),
+        median(p.ratios.clone())
+    ));
+}
+
+fn render(a: &Args, tuned: bool, m: &Measured, (ours_rss, hf_rss): (u64, u64)) -> String {
+    let mut md = format!(
+        "## Model host (issue 3) — `model-bench`\n\nMachine: {}. GPT-2-small dimensions (12 × 768, \
+         vocab 50257), random weights, f32, batch {} × {} tokens, {} threads on both sides. Our runs \
+         and PyTorch's alternate in one session (a persistent PyTorch worker runs each configuration \
+         right after ours); each ratio is the median of {} per-pair ratios, times are medians. \
+         Reproduce: `scripts/bench.sh`.\n\n",
+        report::machine(),
+        a.batch,
+        a.seq,
+        a.threads,
+        a.reps
+    );
+    md.push_str(if tuned {
+        "glibc allocator: FlexModel-rs runs with mmap threshold 256 MiB, trim threshold 1 GiB and one \
+         arena (`flexmodel::tune_allocator()`, as the `flexmodel` binary does); the PyTorch column is \
+         PyTorch as users run it (default allocator); P1 and P3 also give the ratio against a second \
+         worker run with the same settings (`GLIBC_TUNABLES`). On CPU, `.detach().cpu()` copies \
+         nothing, so P3's baseline is essentially the plain forward.\n\n"
+    } else {
+        "glibc allocator: defaults on both sides (`FLEXMODEL_NO_MALLOPT` set).\n\n"
+    });
+    md.push_str(
+        "| measurement | FlexModel-rs | baseline | ratio | target |\n|---|---|---|---|---|\n",
+    );
+    row(
+        &mut md,
+        "P1 forward, no hooks (vs transformers eager)",
+        &m.p1,
+        Some(&m.p1_same),
+        "≤ 0.95×",
+    );
+    row(
+        &mut md,
+        "P2 identity WASM hook on every block output (vs our forward without hooks)",
+        &m.p2_wasm,
+        None,
+        "≤ 1.05×",
+    );
+    row(
+        &mut md,
+        "P2 identity native Rust hook on every block output (vs without hooks)",
+        &m.p2_native,
+        None,
+        "—",
+    );
+    row(
+        &mut md,
+        "P2 anchor: PyTorch identity forward hooks (vs eager; both PyTorch)",
+        &m.anchor_hooks,
+        None,
+        "—",
+    );
+    match &m.nnsight_error {
+        Some(e) if m.anchor_nnsight.ratios.is_empty() => md.push_str(&format!(
+            "| P2 anchor: nnsight | — | not measured: {e} | — | — |\n"
+        )),
+        _ => row(
+            &mut md,
+            "P2 anchor: nnsight identity intervention on every block output (vs eager; both PyTorch)",
+            &m.anchor_nnsight,
+            None,
+            "—",
+        ),
+    }
+    row(
+        &mut md,
+        "P3 retrieve every block's residual stream (vs PyTorch hooks `.detach().cpu()`)",
+        &m.p3,
+        Some(&m.p3_same),
+        "≤ 0.8×",
+    );
+    row(
+        &mut md,
+        "P3 the same with `forward_until` the last block (no final norm / LM head)",
+        &m.p3_until,
+        None,
+        "≤ 0.8×",
+    );
+    let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64);
+    md.push_str(&format!(
+        "| peak RSS of one load + forward (fresh processes; vs transformers eager, default allocator) | {} | {} | {:.2}× | ≤ 1.05× |\n\n",
+        mib(ours_rss),
+        mib(hf_rss),
+        ours_rss as f64 / hf_rss as f64
+    ));
+    md
 }

@@ -117,6 +117,8 @@ impl Engine {
         for (_, p) in &params {
             let _ = p.set_requires_grad(false);
         }
+        drop(params);
+        self.model.release_parameters();
         if let Err(e) = &result
             && !self.alone()
         {

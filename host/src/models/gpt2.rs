@@ -255,6 +255,17 @@ impl Block {
         )
     }
 
+    fn release(&self) {
+        for w in [
+            &self.attn.c_attn.w,
+            &self.attn.c_proj.w,
+            &self.mlp.c_fc.w,
+            &self.mlp.c_proj.w,
+        ] {
+            w.release();
+        }
+    }
+
     fn parameters(&self, p: &mut Params) {
         let n = &self.names.block;
         p.norm(&format!("{n}.ln_1"), &self.ln_1);
@@ -348,7 +359,7 @@ impl Gpt2 {
                 _ => root.vocab_rows("lm_head.weight", v, d)?.1,
             };
             let norm = Norm::layer_norm(&lb.pp("ln_f"), d, config.layer_norm_epsilon)?;
-            Some(Head::new(norm, weight))
+            Some(Head::new(norm, weight, tied))
         } else {
             None
         };
@@ -405,9 +416,17 @@ impl Gpt2 {
         }
         if let Some(h) = &self.head {
             p.norm("transformer.ln_f", &h.norm);
-            p.head("lm_head.weight", Some(&h.weight), self.wte.as_ref());
+            p.head("lm_head.weight", Some(&h.weight.plain()), self.wte.as_ref());
         }
         p.0
+    }
+
+    /// Drop the plain weights `parameters` materialised.
+    pub fn release_parameters(&self) {
+        self.blocks.iter().for_each(Block::release);
+        if let Some(h) = &self.head {
+            h.weight.release();
+        }
     }
 
     /// The token and position embeddings of the first stage.

@@ -299,6 +299,17 @@ impl Block {
         fire(st.hooks, &n.block, out)
     }
 
+    fn release(&self) {
+        for l in [
+            &self.attn.qkv,
+            &self.attn.dense,
+            &self.mlp.fc_in,
+            &self.mlp.fc_out,
+        ] {
+            l.w.release();
+        }
+    }
+
     fn parameters(&self, p: &mut Params) {
         let n = &self.names.block;
         p.norm(&format!("{n}.input_layernorm"), &self.ln1);
@@ -394,7 +405,7 @@ impl GptNeoX {
                 _ => root.vocab_rows("lm_head.weight", v, d)?.1,
             };
             let norm = Norm::layer_norm(&lb.pp("final_layer_norm"), d, config.layer_norm_eps)?;
-            Some(Head::new(norm, weight))
+            Some(Head::new(norm, weight, tied))
         } else {
             None
         };
@@ -422,6 +433,10 @@ impl GptNeoX {
         self.device
     }
 
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
     pub fn shard(&self) -> &Shard {
         &self.shard
     }
@@ -444,12 +459,24 @@ impl GptNeoX {
         if let Some(h) = &self.head {
             p.norm("gpt_neox.final_layer_norm", &h.norm);
             if self.config.tie_word_embeddings && self.embed.is_none() {
-                p.add("gpt_neox.embed_in.weight", &h.weight);
+                p.add("gpt_neox.embed_in.weight", &h.weight.plain());
             } else {
-                p.head("lm_head.weight", Some(&h.weight), self.embed.as_ref());
+                p.head(
+                    "lm_head.weight",
+                    Some(&h.weight.plain()),
+                    self.embed.as_ref(),
+                );
             }
         }
         p.0
+    }
+
+    /// Drop the plain weights `parameters` materialised.
+    pub fn release_parameters(&self) {
+        self.layers.iter().for_each(Block::release);
+        if let Some(h) = &self.head {
+            h.weight.release();
+        }
     }
 
     /// This rank's part of the forward (see `Gpt2::forward_stage`).

@@ -10,40 +10,39 @@ use super::hook_site::{HookSite, fire};
 use super::loader::Loader;
 use super::norm::Norm;
 use super::shard::{TpComm, reduce_bias};
+use super::weight::Weight;
 
-/// `nn.Linear`: weight `[out, in]`, optional bias.
+/// `nn.Linear`: weight `[out, in]` (held once, see `weight.rs`), optional bias.
 pub(crate) struct Linear {
-    pub w: Tensor,
+    pub w: Weight,
     pub b: Option<Tensor>,
-    /// The same in oneDNN's layout (f32 on CPU), see `onednn`.
-    pub packed: Option<super::onednn::Packed>,
 }
 
 impl Linear {
     pub fn new(w: Tensor, b: Option<Tensor>) -> Linear {
-        let packed = super::onednn::pack(&w, b.as_ref());
-        Linear { w, b, packed }
+        Linear {
+            w: Weight::new(w, b.as_ref(), false, false),
+            b,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        if let Some(p) = &self.packed
-            && !self.w.requires_grad()
+        if let Some(p) = self.w.fast()
             && let Some(y) = super::onednn::linear(x, p)
         {
             return y;
         }
-        x.linear(&self.w, self.b.as_ref())
+        x.linear(&self.w.plain(), self.b.as_ref())
     }
 
     /// A row-parallel rank's part: `x @ w.T` without the bias.
     pub fn partial(&self, x: &Tensor) -> Tensor {
-        if let Some(p) = &self.packed
-            && !self.w.requires_grad()
+        if let Some(p) = self.w.fast()
             && let Some(y) = super::onednn::matmul(x, p)
         {
             return y;
         }
-        x.linear::<Tensor>(&self.w, None)
+        x.linear::<Tensor>(&self.w.plain(), None)
     }
 
     /// The whole projection under tensor parallelism: column-parallel and
@@ -83,18 +82,19 @@ impl Linear {
     }
 }
 
-/// GPT-2's `Conv1D`: `b + x @ w` with the weight stored `[in, out]`.
+/// GPT-2's `Conv1D`: `b + x @ w` with the weight stored `[in, out]` (held
+/// once, see `weight.rs`).
 pub(crate) struct Conv1D {
-    pub w: Tensor,
+    pub w: Weight,
     pub b: Tensor,
-    /// The same in oneDNN's layout (f32 on CPU), see `onednn`.
-    packed: Option<super::onednn::Packed>,
 }
 
 impl Conv1D {
     fn new(w: Tensor, b: Tensor) -> Conv1D {
-        let packed = super::onednn::pack(&w.tr(), Some(&b));
-        Conv1D { w, b, packed }
+        Conv1D {
+            w: Weight::new(w, Some(&b), true, false),
+            b,
+        }
     }
 
     /// Load `name` (`[i, o]`) as the loader's shard holds it: column-parallel
@@ -120,29 +120,28 @@ impl Conv1D {
 
     /// `b + x @ w` in one `addmm`, as Conv1D does (no separate bias pass).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        if let Some(p) = &self.packed
-            && !self.w.requires_grad()
+        if let Some(p) = self.w.fast()
             && let Some(y) = super::onednn::linear(x, p)
         {
             return y;
         }
+        let w = self.w.plain();
         let mut shape = x.size();
         let inner = shape.pop().unwrap_or(0);
-        shape.push(self.w.size()[1]);
+        shape.push(w.size()[1]);
         self.b
-            .addmm(&x.reshape([-1, inner]), &self.w)
+            .addmm(&x.reshape([-1, inner]), &w)
             .view(shape.as_slice())
     }
 
     /// `x @ w` without the bias (a row-parallel part, summed across ranks).
     fn partial(&self, x: &Tensor) -> Tensor {
-        if let Some(p) = &self.packed
-            && !self.w.requires_grad()
+        if let Some(p) = self.w.fast()
             && let Some(y) = super::onednn::matmul(x, p)
         {
             return y;
         }
-        x.matmul(&self.w)
+        x.matmul(&self.w.plain())
     }
 
     /// The whole projection under tensor parallelism (see `Linear::forward_tp`).
@@ -239,13 +238,13 @@ impl Params {
         self.0.push((name.into(), t.shallow_clone()));
     }
     pub fn linear(&mut self, name: &str, l: &Linear) {
-        self.add(format!("{name}.weight"), &l.w);
+        self.add(format!("{name}.weight"), &l.w.plain());
         if let Some(b) = &l.b {
             self.add(format!("{name}.bias"), b);
         }
     }
     pub fn conv1d(&mut self, name: &str, l: &Conv1D) {
-        self.add(format!("{name}.weight"), &l.w);
+        self.add(format!("{name}.weight"), &l.w.plain());
         self.add(format!("{name}.bias"), &l.b);
     }
     pub fn norm(&mut self, name: &str, n: &Norm) {

@@ -319,6 +319,13 @@ impl Block {
         )
     }
 
+    fn release(&self) {
+        let (a, m) = (&self.attn, &self.mlp);
+        for l in [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down] {
+            l.w.release();
+        }
+    }
+
     fn parameters(&self, p: &mut Params) {
         let n = &self.names.block;
         p.norm(&format!("{n}.input_layernorm"), &self.ln1);
@@ -434,6 +441,7 @@ impl Llama {
             Some(Head::new(
                 Norm::rms_norm(&lb.pp("norm"), d, config.rms_norm_eps)?,
                 weight,
+                tied,
             ))
         } else {
             None
@@ -454,6 +462,10 @@ impl Llama {
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
     }
 
     pub fn shard(&self) -> &Shard {
@@ -477,12 +489,24 @@ impl Llama {
             p.norm("model.norm", &h.norm);
             if self.config.tie_word_embeddings && self.embed.is_none() {
                 // A later pipeline stage's tied head: the embedding's parameter.
-                p.add("model.embed_tokens.weight", &h.weight);
+                p.add("model.embed_tokens.weight", &h.weight.plain());
             } else {
-                p.head("lm_head.weight", Some(&h.weight), self.embed.as_ref());
+                p.head(
+                    "lm_head.weight",
+                    Some(&h.weight.plain()),
+                    self.embed.as_ref(),
+                );
             }
         }
         p.0
+    }
+
+    /// Drop the plain weights `parameters` materialised.
+    pub fn release_parameters(&self) {
+        self.layers.iter().for_each(Block::release);
+        if let Some(h) = &self.head {
+            h.weight.release();
+        }
     }
 
     /// This rank's part of the forward (see `Gpt2::forward_stage`).

@@ -16,6 +16,7 @@ mod rope;
 pub mod shard;
 mod stage;
 pub mod tokenizer;
+mod weight;
 pub mod weights;
 
 use std::path::Path;
@@ -236,12 +237,24 @@ impl Model {
 
     /// This rank's parameters, named as transformers' `named_parameters()`
     /// (handles to the model's own tensors; a tied LM head is listed once,
-    /// as the embedding).
+    /// as the embedding). Packed weights are materialised plain until
+    /// [`Self::release_parameters`].
     pub fn parameters(&self) -> Vec<(String, Tensor)> {
         match self {
             Model::Gpt2(m) => m.parameters(),
             Model::Llama(m) => m.parameters(),
             Model::GptNeoX(m) => m.parameters(),
+        }
+    }
+
+    /// Drop the plain copies of oneDNN-packed weights that [`Self::parameters`]
+    /// materialised (f32 weights on the CPU are held once, packed; a
+    /// backward pass needs them plain for its duration).
+    pub fn release_parameters(&self) {
+        match self {
+            Model::Gpt2(m) => m.release_parameters(),
+            Model::Llama(m) => m.release_parameters(),
+            Model::GptNeoX(m) => m.release_parameters(),
         }
     }
 
@@ -274,9 +287,11 @@ impl Model {
 
     /// The dtype of the model's weights.
     pub fn kind(&self) -> Kind {
-        self.parameters()
-            .first()
-            .map_or(Kind::Float, |(_, p)| p.kind())
+        match self {
+            Model::Gpt2(m) => m.kind(),
+            Model::Llama(m) => m.kind(),
+            Model::GptNeoX(m) => m.kind(),
+        }
     }
 
     pub fn device(&self) -> Device {

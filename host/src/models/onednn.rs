@@ -2,8 +2,8 @@
 //! CPU: the weight is reordered once, at load, into oneDNN's blocked layout,
 //! which on this machine runs the GEMMs of a GPT-2-small forward in 0.54–0.9×
 //! the time of the same `linear` on the plain weight (the LM head the most;
-//! see BENCHMARKS.md). It costs a second copy of each f32 weight. Set
-//! `FLEXMODEL_NO_ONEDNN=1` to load without it. Anything unsupported (other
+//! see BENCHMARKS.md). The plain weight is not kept beside it (see
+//! `weight.rs`). Set `FLEXMODEL_NO_ONEDNN=1` to load without it. Anything unsupported (other
 //! dtypes, devices, tensors that need gradients, a failing conversion) uses
 //! the plain path.
 
@@ -35,6 +35,11 @@ pub(crate) fn pack(w: &Tensor, b: Option<&Tensor>) -> Option<Packed> {
         b: pb,
         out: w.size()[0],
     })
+}
+
+/// The plain `[out, in]` weight of `p` (a new tensor).
+pub(crate) fn dense(p: &Packed) -> Tensor {
+    p.w.to_dense(None, false)
 }
 
 /// `x @ w.T + b` through oneDNN, or `None` (use the plain path) when `x` is

@@ -10,8 +10,8 @@ use super::cache::KvCache;
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
 use super::norm::{Norm, NormPoints};
-use super::onednn::Packed;
 use super::shard::{Shard, TpComm, stage_input};
+use super::weight::Weight;
 
 /// One step through a stage, as its components see it.
 pub(crate) struct Step<'a> {
@@ -73,18 +73,15 @@ pub(crate) struct HeadPoints<'a> {
 /// The final norm and the LM head (this rank's rows of the vocabulary).
 pub(crate) struct Head {
     pub norm: Norm,
-    pub weight: Tensor,
-    /// The head in oneDNN's layout (f32 on CPU).
-    packed: Option<Packed>,
+    pub weight: Weight,
 }
 
 impl Head {
-    pub fn new(norm: Norm, weight: Tensor) -> Head {
-        let packed = super::onednn::pack(&weight, None);
+    /// `tied`: the weight is the embedding table (kept plain for the lookup).
+    pub fn new(norm: Norm, weight: Tensor, tied: bool) -> Head {
         Head {
             norm,
-            weight,
-            packed,
+            weight: Weight::new(weight, None, false, tied),
         }
     }
 
@@ -101,11 +98,13 @@ impl Head {
         let x = self.norm.forward(x, hooks, &points.norm)?;
         let x = fire(hooks, points.normed, x)?;
         let x = tp.copy_to_parallel(x)?;
-        let logits = match &self.packed {
-            Some(p) if !self.weight.requires_grad() => {
-                super::onednn::linear(&x, p).unwrap_or_else(|| x.matmul(&self.weight.tr()))
-            }
-            _ => x.matmul(&self.weight.tr()),
+        let logits = match self
+            .weight
+            .fast()
+            .and_then(|p| super::onednn::linear(&x, p))
+        {
+            Some(l) => l,
+            None => x.matmul(&self.weight.plain().tr()),
         };
         fire(hooks, points.logits, logits)
     }

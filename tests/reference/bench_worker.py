@@ -1,19 +1,23 @@
-"""PyTorch baselines for `model-bench` (issue 3, P1-P3), timed in the same run.
+"""The PyTorch side of `model-bench`, driven step by step so that its runs
+interleave with FlexModel-rs' in one session (the machine's drift then hits
+both alike, and each of our runs is paired with the PyTorch run next to it).
 
 Builds (once) a GPT-2-small-sized model with random weights (seed 0) in
-MODEL_DIR, so the Rust side loads the very same weights, then times, with
-`torch.set_num_threads(THREADS)` and the same input ids (seed 0):
+MODEL_DIR, so the Rust side loads the very same weights, and the input ids
+(seed 0). Then, with `torch.set_num_threads(THREADS)`, reads one command per
+line on stdin and answers one JSON line on stdout:
   eager        HF transformers eager forward, no hooks            (P1 baseline)
   identity     + a forward hook returning None on every block     (P2, PyTorch hooks)
   detach_cpu   + forward hooks doing out[0].detach().cpu() on every block (P3 baseline)
   nnsight      nnsight trace writing every block output back to itself (P2 anchor)
-Prints one JSON object: {name: median seconds}.
+  -> {"config": NAME, "secs": SECONDS} (or {"config": NAME, "error": ...})
+  quit         exit
+With --rss: load, run one eager forward, print {"peak_rss_bytes": N} (VmHWM), exit.
 
-Usage: python bench_baselines.py MODEL_DIR BATCH SEQ THREADS REPS
+Usage: python bench_worker.py MODEL_DIR BATCH SEQ THREADS [--rss]
 """
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,8 +26,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 
-def main(model_dir, batch, seq, threads, reps):
-    torch.set_num_threads(threads)
+def load(model_dir, batch, seq):
     model_dir = Path(model_dir)
     if not (model_dir / "model.safetensors").exists():
         torch.manual_seed(0)
@@ -32,8 +35,11 @@ def main(model_dir, batch, seq, threads, reps):
     model = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation="eager").eval()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=g)
-    torch.save(ids, model_dir / "bench_ids.pt")
     (model_dir / "bench_ids.json").write_text(json.dumps(ids.tolist()))
+    return model, ids
+
+
+def configs(model, ids):
     def plain():
         with torch.no_grad():
             model(ids)
@@ -51,12 +57,11 @@ def main(model_dir, batch, seq, threads, reps):
                     h.remove()
         return run
 
-    configs = {
+    out = {
         "eager": plain,
         "identity": with_hooks(lambda m, i, o: None),
         "detach_cpu": with_hooks(lambda m, i, o: saved.append((o[0] if isinstance(o, tuple) else o).detach().cpu())),
     }
-    out = {}
     try:
         from nnsight import NNsight
         lm = NNsight(model)
@@ -68,22 +73,39 @@ def main(model_dir, batch, seq, threads, reps):
                     h = o[0] if isinstance(o, tuple) else o
                     h[:] = h
 
-        configs["nnsight"] = nn_identity
+        out["nnsight"] = nn_identity
     except Exception as e:  # reported, not hidden
-        out["nnsight_error"] = f"{type(e).__name__}: {e}"
+        err = f"{type(e).__name__}: {e}"
+        out["nnsight"] = err
+    return out
 
-    # Round-robin over the configurations (after one warm-up round), so that
-    # drift of the machine affects them alike; medians.
-    times = {k: [] for k in configs}
-    for r in range(reps + 1):
-        for k, fn in configs.items():
-            t = time.perf_counter()
-            fn()
-            if r > 0:
-                times[k].append(time.perf_counter() - t)
-    out.update({k: statistics.median(v) for k, v in times.items()})
-    print(json.dumps(out))
+
+def main(model_dir, batch, seq, threads, rss):
+    torch.set_num_threads(threads)
+    model, ids = load(model_dir, batch, seq)
+    if rss:
+        with torch.no_grad():
+            model(ids)
+        # VmHWM: this address space's peak (getrusage's ru_maxrss would
+        # include the parent's resident set at fork).
+        status = Path("/proc/self/status").read_text()
+        kib = next(int(l.split()[1]) for l in status.splitlines() if l.startswith("VmHWM:"))
+        print(json.dumps({"peak_rss_bytes": kib * 1024}), flush=True)
+        return
+    runs = configs(model, ids)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        name = line.strip()
+        if name == "quit":
+            break
+        fn = runs.get(name)
+        if not callable(fn):
+            print(json.dumps({"config": name, "error": fn or "unknown configuration"}), flush=True)
+            continue
+        t = time.perf_counter()
+        fn()
+        print(json.dumps({"config": name, "secs": time.perf_counter() - t}), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), "--rss" in sys.argv[5:])
