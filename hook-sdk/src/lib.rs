@@ -49,6 +49,12 @@ use __private::flexmodel::hook::pass as wit_pass;
 use __private::flexmodel::hook::{log as wlog, output as wout, random as wrand, state as wstate};
 use __private::wit;
 
+mod activation;
+mod slice;
+
+pub use activation::{Activation, CHUNK, emit, emit_bytes};
+pub use slice::{Dim, DimSpec, Slice, SliceSpec};
+
 /// Element type of an activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
@@ -165,92 +171,6 @@ pub fn parse_config<T: DeserializeOwned>(config: &str) -> Result<T> {
     Ok(serde_json::from_str(c)?)
 }
 
-/// One dimension of a [`Slice`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Dim {
-    /// First index; negative counts from the end.
-    pub start: i64,
-    /// One past the last index (`None`: to the end); negative counts from the end.
-    pub stop: Option<i64>,
-    /// Stride, at least 1.
-    pub step: u64,
-}
-
-impl Dim {
-    /// The whole dimension.
-    pub const ALL: Dim = Dim {
-        start: 0,
-        stop: None,
-        step: 1,
-    };
-    /// A single index (negative counts from the end).
-    pub fn index(i: i64) -> Dim {
-        Dim {
-            start: i,
-            stop: if i == -1 { None } else { Some(i + 1) },
-            step: 1,
-        }
-    }
-    /// Indices `[start, stop)`.
-    pub fn range(start: i64, stop: i64) -> Dim {
-        Dim {
-            start,
-            stop: Some(stop),
-            step: 1,
-        }
-    }
-    /// Indices `start, start+step, ...` below `stop`.
-    pub fn strided(start: i64, stop: Option<i64>, step: u64) -> Dim {
-        Dim { start, stop, step }
-    }
-}
-
-/// A strided selection of a tensor: one [`Dim`] per leading dimension, the
-/// remaining dimensions whole. Python slice semantics, but out-of-range
-/// bounds are errors rather than clamped.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Slice(pub Vec<Dim>);
-
-impl Slice {
-    /// The whole tensor.
-    pub fn all() -> Slice {
-        Slice(Vec::new())
-    }
-    /// From explicit dims.
-    pub fn new(dims: impl Into<Vec<Dim>>) -> Slice {
-        Slice(dims.into())
-    }
-    /// Append a dimension.
-    pub fn then(mut self, d: Dim) -> Slice {
-        self.0.push(d);
-        self
-    }
-    /// Token `pos` of every sequence of a `[batch, seq, ...]` activation.
-    pub fn token(pos: i64) -> Slice {
-        Slice(vec![Dim::ALL, Dim::index(pos)])
-    }
-    /// The last token of every sequence of a `[batch, seq, ...]` activation.
-    pub fn last_token() -> Slice {
-        Slice::token(-1)
-    }
-    /// Columns `[start, stop)` of the last dimension of a tensor of rank `rank`.
-    pub fn last_dim_range(rank: usize, start: i64, stop: i64) -> Slice {
-        let mut d = vec![Dim::ALL; rank.saturating_sub(1)];
-        d.push(Dim::range(start, stop));
-        Slice(d)
-    }
-    fn wit(&self) -> Vec<wit::DimRange> {
-        self.0
-            .iter()
-            .map(|d| wit::DimRange {
-                start: d.start,
-                stop: d.stop,
-                step: d.step,
-            })
-            .collect()
-    }
-}
-
 /// Rank coordinates of a call.
 pub type RankInfo = wit::RankInfo;
 
@@ -358,155 +278,6 @@ impl Info {
         self.hook_points.push(pattern.into());
         self
     }
-}
-
-/// Elements per chunk in [`Activation::for_each_chunk`] (64 KiB of f32).
-pub const CHUNK: usize = 16 * 1024;
-
-/// The activation a hook is called on, held by the host.
-pub struct Activation<'a> {
-    raw: &'a __private::RawActivation,
-    shape: Vec<usize>,
-    dtype: DType,
-}
-
-impl<'a> Activation<'a> {
-    /// The raw WIT handle (for tests that call the host interfaces directly).
-    #[doc(hidden)]
-    pub fn raw(&self) -> &'a __private::RawActivation {
-        self.raw
-    }
-
-    #[doc(hidden)]
-    pub fn __new(raw: &'a __private::RawActivation, shape: Vec<usize>, dtype: DType) -> Self {
-        Activation { raw, shape, dtype }
-    }
-
-    pub fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-    /// Whether the host lets this hook write.
-    pub fn writable(&self) -> bool {
-        self.raw.writable()
-    }
-
-    /// Elements `[offset, offset+len)` (row-major) as f32.
-    pub fn read(&self, offset: usize, len: usize) -> Result<Vec<f32>> {
-        Ok(self.raw.read(offset as u64, len as u64)?)
-    }
-    /// Elements `[offset, offset+len)` as raw little-endian bytes of the native dtype.
-    pub fn read_bytes(&self, offset: usize, len: usize) -> Result<Vec<u8>> {
-        Ok(self.raw.read_bytes(offset as u64, len as u64)?)
-    }
-    /// A strided slice as f32, row-major over the slice.
-    pub fn read_slice(&self, s: &Slice) -> Result<Vec<f32>> {
-        Ok(self.raw.read_slice(&s.wit())?)
-    }
-    /// Shape of a slice.
-    pub fn slice_shape(&self, s: &Slice) -> Result<Vec<usize>> {
-        Ok(self
-            .raw
-            .slice_shape(&s.wit())?
-            .into_iter()
-            .map(|d| d as usize)
-            .collect())
-    }
-    /// The whole activation as f32 (copies everything: prefer slices or chunks).
-    pub fn read_all(&self) -> Result<Vec<f32>> {
-        self.read(0, self.numel())
-    }
-    /// Visit the whole activation in chunks of at most [`CHUNK`] elements:
-    /// `f(offset, values)`. Moves every byte once, in cache-sized pieces.
-    pub fn for_each_chunk(&self, mut f: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
-        let n = self.numel();
-        let mut off = 0;
-        while off < n {
-            let len = CHUNK.min(n - off);
-            if self.dtype == DType::F32 {
-                // Native bytes are the fastest read (one copy); view them as f32.
-                let b = self.read_bytes(off, len)?;
-                // SAFETY: any 4 bytes are a valid f32; `align_to` handles alignment.
-                let (head, body, tail) = unsafe { b.align_to::<f32>() };
-                if head.is_empty() && tail.is_empty() {
-                    f(off, body)?;
-                } else {
-                    let v: Vec<f32> = b
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect();
-                    f(off, &v)?;
-                }
-            } else {
-                let v = self.read(off, len)?;
-                f(off, &v)?;
-            }
-            off += len;
-        }
-        Ok(())
-    }
-
-    /// Overwrite elements starting at `offset`.
-    pub fn write(&mut self, offset: usize, values: &[f32]) -> Result<()> {
-        if self.dtype == DType::F32 {
-            // Same bytes, faster path (the host copies them once, in place).
-            // SAFETY: f32 has no padding; the byte view covers exactly `values`.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(
-                    values.as_ptr() as *const u8,
-                    std::mem::size_of_val(values),
-                )
-            };
-            return self.write_bytes(offset, bytes);
-        }
-        Ok(self.raw.write(offset as u64, values)?)
-    }
-    /// Overwrite elements starting at `offset` with native-dtype bytes.
-    pub fn write_bytes(&mut self, offset: usize, bytes: &[u8]) -> Result<()> {
-        Ok(self.raw.write_bytes(offset as u64, bytes)?)
-    }
-    /// Overwrite a slice with `values` (row-major over the slice).
-    pub fn write_slice(&mut self, s: &Slice, values: &[f32]) -> Result<()> {
-        Ok(self.raw.write_slice(&s.wit(), values)?)
-    }
-    /// Set a slice to `value`.
-    pub fn fill(&mut self, s: &Slice, value: f32) -> Result<()> {
-        Ok(self.raw.fill(&s.wit(), value)?)
-    }
-    /// Set a slice to zero.
-    pub fn zero(&mut self, s: &Slice) -> Result<()> {
-        self.fill(s, 0.0)
-    }
-    /// Multiply a slice by `factor`.
-    pub fn scale(&mut self, s: &Slice, factor: f32) -> Result<()> {
-        Ok(self.raw.scale(&s.wit(), factor)?)
-    }
-    /// Add `alpha * v` to every row (last dimension) of a slice.
-    pub fn add_vector(&mut self, s: &Slice, v: &[f32], alpha: f32) -> Result<()> {
-        Ok(self.raw.add_vector(&s.wit(), v, alpha)?)
-    }
-    /// Emit a slice of this activation into the output dictionary without
-    /// copying it through the plugin (`name` empty: the hook point's name).
-    pub fn emit(&self, name: &str, s: &Slice) -> Result<()> {
-        Ok(wout::emit_activation(name, self.raw, &s.wit())?)
-    }
-}
-
-/// Emit an f32 tensor into the output dictionary.
-pub fn emit(name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
-    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-    Ok(wout::emit(name, &shape, values)?)
-}
-
-/// Emit raw bytes of `dtype` into the output dictionary.
-pub fn emit_bytes(name: &str, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<()> {
-    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-    Ok(wout::emit_bytes(name, &shape, dtype.into(), bytes)?)
 }
 
 /// State kept by the host across calls and forward passes (`save_ctx`).
@@ -689,50 +460,4 @@ pub mod prelude {
         Access, Activation, Context, DType, Dim, EditMode, Error, HookFunction, Info, Result,
         Slice, emit, emit_bytes, export_hook, log, parse_config, random, state,
     };
-}
-
-/// A slice as written in a JSON configuration: a list with one entry per
-/// leading dimension, each `null` (whole dimension), an integer (one index,
-/// negative from the end), `[start, stop]` or `[start, stop, step]` (`stop`
-/// may be `null`). `[null, -1]` is the last token of every sequence.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-#[serde(transparent)]
-pub struct SliceSpec(pub Vec<DimSpec>);
-
-/// One dimension of a [`SliceSpec`].
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(untagged)]
-pub enum DimSpec {
-    All(()),
-    Index(i64),
-    Range(Vec<Option<i64>>),
-}
-
-impl SliceSpec {
-    /// Validate and convert to a [`Slice`].
-    pub fn to_slice(&self) -> Result<Slice> {
-        let mut dims = Vec::with_capacity(self.0.len());
-        for d in &self.0 {
-            dims.push(match d {
-                DimSpec::All(()) => Dim::ALL,
-                DimSpec::Index(i) => Dim::index(*i),
-                DimSpec::Range(v) => match v.as_slice() {
-                    [s, e] => Dim::strided(s.unwrap_or(0), *e, 1),
-                    [s, e, st] => {
-                        let step = st.unwrap_or(1);
-                        if step < 1 {
-                            return Err(Error::config(format!("slice step {step} must be >= 1")));
-                        }
-                        Dim::strided(s.unwrap_or(0), *e, step as u64)
-                    }
-                    _ => {
-                        return Err(Error::config(format!(
-                            "slice range {v:?} must be [start, stop] or [start, stop, step]"
-                        )));
-                    }
-                },
-            });
-        }
-        Ok(Slice(dims))
-    }
 }

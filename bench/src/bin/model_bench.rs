@@ -202,33 +202,39 @@ fn last_json(out: &[u8]) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(line)?)
 }
 
-/// Peak RSS of (ours, transformers') for one load and forward, each in a
-/// fresh process.
-fn peak_rss(a: &Args) -> Result<(u64, u64)> {
+/// Peak RSS of one load and forward, ours and transformers', each in a
+/// fresh process, alternately `RSS_PAIRS` times: (ours, theirs) per pair.
+fn peak_rss(a: &Args) -> Result<Pairs> {
     let exe = std::env::current_exe()?;
-    let ours = Command::new(exe)
-        .args([
-            "--rss-child",
-            "--model-dir",
-            a.model_dir.to_str().unwrap_or("."),
-        ])
-        .args(["--batch", &a.batch.to_string(), "--seq", &a.seq.to_string()])
-        .args(["--threads", &a.threads.to_string()])
-        .output()?;
-    let theirs = python(a, false).arg("--rss").output()?;
-    let get = |o: &std::process::Output, who: &str| -> Result<u64> {
+    let get = |o: &std::process::Output, who: &str| -> Result<f64> {
         if !o.status.success() {
             bail!("{who}: {}", String::from_utf8_lossy(&o.stderr));
         }
         last_json(&o.stdout)?["peak_rss_bytes"]
-            .as_u64()
+            .as_f64()
             .ok_or_else(|| anyhow!("{who}: no peak RSS reported"))
     };
-    Ok((
-        get(&ours, "model-bench --rss-child")?,
-        get(&theirs, "bench_worker.py --rss")?,
-    ))
+    let mut pairs = Pairs::default();
+    for _ in 0..RSS_PAIRS {
+        let ours = Command::new(&exe)
+            .args([
+                "--rss-child",
+                "--model-dir",
+                a.model_dir.to_str().unwrap_or("."),
+            ])
+            .args(["--batch", &a.batch.to_string(), "--seq", &a.seq.to_string()])
+            .args(["--threads", &a.threads.to_string()])
+            .output()?;
+        let theirs = python(a, false).arg("--rss").output()?;
+        pairs.push(
+            get(&ours, "model-bench --rss-child")?,
+            get(&theirs, "bench_worker.py --rss")?,
+        );
+    }
+    Ok(pairs)
 }
+
+const RSS_PAIRS: usize = 5;
 
 /// One row's samples: per-pair ratios and the two sides' times.
 #[derive(Default)]
@@ -276,7 +282,7 @@ fn main() -> Result<()> {
     drop(py_same);
     eprintln!("peak RSS...");
     let rss = peak_rss(&a)?;
-    let md = render(&a, tuned, &r, rss);
+    let md = render(&a, tuned, &r, &rss);
     print!("{md}");
     if let Some(path) = &a.out {
         report::write_section(path, "model-bench", &md)?;
@@ -382,7 +388,7 @@ fn row(md: &mut String, what: &str, p: &Pairs, same: Option<&Pairs>, target: &st
     ));
 }
 
-fn render(a: &Args, tuned: bool, m: &Measured, (ours_rss, hf_rss): (u64, u64)) -> String {
+fn render(a: &Args, tuned: bool, m: &Measured, rss: &Pairs) -> String {
     let mut md = format!(
         "## Model host (issue 3) — `model-bench`\n\nMachine: {}. GPT-2-small dimensions (12 × 768, \
          vocab 50257), random weights, f32, batch {} × {} tokens, {} threads on both sides. Our runs \
@@ -461,12 +467,12 @@ fn render(a: &Args, tuned: bool, m: &Measured, (ours_rss, hf_rss): (u64, u64)) -
         None,
         "≤ 0.8×",
     );
-    let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64);
+    let mib = |v: &[f64]| format!("{:.0} MiB", median(v.to_vec()) / (1u64 << 20) as f64);
     md.push_str(&format!(
-        "| peak RSS of one load + forward (fresh processes; vs transformers eager, default allocator) | {} | {} | {:.2}× | ≤ 1.05× |\n\n",
-        mib(ours_rss),
-        mib(hf_rss),
-        ours_rss as f64 / hf_rss as f64
+        "| peak RSS (VmHWM) of one load + forward, {RSS_PAIRS} fresh processes each, alternating (vs transformers eager, default allocator) | {} | {} | {:.2}× | ≤ 1.05× |\n\n",
+        mib(&rss.ours),
+        mib(&rss.theirs),
+        median(rss.ratios.clone())
     ));
     md
 }

@@ -1,7 +1,9 @@
 //! Checkpoint tensors from a Hugging Face model folder: `model.safetensors`,
 //! or a sharded set listed in `model.safetensors.index.json`. Files are
 //! memory-mapped; a tensor is copied out only when asked for, converted to the
-//! requested dtype and device.
+//! requested dtype and device, and its pages of the mapping are then given
+//! back (`MADV_DONTNEED`: the page cache keeps them, this process's resident
+//! set does not), so loading never holds the file and the model at once.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -135,6 +137,25 @@ impl Weights {
         Ok(w)
     }
 
+    /// Done with bytes `start..end` of file `file` (copied out): drop the
+    /// whole pages inside from this process's resident set. Best effort.
+    fn release(&self, file: usize, start: usize, end: usize) {
+        const PAGE: usize = 4096;
+        let (first, last) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+        if last > first {
+            // SAFETY: a read-only private file mapping: dropped pages are
+            // read back from the file on the next access; nothing borrows
+            // these bytes now (the tensor holds its own copy).
+            let _ = unsafe {
+                self.files[file].1.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    first,
+                    last - first,
+                )
+            };
+        }
+    }
+
     /// A `__metadata__` entry of the header(s).
     pub fn metadata(&self, key: &str) -> Option<String> {
         self.metadata.get(key).cloned()
@@ -173,6 +194,7 @@ impl Weights {
         let stored = stored_kind(e.dtype, name)?;
         let bytes = &self.files[e.file].1[e.start..e.end];
         let t = Tensor::f_from_data_size(bytes, &e.shape, stored)?;
+        self.release(e.file, e.start, e.end);
         Ok(t.to_kind(kind).to_device(device))
     }
 
@@ -226,6 +248,7 @@ impl Weights {
         let mut shape = full.to_vec();
         shape[dim] = len;
         let t = Tensor::f_from_data_size(&out, &shape, stored)?;
+        self.release(e.file, e.start, e.end);
         Ok(t.to_kind(kind).to_device(device))
     }
 

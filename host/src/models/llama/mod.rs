@@ -8,104 +8,24 @@
 //! below, in forward order (`P` = `model.layers.{i}`); `hook_q`/`hook_k` are
 //! before rotary, `hook_rot_q`/`hook_rot_k` after.
 
-use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
-use super::cache::{KvCache, with_cache};
-use super::error::ModelError;
-use super::hook_site::{HookSite, fire};
-use super::layers::{CorePoints, Linear, Par, Params, attention, causal_mask};
-use super::loader::Loader;
-use super::norm::{Norm, NormPoints};
-use super::points::{Dims, PointInfo, hook_points};
-pub use super::rope::RopeParams;
-use super::rope::{inv_freq, rope_tables, rotate_half};
-use super::shard::{Shard, TpComm, embed};
-use super::stage::{Head, HeadPoints, PreNormPoints, Step, pre_norm_block, prologue};
-use super::weights::Weights;
+use crate::models::cache::{KvCache, with_cache};
+use crate::models::error::ModelError;
+use crate::models::hook_site::{HookSite, fire};
+use crate::models::layers::{CorePoints, Linear, Par, Params, attention, causal_mask};
+use crate::models::loader::Loader;
+use crate::models::norm::{Norm, NormPoints};
+use crate::models::points::{Dims, PointInfo, hook_points};
+use crate::models::rope::{inv_freq, rope_tables, rotate_half};
+use crate::models::shard::{Shard, TpComm, embed};
+use crate::models::stage::{Head, HeadPoints, PreNormPoints, Step, pre_norm_block, prologue};
+use crate::models::weights::Weights;
 
-/// `config.json` of a LLaMA-family checkpoint.
-#[derive(Debug, Clone, Deserialize)]
-pub struct LlamaConfig {
-    pub model_type: String,
-    pub vocab_size: i64,
-    pub hidden_size: i64,
-    pub intermediate_size: i64,
-    pub num_hidden_layers: i64,
-    pub num_attention_heads: i64,
-    #[serde(default)]
-    pub num_key_value_heads: Option<i64>,
-    #[serde(default)]
-    pub head_dim: Option<i64>,
-    #[serde(default = "default_eps")]
-    pub rms_norm_eps: f64,
-    #[serde(default)]
-    pub rope_theta: Option<f64>,
-    #[serde(default)]
-    pub rope_scaling: Option<RopeParams>,
-    #[serde(default)]
-    pub rope_parameters: Option<RopeParams>,
-    #[serde(default)]
-    pub attention_bias: bool,
-    #[serde(default)]
-    pub mlp_bias: bool,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
-    #[serde(default = "default_act")]
-    pub hidden_act: String,
-    #[serde(default)]
-    pub sliding_window: Option<i64>,
-    #[serde(default)]
-    pub use_sliding_window: Option<bool>,
-    #[serde(default = "default_positions")]
-    pub max_position_embeddings: i64,
-}
+mod config;
 
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_act() -> String {
-    "silu".into()
-}
-fn default_positions() -> i64 {
-    2048
-}
-
-impl LlamaConfig {
-    fn head_dim(&self) -> i64 {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
-    }
-    fn kv_heads(&self) -> i64 {
-        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
-    }
-    fn rope(&self) -> RopeParams {
-        let mut r = self
-            .rope_parameters
-            .clone()
-            .or_else(|| self.rope_scaling.clone())
-            .unwrap_or_default();
-        if r.rope_theta.is_none() {
-            r.rope_theta = Some(self.rope_theta.unwrap_or(10_000.0));
-        }
-        r
-    }
-    /// Qwen2: q/k/v carry a bias, o_proj does not. Llama/Mistral: `attention_bias` for all four.
-    fn qkv_bias(&self) -> bool {
-        self.model_type == "qwen2" || self.attention_bias
-    }
-    fn o_bias(&self) -> bool {
-        self.model_type != "qwen2" && self.attention_bias
-    }
-    /// Window of sliding-window attention, if used.
-    fn window(&self) -> Option<i64> {
-        match self.model_type.as_str() {
-            "mistral" => self.sliding_window,
-            "qwen2" if self.use_sliding_window == Some(true) => self.sliding_window,
-            _ => None,
-        }
-    }
-}
+pub use crate::models::rope::RopeParams;
+pub use config::LlamaConfig;
 
 hook_points! {
     /// One decoder layer, under `model.layers.{i}` (aliases under `blocks.{i}`).
