@@ -15,6 +15,7 @@
 //!   native Rust hook; PyTorch hooks and nnsight as anchors);
 //! - P3: retrieving every block's residual stream (the `retrieve` plugin) vs
 //!   PyTorch forward hooks doing `.detach().cpu()`.
+//!
 //! Peak RSS of one load and one forward, ours and transformers', each in a
 //! fresh process.
 
@@ -388,6 +389,67 @@ fn row(md: &mut String, what: &str, p: &Pairs, same: Option<&Pairs>, target: &st
     ));
 }
 
+/// The table's header and timing rows.
+fn rows(md: &mut String, m: &Measured) {
+    md.push_str(
+        "| measurement | FlexModel-rs | baseline | ratio | target |\n|---|---|---|---|---|\n",
+    );
+    row(
+        md,
+        "P1 forward, no hooks (vs transformers eager)",
+        &m.p1,
+        Some(&m.p1_same),
+        "≤ 0.95×",
+    );
+    row(
+        md,
+        "P2 identity WASM hook on every block output (vs our forward without hooks)",
+        &m.p2_wasm,
+        None,
+        "≤ 1.05×",
+    );
+    row(
+        md,
+        "P2 identity native Rust hook on every block output (vs without hooks)",
+        &m.p2_native,
+        None,
+        "—",
+    );
+    row(
+        md,
+        "P2 anchor: PyTorch identity forward hooks (vs eager; both PyTorch)",
+        &m.anchor_hooks,
+        None,
+        "—",
+    );
+    match &m.nnsight_error {
+        Some(e) if m.anchor_nnsight.ratios.is_empty() => md.push_str(&format!(
+            "| P2 anchor: nnsight | — | not measured: {e} | — | — |\n"
+        )),
+        _ => row(
+            md,
+            "P2 anchor: nnsight identity intervention on every block output (vs eager; both PyTorch)",
+            &m.anchor_nnsight,
+            None,
+            "—",
+        ),
+    }
+    row(
+        md,
+        "P3 retrieve every block's residual stream (vs PyTorch hooks `.detach().cpu()`)",
+        &m.p3,
+        Some(&m.p3_same),
+        "≤ 0.8×",
+    );
+    row(
+        md,
+        "P3 the same with `forward_until` the last block (no final norm / LM head)",
+        &m.p3_until,
+        None,
+        "≤ 0.8×",
+    );
+}
+
 fn render(a: &Args, tuned: bool, m: &Measured, rss: &Pairs) -> String {
     let mut md = format!(
         "## Model host (issue 3) — `model-bench`\n\nMachine: {}. GPT-2-small dimensions (12 × 768, \
@@ -410,63 +472,7 @@ fn render(a: &Args, tuned: bool, m: &Measured, rss: &Pairs) -> String {
     } else {
         "glibc allocator: defaults on both sides (`FLEXMODEL_NO_MALLOPT` set).\n\n"
     });
-    md.push_str(
-        "| measurement | FlexModel-rs | baseline | ratio | target |\n|---|---|---|---|---|\n",
-    );
-    row(
-        &mut md,
-        "P1 forward, no hooks (vs transformers eager)",
-        &m.p1,
-        Some(&m.p1_same),
-        "≤ 0.95×",
-    );
-    row(
-        &mut md,
-        "P2 identity WASM hook on every block output (vs our forward without hooks)",
-        &m.p2_wasm,
-        None,
-        "≤ 1.05×",
-    );
-    row(
-        &mut md,
-        "P2 identity native Rust hook on every block output (vs without hooks)",
-        &m.p2_native,
-        None,
-        "—",
-    );
-    row(
-        &mut md,
-        "P2 anchor: PyTorch identity forward hooks (vs eager; both PyTorch)",
-        &m.anchor_hooks,
-        None,
-        "—",
-    );
-    match &m.nnsight_error {
-        Some(e) if m.anchor_nnsight.ratios.is_empty() => md.push_str(&format!(
-            "| P2 anchor: nnsight | — | not measured: {e} | — | — |\n"
-        )),
-        _ => row(
-            &mut md,
-            "P2 anchor: nnsight identity intervention on every block output (vs eager; both PyTorch)",
-            &m.anchor_nnsight,
-            None,
-            "—",
-        ),
-    }
-    row(
-        &mut md,
-        "P3 retrieve every block's residual stream (vs PyTorch hooks `.detach().cpu()`)",
-        &m.p3,
-        Some(&m.p3_same),
-        "≤ 0.8×",
-    );
-    row(
-        &mut md,
-        "P3 the same with `forward_until` the last block (no final norm / LM head)",
-        &m.p3_until,
-        None,
-        "≤ 0.8×",
-    );
+    rows(&mut md, m);
     let mib = |v: &[f64]| format!("{:.0} MiB", median(v.to_vec()) / (1u64 << 20) as f64);
     md.push_str(&format!(
         "| peak RSS (VmHWM) of one load + forward, {RSS_PAIRS} fresh processes each, alternating (vs transformers eager, default allocator) | {} | {} | {:.2}× | ≤ 1.05× |\n\n",

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
-use flexmodel::api::Groups;
+use flexmodel::api::{ForwardOutput, Groups};
 use flexmodel::hooks::{Runtime, RuntimeConfig};
 use tch::{Kind, Tensor};
 
@@ -72,6 +72,27 @@ pub fn demo(a: &DemoArgs) -> Result<()> {
         .forward(&t, &Groups::except(["ablation"]))
         .map_err(|e| anyhow!("{e}"))?;
     let ablated = fm.forward(&t, &Groups::All).map_err(|e| anyhow!("{e}"))?;
+    print_norms(&clean, &ablated);
+    println!(
+        "\ntop next tokens, clean:   {}",
+        show(&top_k(&clean.logits, 5, Some(&tok)))
+    );
+    println!("ablating heads {half:?} in every layer (ablate.wasm at blocks.*.attn.hook_z):");
+    println!(
+        "top next tokens, ablated: {}",
+        show(&top_k(&ablated.logits, 5, Some(&tok)))
+    );
+    let p = clean.logits.select(1, -1).softmax(-1, Kind::Float);
+    let q = ablated.logits.select(1, -1).softmax(-1, Kind::Float);
+    let kl = (&p * (p.log() - q.log()))
+        .sum(Kind::Double)
+        .double_value(&[]);
+    println!("KL(clean || ablated) at the next token: {kl:.5} nats");
+    Ok(())
+}
+
+/// Each layer's residual-stream norm at the last token, clean and ablated.
+fn print_norms(clean: &ForwardOutput, ablated: &ForwardOutput) {
     println!("residual stream at the last token (retrieved by retrieve.wasm, sandboxed):");
     println!("{:<8} {:>12} {:>18}", "layer", "|resid|", "|resid| ablated");
     let mut keys: Vec<&String> = clean.outputs.keys().collect();
@@ -98,20 +119,4 @@ pub fn demo(a: &DemoArgs) -> Result<()> {
             b
         );
     }
-    println!(
-        "\ntop next tokens, clean:   {}",
-        show(&top_k(&clean.logits, 5, Some(&tok)))
-    );
-    println!("ablating heads {half:?} in every layer (ablate.wasm at blocks.*.attn.hook_z):");
-    println!(
-        "top next tokens, ablated: {}",
-        show(&top_k(&ablated.logits, 5, Some(&tok)))
-    );
-    let p = clean.logits.select(1, -1).softmax(-1, Kind::Float);
-    let q = ablated.logits.select(1, -1).softmax(-1, Kind::Float);
-    let kl = (&p * (p.log() - q.log()))
-        .sum(Kind::Double)
-        .double_value(&[]);
-    println!("KL(clean || ablated) at the next token: {kl:.5} nats");
-    Ok(())
 }

@@ -129,6 +129,71 @@ impl Progress {
     }
 }
 
+/// What a run saves: tensors by key, and who emitted each.
+#[derive(Default)]
+struct Saved {
+    tensors: BTreeMap<String, Tensor>,
+    producers: BTreeMap<String, String>,
+}
+
+/// A batch of prompts that went through one forward.
+struct Seen<'r> {
+    /// Index of its first prompt.
+    first: usize,
+    /// Whether the run has several prompts (keys get an `i/` prefix).
+    many: bool,
+    rows: &'r [Vec<i64>],
+}
+
+impl Seen<'_> {
+    /// Print each prompt's line and keep its rows of the logits and outputs.
+    fn record(
+        &self,
+        a: &RunArgs,
+        pass: &Pass,
+        fm: &FlexModel,
+        progress: &Progress,
+        saved: &mut Saved,
+    ) {
+        let n = self.rows.len() as i64;
+        for (j, ids) in self.rows.iter().enumerate() {
+            let (i, jl) = (self.first + j, j as i64);
+            progress.say(match &pass.logits {
+                Some(l) => format!(
+                    "prompt {i}: {} tokens; next token: {}",
+                    ids.len(),
+                    show(&top_k(&row(l, jl, n), a.top_k, fm.tokenizer()))
+                ),
+                None => format!(
+                    "prompt {i}: {} tokens; stopped after {}",
+                    ids.len(),
+                    a.stop_at.as_deref().unwrap_or("")
+                ),
+            });
+            progress.inc();
+            let prefix = if self.many {
+                format!("{i}/")
+            } else {
+                String::new()
+            };
+            if let Some(l) = &pass.logits {
+                let key = format!("{prefix}logits");
+                saved
+                    .tensors
+                    .insert(key, row(l, jl, n).to_device(Device::Cpu));
+            }
+            for (key, v) in &pass.outputs {
+                saved
+                    .tensors
+                    .insert(format!("{prefix}{key}"), row(v, jl, n));
+                if let Some(p) = pass.producers.get(key) {
+                    saved.producers.insert(format!("{prefix}{key}"), p.clone());
+                }
+            }
+        }
+    }
+}
+
 pub fn run(a: &RunArgs) -> Result<()> {
     let prompts = a.prompts()?;
     let mut fm = super::load(&a.model, a.mesh)?;
@@ -145,8 +210,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     }
     let many = prompts.len() > 1;
     let progress = Progress::new(prompts.len(), root);
-    let mut saved = BTreeMap::new();
-    let mut saved_by = BTreeMap::new();
+    let mut saved = Saved::default();
     for (c, group) in prompts.chunks(chunk).enumerate() {
         let first = c * chunk;
         let mut rows = Vec::with_capacity(group.len());
@@ -176,43 +240,23 @@ pub fn run(a: &RunArgs) -> Result<()> {
         for (hook, point, level, msg) in &pass.logs {
             progress.say(format!("[{hook} @ {point}] {level:?}: {msg}"));
         }
-        let n = rows.len() as i64;
-        for (j, ids) in rows.iter().enumerate() {
-            let (i, jl) = (first + j, j as i64);
-            progress.say(match &pass.logits {
-                Some(l) => format!(
-                    "prompt {i}: {} tokens; next token: {}",
-                    ids.len(),
-                    show(&top_k(&row(l, jl, n), a.top_k, fm.tokenizer()))
-                ),
-                None => format!(
-                    "prompt {i}: {} tokens; stopped after {}",
-                    ids.len(),
-                    a.stop_at.as_deref().unwrap_or("")
-                ),
-            });
-            progress.inc();
-            let prefix = if many { format!("{i}/") } else { String::new() };
-            if let Some(l) = &pass.logits {
-                saved.insert(
-                    format!("{prefix}logits"),
-                    row(l, jl, n).to_device(Device::Cpu),
-                );
-            }
-            for (key, v) in &pass.outputs {
-                saved.insert(format!("{prefix}{key}"), row(v, jl, n));
-                if let Some(p) = pass.producers.get(key) {
-                    saved_by.insert(format!("{prefix}{key}"), p.clone());
-                }
-            }
-        }
+        let seen = Seen {
+            first,
+            many,
+            rows: &rows,
+        };
+        seen.record(a, &pass, &fm, &progress, &mut saved);
     }
     if let Some(b) = progress.0 {
         b.finish_and_clear();
     }
     if let (Some(path), true) = (&a.save, root) {
-        save(path, &saved, &saved_by)?;
-        println!("saved {} tensors to {}", saved.len(), path.display());
+        save(path, &saved.tensors, &saved.producers)?;
+        println!(
+            "saved {} tensors to {}",
+            saved.tensors.len(),
+            path.display()
+        );
     }
     Ok(())
 }
