@@ -3,3 +3,4 @@
 //! the product crate. What they share lives here.
 
 pub mod report;
+pub mod worker;

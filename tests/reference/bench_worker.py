@@ -11,6 +11,9 @@ line on stdin and answers one JSON line on stdout:
   detach_cpu   + forward hooks doing out[0].detach().cpu() on every block (P3 baseline)
   nnsight      nnsight trace writing every block output back to itself (P2 anchor)
   -> {"config": NAME, "secs": SECONDS} (or {"config": NAME, "error": ...})
+  generate P N transformers' greedy `generate` (KV cache) of N tokens after
+               the first P ids of the first row (gen-bench)
+  -> {"config": "generate", "secs": SECONDS, "prompt": [...], "tokens": [...]}
   quit         exit
 With --rss: load, run one eager forward, print {"peak_rss_bytes": N} (VmHWM), exit.
 
@@ -80,6 +83,18 @@ def configs(model, ids):
     return out
 
 
+def generate(model, ids, prompt_len, new_tokens):
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    prompt = ids[:1, :prompt_len]
+    t = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False,
+                             attention_mask=torch.ones_like(prompt))
+    secs = time.perf_counter() - t
+    return {"config": "generate", "secs": secs, "prompt": prompt[0].tolist(), "tokens": out[0].tolist()}
+
+
 def main(model_dir, batch, seq, threads, rss):
     torch.set_num_threads(threads)
     model, ids = load(model_dir, batch, seq)
@@ -98,6 +113,9 @@ def main(model_dir, batch, seq, threads, rss):
         name = line.strip()
         if name == "quit":
             break
+        if name.startswith("generate "):
+            print(json.dumps(generate(model, ids, *map(int, name.split()[1:3]))), flush=True)
+            continue
         fn = runs.get(name)
         if not callable(fn):
             print(json.dumps({"config": name, "error": fn or "unknown configuration"}), flush=True)

@@ -4,11 +4,12 @@
 //! gen-bench [--python PY] [--model-dir artifacts/bench/gpt2-small] [--artifacts artifacts/wasm]
 //!           [--prompt 32] [--new 64] [--threads 2] [--reps 3] [--out BENCHMARKS.md]
 //! ```
-//! In one run, with the GPT-2-small-sized random weights `model-bench` saves,
-//! batch 1, greedy, the same thread count: transformers' `generate` in
-//! PyTorch (`tests/reference/gen_baseline.py`), then FlexModel-rs's
-//! `generate` without hooks and with the `steer` plugin on every block
-//! output (timed round-robin). Our greedy tokens must equal transformers'.
+//! With the GPT-2-small-sized random weights `model-bench` saves, batch 1,
+//! greedy, the same thread count, in alternation within one session:
+//! FlexModel-rs's `generate` without hooks, transformers' `generate` (a
+//! persistent PyTorch worker, `tests/reference/bench_worker.py`), ours with
+//! the `steer` plugin on every block output. Ratios are medians of
+//! per-round ratios. Our greedy tokens must equal transformers'.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -17,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use flexmodel::api::{FlexModel, GenerateOptions, Groups, Sampling};
 use flexmodel::hooks::{Runtime, RuntimeConfig};
 use flexmodel_bench::report;
+use flexmodel_bench::worker::{self, Worker};
 use tch::{Device, Kind, Tensor};
 
 fn main() -> Result<()> {
@@ -43,34 +45,16 @@ fn main() -> Result<()> {
         }
     }
     flexmodel::tune_allocator();
-    eprintln!("transformers generate...");
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/gen_baseline.py");
-    let o = std::process::Command::new(&python)
-        .arg(&script)
-        .arg(&model_dir)
-        .args([
-            prompt.to_string(),
-            new.to_string(),
-            threads.to_string(),
-            reps.to_string(),
-        ])
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !o.status.success() {
-        bail!("baseline failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    let line = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .unwrap_or("{}")
-        .to_string();
-    let py: serde_json::Value = serde_json::from_str(&line)?;
-    let py_secs = py["secs"].as_f64().context("baseline time")?;
-    let ids: Vec<i64> = serde_json::from_value(py["prompt"].clone())?;
-    let want: Vec<i64> = serde_json::from_value(py["tokens"].clone())?;
+    eprintln!("PyTorch worker...");
+    // The worker writes the input ids; batch and sequence as model-bench's.
+    let cmd = worker::command(&python, &model_dir, 4, 128, threads, false);
+    let mut py = Worker::start(cmd)?;
+    let request = format!("generate {prompt} {new}");
+    let first = py.ask(&request)?;
+    let ids: Vec<i64> = serde_json::from_value(first["prompt"].clone()).context("prompt")?;
+    let want: Vec<i64> = serde_json::from_value(first["tokens"].clone()).context("tokens")?;
 
-    eprintln!("FlexModel-rs generate...");
+    eprintln!("FlexModel-rs generate, alternating with transformers'...");
     tch::set_num_threads(threads);
     let mut fm = FlexModel::load(&model_dir, Kind::Float, Device::Cpu)?;
     let rt = Runtime::new(RuntimeConfig::default())?;
@@ -87,22 +71,29 @@ fn main() -> Result<()> {
         sampling: Sampling::Greedy,
         eos: None,
     };
-    let mut times = [Vec::new(), Vec::new()];
+    // Per round: ours without hooks, transformers', ours with `steer`.
+    let (mut vs_hf, mut vs_plain, mut times) =
+        (Vec::new(), Vec::new(), [Vec::new(), Vec::new(), Vec::new()]);
     let mut tokens = None;
     for round in 0..=reps {
-        for (i, g) in [Groups::only(["none"]), Groups::only(["steer"])]
-            .iter()
-            .enumerate()
-        {
+        let run = |fm: &mut FlexModel, g: &Groups| -> Result<(f64, Tensor)> {
             let s = Instant::now();
             let o = fm
                 .generate(&t, g, &opts, |_, _| {})
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            if round > 0 {
-                times[i].push(s.elapsed().as_secs_f64());
-            }
-            if i == 0 {
-                tokens = Some(Vec::<i64>::try_from(o.tokens.flatten(0, -1))?);
+            Ok((s.elapsed().as_secs_f64(), o.tokens))
+        };
+        let (plain, toks) = run(&mut fm, &Groups::only(["none"]))?;
+        let hf = py.ask(&request)?["secs"]
+            .as_f64()
+            .context("transformers' time")?;
+        let (steered, _) = run(&mut fm, &Groups::only(["steer"]))?;
+        tokens = Some(Vec::<i64>::try_from(toks.flatten(0, -1))?);
+        if round > 0 {
+            vs_hf.push(plain / hf);
+            vs_plain.push(steered / plain);
+            for (v, x) in times.iter_mut().zip([plain, hf, steered]) {
+                v.push(x);
             }
         }
     }
@@ -110,13 +101,15 @@ fn main() -> Result<()> {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    let [plain, steered] = times.map(med);
+    let [plain, py_secs, steered] = times.map(med);
+    let (r_hf, r_steer) = (med(vs_hf), med(vs_plain));
     let same = tokens.as_deref() == Some(want.as_slice());
     let tps = |s: f64| new as f64 / s;
     let mut md = format!(
         "## Generation (issue 5) — `gen-bench`\n\nMachine: {}. GPT-2-small dimensions (random weights), \
          batch 1, prompt {prompt} tokens, {new} new tokens, greedy with a KV cache, {threads} threads on \
-         both sides, median of {reps} runs after a warm-up (ours round-robin). Our greedy tokens {} \
+         both sides; ours and transformers' alternate in one session (a persistent PyTorch worker), \
+         {reps} rounds after a warm-up, ratios are medians of per-round ratios. Our greedy tokens {} \
          transformers'.\n\n| measurement | baseline | ours | ratio |\n|---|---|---|---|\n",
         report::machine(),
         if same { "equal" } else { "DIFFER from" }
@@ -125,13 +118,13 @@ fn main() -> Result<()> {
         "| generate, no hooks, vs transformers `generate` | {:.1} tok/s | {:.1} tok/s | {:.3}× time |\n",
         tps(py_secs),
         tps(plain),
-        plain / py_secs
+        r_hf
     ));
     md.push_str(&format!(
         "| generate with the `steer` WASM plugin on all 12 block outputs vs without hooks | {:.1} tok/s | {:.1} tok/s | {:.3}× time |\n\n",
         tps(plain),
         tps(steered),
-        steered / plain
+        r_steer
     ));
     print!("{md}");
     if let Some(p) = &out {

@@ -19,9 +19,8 @@
 //! Peak RSS of one load and one forward, ours and transformers', each in a
 //! fresh process.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +28,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use flexmodel::api::{FlexModel, FnHook, Groups};
 use flexmodel::hooks::{Runtime, RuntimeConfig};
 use flexmodel_bench::report;
+use flexmodel_bench::worker::{self, Worker};
 use tch::{Device, Kind, Tensor};
 
 struct Args {
@@ -81,88 +81,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-const TUNABLES: &str = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824:glibc.malloc.arena_max=1";
-
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/bench_worker.py")
-}
-
 fn python(a: &Args, tunables: bool) -> Command {
-    let mut cmd = Command::new(&a.python);
-    if tunables {
-        // Our allocator settings, for PyTorch through glibc's tunables.
-        cmd.env("GLIBC_TUNABLES", TUNABLES);
-    } else {
-        cmd.env_remove("GLIBC_TUNABLES");
-    }
-    cmd.arg(script()).args([
-        a.model_dir.to_str().unwrap_or("."),
-        &a.batch.to_string(),
-        &a.seq.to_string(),
-        &a.threads.to_string(),
-    ]);
-    cmd
-}
-
-/// A persistent PyTorch worker: one configuration per request.
-struct Worker {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Worker {
-    fn start(a: &Args, tunables: bool) -> Result<Worker> {
-        let mut child = python(a, tunables)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("running {}", a.python.display()))?;
-        let stdin = child.stdin.take().context("worker stdin")?;
-        let stdout = BufReader::new(child.stdout.take().context("worker stdout")?);
-        let mut w = Worker {
-            child,
-            stdin,
-            stdout,
-        };
-        w.reply().context("the PyTorch worker did not start")?;
-        Ok(w)
-    }
-
-    fn reply(&mut self) -> Result<serde_json::Value> {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if self.stdout.read_line(&mut line)? == 0 {
-                bail!("the PyTorch worker exited");
-            }
-            if line.starts_with('{') {
-                return Ok(serde_json::from_str(&line)?);
-            }
-        }
-    }
-
-    /// Seconds of one run of `config`, or why it cannot run.
-    fn run(&mut self, config: &str) -> Result<std::result::Result<f64, String>> {
-        writeln!(self.stdin, "{config}")?;
-        self.stdin.flush()?;
-        let v = self.reply()?;
-        Ok(match v.get("secs").and_then(|s| s.as_f64()) {
-            Some(s) => Ok(s),
-            None => Err(v
-                .get("error")
-                .and_then(|e| e.as_str())
-                .unwrap_or("?")
-                .to_string()),
-        })
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.child.wait();
-    }
+    worker::command(&a.python, &a.model_dir, a.batch, a.seq, a.threads, tunables)
 }
 
 /// This process's peak resident set (`VmHWM`: per address space, so not
@@ -261,9 +181,9 @@ fn main() -> Result<()> {
     }
     std::fs::create_dir_all(&a.model_dir)?;
     eprintln!("PyTorch workers ({} threads)...", a.threads);
-    let mut py = Worker::start(&a, false)?;
+    let mut py = Worker::start(python(&a, false))?;
     let mut py_same = if tuned {
-        Some(Worker::start(&a, true)?)
+        Some(Worker::start(python(&a, true))?)
     } else {
         None
     };
