@@ -210,22 +210,7 @@ impl PluginInstance {
         let journal = std::mem::take(&mut self.journal);
         let buf = ActivationBuf::new(tensor, access.mode, check_finite, journal)
             .map_err(|message| (self.error(HookErrorKind::BadActivation { message }), false))?;
-        let wit_ctx = wit::CallContext {
-            hook_point: ctx.hook_point.clone(),
-            shape: buf.shape().iter().map(|&d| d as u64).collect(),
-            dtype: to_wit_dtype(buf.dtype()),
-            rank: wit::RankInfo {
-                tp_rank: ctx.rank.tp_rank,
-                tp_size: ctx.rank.tp_size,
-                pp_rank: ctx.rank.pp_rank,
-                pp_size: ctx.rank.pp_size,
-                dp_rank: ctx.rank.dp_rank,
-                dp_size: ctx.rank.dp_size,
-                global_rank: ctx.rank.global_rank,
-                world_size: ctx.rank.world_size,
-            },
-            forward_index: ctx.forward_index,
-        };
+        let wit_ctx = wit_context(ctx, &buf);
         self.arm();
         self.store.data_mut().call = CallScope::new(&ctx.hook_point, seed);
         self.store.data_mut().call.generation = ctx.generation;
@@ -265,98 +250,125 @@ impl PluginInstance {
             }
         };
         let scope = std::mem::replace(&mut self.store.data_mut().call, CallScope::new("", 0));
-        let fail = |this: &mut Self, buf: ActivationBuf, kind, broken| {
-            this.journal = buf.rollback();
-            Err((this.error(kind), broken))
-        };
         if let (Some(msg), Ok(_)) = (&scope.host_limit, &r) {
             // A host-side cap was hit; the plugin may have ignored the error.
             let kind = HookErrorKind::Plugin(PluginError::LimitExceeded(msg.clone()));
-            return fail(self, buf, kind, false);
+            return self.fail(buf, kind, false);
         }
         match r {
             Err(e) => {
                 let kind = self.classify(&e);
-                fail(self, buf, kind, true)
+                self.fail(buf, kind, true)
             }
-            Ok(Err(e)) => fail(self, buf, HookErrorKind::Plugin(e.into()), false),
-            Ok(Ok(())) => {
-                if env_read {
-                    let kind = HookErrorKind::CapabilityDenied {
-                        capability: "environment variables".into(),
-                    };
-                    // Dropped like a trapped instance: its runtime may have cached the
-                    // (empty) environment, so the next call would read it unseen.
-                    return fail(self, buf, kind, true);
-                }
-                if let Some(msg) = scope.output_refused {
-                    return fail(
-                        self,
-                        buf,
-                        HookErrorKind::Plugin(PluginError::LimitExceeded(msg)),
-                        false,
-                    );
-                }
-                let non_finite = buf.stats.non_finite;
-                if non_finite > 0 && self.policy == NonFinitePolicy::Reject {
-                    return fail(
-                        self,
-                        buf,
-                        HookErrorKind::NonFinite { count: non_finite },
-                        false,
-                    );
-                }
-                let edited = match buf.commit() {
-                    Ok((committed, journal)) => {
-                        self.journal = journal;
-                        match committed {
-                            Committed::Unchanged => false,
-                            Committed::InPlace => true,
-                            Committed::Replaced(t) => {
-                                *tensor = t;
-                                true
-                            }
-                        }
-                    }
-                    Err((e, journal)) => {
-                        self.journal = journal;
-                        return Err((
-                            self.error(HookErrorKind::Plugin(PluginError::InvalidArgument(e.0))),
-                            false,
-                        ));
-                    }
-                };
-                // Apply state writes.
-                {
-                    let mut st = self.store.data().state.lock();
-                    for (k, v) in scope.state_writes {
-                        match v {
-                            Some(v) => st.insert(k, v),
-                            None => st.remove(&k),
-                        }
+            Ok(Err(e)) => self.fail(buf, HookErrorKind::Plugin(e.into()), false),
+            Ok(Ok(())) => self.succeeded(buf, scope, env_read, tensor),
+        }
+    }
+
+    /// Undo the call's edits; the error, and whether the instance is broken.
+    fn fail(
+        &mut self,
+        buf: ActivationBuf,
+        kind: HookErrorKind,
+        broken: bool,
+    ) -> Result<CallReport, (HookError, bool)> {
+        self.journal = buf.rollback();
+        Err((self.error(kind), broken))
+    }
+
+    /// A call the guest returned from successfully: the host's own checks
+    /// (capabilities, refused outputs, non-finite values), then commit the
+    /// edit and the state writes, and report.
+    fn succeeded(
+        &mut self,
+        buf: ActivationBuf,
+        scope: CallScope,
+        env_read: bool,
+        tensor: &mut Tensor,
+    ) -> Result<CallReport, (HookError, bool)> {
+        if env_read {
+            let kind = HookErrorKind::CapabilityDenied {
+                capability: "environment variables".into(),
+            };
+            // Dropped like a trapped instance: its runtime may have cached the
+            // (empty) environment, so the next call would read it unseen.
+            return self.fail(buf, kind, true);
+        }
+        if let Some(msg) = scope.output_refused {
+            let kind = HookErrorKind::Plugin(PluginError::LimitExceeded(msg));
+            return self.fail(buf, kind, false);
+        }
+        let non_finite = buf.stats.non_finite;
+        if non_finite > 0 && self.policy == NonFinitePolicy::Reject {
+            return self.fail(buf, HookErrorKind::NonFinite { count: non_finite }, false);
+        }
+        let edited = match buf.commit() {
+            Ok((committed, journal)) => {
+                self.journal = journal;
+                match committed {
+                    Committed::Unchanged => false,
+                    Committed::InPlace => true,
+                    Committed::Replaced(t) => {
+                        *tensor = t;
+                        true
                     }
                 }
-                let mut logs = scope.logs;
-                if scope.logs_dropped > 0 {
-                    logs.push((
-                        LogLevel::Warn,
-                        format!("{} further log message(s) dropped", scope.logs_dropped),
-                    ));
+            }
+            Err((e, journal)) => {
+                self.journal = journal;
+                let kind = HookErrorKind::Plugin(PluginError::InvalidArgument(e.0));
+                return Err((self.error(kind), false));
+            }
+        };
+        // Apply state writes.
+        {
+            let mut st = self.store.data().state.lock();
+            for (k, v) in scope.state_writes {
+                match v {
+                    Some(v) => st.insert(k, v),
+                    None => st.remove(&k),
                 }
-                if non_finite > 0 {
-                    logs.push((
-                        LogLevel::Warn,
-                        format!("wrote {non_finite} non-finite value(s)"),
-                    ));
-                }
-                Ok(CallReport {
-                    emitted: scope.emitted,
-                    logs,
-                    non_finite_written: non_finite,
-                    edited,
-                })
             }
         }
+        let mut logs = scope.logs;
+        if scope.logs_dropped > 0 {
+            logs.push((
+                LogLevel::Warn,
+                format!("{} further log message(s) dropped", scope.logs_dropped),
+            ));
+        }
+        if non_finite > 0 {
+            logs.push((
+                LogLevel::Warn,
+                format!("wrote {non_finite} non-finite value(s)"),
+            ));
+        }
+        Ok(CallReport {
+            emitted: scope.emitted,
+            logs,
+            non_finite_written: non_finite,
+            edited,
+        })
+    }
+}
+
+/// The call context the guest sees.
+fn wit_context(ctx: &CallContext, buf: &ActivationBuf) -> wit::CallContext {
+    wit::CallContext {
+        hook_point: ctx.hook_point.clone(),
+        shape: buf.shape().iter().map(|&d| d as u64).collect(),
+        dtype: to_wit_dtype(buf.dtype()),
+        rank: wit::RankInfo {
+            tp_rank: ctx.rank.tp_rank,
+            tp_size: ctx.rank.tp_size,
+            pp_rank: ctx.rank.pp_rank,
+            pp_size: ctx.rank.pp_size,
+            dp_rank: ctx.rank.dp_rank,
+            dp_size: ctx.rank.dp_size,
+            global_rank: ctx.rank.global_rank,
+            world_size: ctx.rank.world_size,
+        },
+        forward_index: ctx.forward_index,
     }
 }
 
