@@ -189,6 +189,26 @@ fn mpi_collectives(reps: usize) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// What P6 and P7 measured.
+struct Measured {
+    /// Medians: one rank, TP2 plain, with the identity hook, with the edit
+    /// (agreement on / off).
+    one: f64,
+    plain: f64,
+    hooked: f64,
+    edit_on: f64,
+    edit_off: f64,
+    p6_ratio: f64,
+    check_ratio: f64,
+    scale_ratio: f64,
+    point: &'static str,
+    /// Bytes gathered at `point` (last token, whole), and over all points.
+    bl: u64,
+    bf: u64,
+    total_last: u64,
+    total_full: u64,
+}
+
 fn main() -> Result<()> {
     let a = parse()?;
     flexmodel::tune_allocator();
@@ -202,13 +222,31 @@ fn main() -> Result<()> {
     )?;
     let flat: Vec<i64> = ids.concat();
     let ids = Tensor::from_slice(&flat).view([a.batch, a.seq]);
+    let m = measure(&a, &ids)?;
+    eprintln!("collectives...");
+    let thread_rows = thread_collectives(a.reps)?;
+    let mpi_rows = mpi_collectives(a.reps);
+    let mut md = String::new();
+    render_timings(&mut md, &a, threads, &m);
+    render_collectives(&mut md, &a, &thread_rows, &mpi_rows);
+    md.push('\n');
+    print!("{md}");
+    if let Some(path) = &a.out {
+        report::write_section(path, "dist-bench", &md)?;
+    }
+    Ok(())
+}
+
+/// One rank, TP2 with the hooks of every row (agreement on, as shipped),
+/// TP2 with the edit and agreement off.
+fn models(a: &Args) -> Result<(FlexModel, FlexModel, FlexModel)> {
     let rt = Runtime::new(RuntimeConfig::default())?;
     let bench = rt.load_file(a.artifacts.join("bench.wasm"))?;
     let retrieve = rt.load_file(a.artifacts.join("retrieve.wasm"))?;
 
     // P6 (and one rank, for scale), interleaved rounds.
     eprintln!("P6: TP2 with and without an identity hook on every block output...");
-    let mut single = FlexModel::load(&a.model_dir, Kind::Float, Device::Cpu)?;
+    let single = FlexModel::load(&a.model_dir, Kind::Float, Device::Cpu)?;
     // As shipped: TP ranks hash and compare every edit and output.
     let opts = Options::new(1, 1, 2)?;
     let mut tp2 = FlexModel::load_with(&a.model_dir, &opts)?;
@@ -244,16 +282,22 @@ fn main() -> Result<()> {
         r#"{"factor": 1.0}"#,
         &["edit"],
     )?;
+    Ok((single, tp2, tp2_off))
+}
+
+/// P6 (and one rank, for scale) in interleaved rounds, then P7's bytes.
+fn measure(a: &Args, ids: &Tensor) -> Result<Measured> {
+    let (mut single, mut tp2, mut tp2_off) = models(a)?;
     let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for round in 0..=a.reps {
         for (i, slot) in t.iter_mut().enumerate() {
             let s = Instant::now();
             let r = match i {
-                0 => single.forward(&ids, &Groups::All).map(|_| ()),
-                1 => tp2.forward(&ids, &Groups::only(["none"])).map(|_| ()),
-                2 => tp2.forward(&ids, &Groups::only(["id"])).map(|_| ()),
-                3 => tp2.forward(&ids, &Groups::only(["edit"])).map(|_| ()),
-                _ => tp2_off.forward(&ids, &Groups::only(["edit"])).map(|_| ()),
+                0 => single.forward(ids, &Groups::All).map(|_| ()),
+                1 => tp2.forward(ids, &Groups::only(["none"])).map(|_| ()),
+                2 => tp2.forward(ids, &Groups::only(["id"])).map(|_| ()),
+                3 => tp2.forward(ids, &Groups::only(["edit"])).map(|_| ()),
+                _ => tp2_off.forward(ids, &Groups::only(["edit"])).map(|_| ()),
             };
             r.map_err(|e| anyhow::anyhow!("{e}"))?;
             if round > 0 {
@@ -272,24 +316,48 @@ fn main() -> Result<()> {
     // P7: bytes, not time.
     eprintln!("P7: bytes gathered for a last-token read vs the whole point...");
     let last = tp2
-        .forward(&ids, &Groups::only(["last"]))
+        .forward(ids, &Groups::only(["last"]))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let full = tp2
-        .forward(&ids, &Groups::only(["full"]))
+        .forward(ids, &Groups::only(["full"]))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let point = "transformer.h.0.mlp.act";
     let (bl, bf) = (last.gathered_bytes[point], full.gathered_bytes[point]);
     let total = |o: &flexmodel::api::ForwardOutput| o.gathered_bytes.values().sum::<u64>();
 
-    // Free the models (and their threads) before timing the collectives.
-    drop(tp2);
-    drop(single);
-    eprintln!("collectives...");
-    let thread_rows = thread_collectives(a.reps)?;
-    let mpi_rows = mpi_collectives(a.reps);
+    Ok(Measured {
+        one,
+        plain,
+        hooked,
+        edit_on,
+        edit_off,
+        p6_ratio,
+        check_ratio,
+        scale_ratio,
+        point,
+        bl,
+        bf,
+        total_last: total(&last),
+        total_full: total(&full),
+    })
+}
 
+fn render_timings(md: &mut String, a: &Args, threads: i32, m: &Measured) {
+    let Measured {
+        one,
+        plain,
+        hooked,
+        edit_on,
+        edit_off,
+        p6_ratio,
+        check_ratio,
+        scale_ratio,
+        point,
+        bl,
+        bf,
+        ..
+    } = *m;
     let ms = |s: f64| format!("{:.1} ms", s * 1e3);
-    let mut md = String::new();
     md.push_str(&format!(
         "## Distributed engine (issue 4) — `dist-bench`\n\nMachine: {}. Thread backend (ranks are threads \
          of one process), GPT-2-small dimensions (12 × 768, vocab 50257, random weights), batch {} × {} \
@@ -328,10 +396,13 @@ fn main() -> Result<()> {
     ));
     md.push_str(&format!(
         "| P7 same, all 12 blocks | {} B | {} B | {:.5} | |\n\n",
-        total(&full),
-        total(&last),
-        total(&last) as f64 / total(&full) as f64
+        m.total_full,
+        m.total_last,
+        m.total_last as f64 / m.total_full as f64
     ));
+}
+
+fn render_collectives(md: &mut String, a: &Args, thread_rows: &[Row], mpi_rows: &Result<Vec<Row>>) {
     md.push_str(
         "Collectives between two ranks, timed from a barrier until both ranks are done (a second \
          barrier, included): bandwidth = tensor bytes / time; all-reduce moves the other rank's \
@@ -350,15 +421,9 @@ fn main() -> Result<()> {
             ));
         }
     };
-    add("threads", &thread_rows);
+    add("threads", thread_rows);
     match &mpi_rows {
         Ok(rows) => add("MPI (2 processes, Open MPI)", rows),
         Err(e) => md.push_str(&format!("| MPI | not measured: {e} | | | | |\n")),
     }
-    md.push('\n');
-    print!("{md}");
-    if let Some(path) = &a.out {
-        report::write_section(path, "dist-bench", &md)?;
-    }
-    Ok(())
 }

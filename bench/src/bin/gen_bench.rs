@@ -21,33 +21,90 @@ use flexmodel_bench::report;
 use flexmodel_bench::worker::{self, Worker};
 use tch::{Device, Kind, Tensor};
 
-fn main() -> Result<()> {
+struct Args {
+    python: PathBuf,
+    model_dir: PathBuf,
+    artifacts: PathBuf,
+    prompt: i64,
+    new: usize,
+    threads: i32,
+    reps: usize,
+    out: Option<PathBuf>,
+}
+
+fn parse() -> Result<Args> {
     let home = std::env::var("HOME").unwrap_or_default();
     let venv = std::env::var("FLEXMODEL_VENV").unwrap_or(format!("{home}/.cache/flexmodel/venv"));
-    let mut python = PathBuf::from(format!("{venv}/bin/python"));
-    let mut model_dir = PathBuf::from("artifacts/bench/gpt2-small");
-    let mut artifacts = PathBuf::from("artifacts/wasm");
-    let (mut prompt, mut new, mut threads, mut reps) = (32i64, 64usize, 2i32, 3usize);
-    let mut out: Option<PathBuf> = None;
+    let mut a = Args {
+        python: PathBuf::from(format!("{venv}/bin/python")),
+        model_dir: PathBuf::from("artifacts/bench/gpt2-small"),
+        artifacts: PathBuf::from("artifacts/wasm"),
+        prompt: 32,
+        new: 64,
+        threads: 2,
+        reps: 3,
+        out: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().with_context(|| format!("{k} needs a value"));
         match k.as_str() {
-            "--python" => python = v()?.into(),
-            "--model-dir" => model_dir = v()?.into(),
-            "--artifacts" => artifacts = v()?.into(),
-            "--prompt" => prompt = v()?.parse()?,
-            "--new" => new = v()?.parse()?,
-            "--threads" => threads = v()?.parse()?,
-            "--reps" => reps = v()?.parse()?,
-            "--out" => out = Some(v()?.into()),
+            "--python" => a.python = v()?.into(),
+            "--model-dir" => a.model_dir = v()?.into(),
+            "--artifacts" => a.artifacts = v()?.into(),
+            "--prompt" => a.prompt = v()?.parse()?,
+            "--new" => a.new = v()?.parse()?,
+            "--threads" => a.threads = v()?.parse()?,
+            "--reps" => a.reps = v()?.parse()?,
+            "--out" => a.out = Some(v()?.into()),
             other => bail!("unknown argument {other:?}"),
         }
     }
+    Ok(a)
+}
+
+/// What the rounds measured.
+struct Rounds {
+    /// Per round: ours / transformers', steered / ours.
+    vs_hf: Vec<f64>,
+    vs_plain: Vec<f64>,
+    /// Seconds per round: ours, transformers', ours steered.
+    times: [Vec<f64>; 3],
+    /// Whether our greedy tokens equal transformers'.
+    same: bool,
+}
+
+fn main() -> Result<()> {
+    let a = parse()?;
+    let r = measure(&a)?;
+    let md = render(&a, &r);
+    print!("{md}");
+    if let Some(p) = &a.out {
+        report::write_section(p, "gen-bench", &md)?;
+    }
+    if !r.same {
+        bail!("greedy tokens differ from transformers'");
+    }
+    Ok(())
+}
+
+/// Rounds of: ours without hooks, transformers' `generate`, ours with `steer`.
+fn measure(a: &Args) -> Result<Rounds> {
+    let Args {
+        python,
+        model_dir,
+        artifacts,
+        prompt,
+        new,
+        threads,
+        reps,
+        ..
+    } = a;
+    let (prompt, new, threads, reps) = (*prompt, *new, *threads, *reps);
     flexmodel::tune_allocator();
     eprintln!("PyTorch worker...");
     // The worker writes the input ids; batch and sequence as model-bench's.
-    let cmd = worker::command(&python, &model_dir, 4, 128, threads, false);
+    let cmd = worker::command(python, model_dir, 4, 128, threads, false);
     let mut py = Worker::start(cmd)?;
     let request = format!("generate {prompt} {new}");
     let first = py.ask(&request)?;
@@ -56,7 +113,7 @@ fn main() -> Result<()> {
 
     eprintln!("FlexModel-rs generate, alternating with transformers'...");
     tch::set_num_threads(threads);
-    let mut fm = FlexModel::load(&model_dir, Kind::Float, Device::Cpu)?;
+    let mut fm = FlexModel::load(model_dir, Kind::Float, Device::Cpu)?;
     let rt = Runtime::new(RuntimeConfig::default())?;
     let steer = rt.load_file(artifacts.join("steer.wasm"))?;
     let d = fm.points(1, 1)[0].shape[2] as usize;
@@ -97,13 +154,23 @@ fn main() -> Result<()> {
             }
         }
     }
+    Ok(Rounds {
+        vs_hf,
+        vs_plain,
+        times,
+        same: tokens.as_deref() == Some(want.as_slice()),
+    })
+}
+
+fn render(a: &Args, r: &Rounds) -> String {
+    let (prompt, new, threads, reps) = (a.prompt, a.new, a.threads, a.reps);
     let med = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    let [plain, py_secs, steered] = times.map(med);
-    let (r_hf, r_steer) = (med(vs_hf), med(vs_plain));
-    let same = tokens.as_deref() == Some(want.as_slice());
+    let [plain, py_secs, steered] = r.times.clone().map(med);
+    let (r_hf, r_steer) = (med(r.vs_hf.clone()), med(r.vs_plain.clone()));
+    let same = r.same;
     let tps = |s: f64| new as f64 / s;
     let mut md = format!(
         "## Generation (issue 5) — `gen-bench`\n\nMachine: {}. GPT-2-small dimensions (random weights), \
@@ -126,12 +193,5 @@ fn main() -> Result<()> {
         tps(steered),
         r_steer
     ));
-    print!("{md}");
-    if let Some(p) = &out {
-        report::write_section(p, "gen-bench", &md)?;
-    }
-    if !same {
-        bail!("greedy tokens differ from transformers'");
-    }
-    Ok(())
+    md
 }

@@ -149,11 +149,6 @@ fn main() -> Result<()> {
     let args = parse_args()?;
     // As the `flexmodel` binary runs (replacement tensors reuse warm memory).
     let tuned = std::env::var_os("FLEXMODEL_NO_MALLOPT").is_none() && flexmodel::tune_allocator();
-    let load = |rt: &Arc<Runtime>, name: &str| -> Result<Arc<flexmodel::hooks::Plugin>> {
-        let p = args.artifacts.join(format!("{name}.wasm"));
-        rt.load_file(&p)
-            .with_context(|| format!("loading {} (run scripts/build-guests.sh)", p.display()))
-    };
     tch::set_num_threads(1);
     let mut md = String::new();
     let started = chrono_like_now();
@@ -164,9 +159,34 @@ fn main() -> Result<()> {
         if tuned { "tuned as the `flexmodel` binary runs (`flexmodel::tune_allocator()`)" } else { "defaults" }
     ));
 
-    // ---- per-call overhead --------------------------------------------------
     let rt = Runtime::new(RuntimeConfig::default())?;
-    let bench = load(&rt, "bench")?;
+    let bench = load(&args, &rt, "bench")?;
+    per_call(&args, &rt, &bench, &mut md)?;
+    let ratios = data_movement(&args, &bench, &mut md)?;
+    instantiation(&args, &rt, &mut md)?;
+    cpu_limits(&args, &mut md)?;
+    targets(&ratios, &mut md);
+    print!("{md}");
+    if let Some(out) = &args.out {
+        report::write_section(out, "hook-bench", &md)?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+fn load(args: &Args, rt: &Arc<Runtime>, name: &str) -> Result<Arc<flexmodel::hooks::Plugin>> {
+    let p = args.artifacts.join(format!("{name}.wasm"));
+    rt.load_file(&p)
+        .with_context(|| format!("loading {} (run scripts/build-guests.sh)", p.display()))
+}
+
+/// The per-call overhead rows.
+fn per_call(
+    args: &Args,
+    rt: &Arc<Runtime>,
+    bench: &Arc<flexmodel::hooks::Plugin>,
+    md: &mut String,
+) -> Result<()> {
     let noop = WasmHook::new(bench.clone(), r#"{"mode":"noop"}"#)?;
     let mut tiny = Tensor::zeros([1], (Kind::Float, tch::Device::Cpu));
     let calls = if args.quick { 2_000 } else { 20_000 };
@@ -181,7 +201,7 @@ fn main() -> Result<()> {
     };
     let wasm_call = per_call(&noop, &mut tiny);
     let native_call = per_call(&NativeNoop, &mut tiny);
-    let scale = WasmHook::new(load(&rt, "scale")?, r#"{"factor":1.0}"#)?;
+    let scale = WasmHook::new(load(args, rt, "scale")?, r#"{"factor":1.0}"#)?;
     let mut small = Tensor::zeros([4, 128, 768], (Kind::Float, tch::Device::Cpu));
     let scale_call = per_call(&scale, &mut small);
     md.push_str("### Per-call overhead\n\n| hook | time per call |\n|---|---|\n");
@@ -198,7 +218,18 @@ fn main() -> Result<()> {
         us(scale_call)
     ));
 
-    // ---- data movement ------------------------------------------------------
+    Ok(())
+}
+
+/// (bytes, best ratio into, best in-place out, best replace out, best out)
+type Ratios = (usize, f64, f64, f64, f64);
+
+/// Moving activation bytes through the tensor resource.
+fn data_movement(
+    args: &Args,
+    bench: &Arc<flexmodel::hooks::Plugin>,
+    md: &mut String,
+) -> Result<Vec<Ratios>> {
     let chunks = [64usize << 10, 1 << 20];
     let mk = |mode: &str, chunk: usize| {
         WasmHook::new(
@@ -233,64 +264,72 @@ fn main() -> Result<()> {
     } else {
         &[4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20]
     };
-    // (bytes, best ratio into, best in-place out, best replace out, best out)
     let mut ratios = Vec::new();
     for &bytes in sizes {
-        let reps = if bytes >= 16 << 20 {
-            15
-        } else if bytes >= 1 << 20 {
-            100
-        } else {
-            500
-        };
-        let src = vec![1u8; bytes];
-        let mut dst = vec![2u8; bytes];
-        let mut act = Tensor::ones([(bytes / 4) as i64], (Kind::Float, tch::Device::Cpu));
-        let c = ctx();
-        let mut cells = Vec::new();
-        let mut memcpy_times = Vec::new();
-        let (mut best_in, mut best_inplace, mut best_replace) = (0f64, 0f64, 0f64);
-        for (hooks, best) in [
-            (&readers, &mut best_in),
-            (&in_place, &mut best_inplace),
-            (&replace, &mut best_replace),
-        ] {
-            for h in hooks.iter() {
-                // Generous warm-up: replace mode allocates a new tensor per call,
-                // which reaches the allocator's steady state only after a while.
-                let (tm, t, r) = interleaved(
-                    reps / 2 + 3,
-                    reps,
-                    || {
-                        dst.copy_from_slice(std::hint::black_box(&src));
-                        std::hint::black_box(&dst);
-                    },
-                    || {
-                        h.call(&c, &mut act).expect("bench call");
-                    },
-                );
-                memcpy_times.push(tm);
-                *best = best.max(r);
-                cells.push(format!("{:.1} µs, {:.2}×", us(t), r));
-            }
-        }
-        let t_memcpy = median(memcpy_times);
-        let best_out = best_inplace.max(best_replace);
-        ratios.push((bytes, best_in, best_inplace, best_replace, best_out));
-        md.push_str(&format!(
-            "| {} | {:.1} µs ({:.1} GB/s) | {} |\n",
-            size_label(bytes),
-            us(t_memcpy),
-            gbps(bytes, t_memcpy),
-            cells.join(" | ")
-        ));
+        ratios.push(data_row(bytes, [&readers, &in_place, &replace], md));
     }
     md.push('\n');
+    Ok(ratios)
+}
 
-    // ---- instantiation ------------------------------------------------------
+/// One size's row: each hook timed against memcpy, interleaved.
+fn data_row(bytes: usize, hooks: [&[WasmHook; 2]; 3], md: &mut String) -> Ratios {
+    let [readers, in_place, replace] = hooks;
+    let reps = if bytes >= 16 << 20 {
+        15
+    } else if bytes >= 1 << 20 {
+        100
+    } else {
+        500
+    };
+    let src = vec![1u8; bytes];
+    let mut dst = vec![2u8; bytes];
+    let mut act = Tensor::ones([(bytes / 4) as i64], (Kind::Float, tch::Device::Cpu));
+    let c = ctx();
+    let mut cells = Vec::new();
+    let mut memcpy_times = Vec::new();
+    let (mut best_in, mut best_inplace, mut best_replace) = (0f64, 0f64, 0f64);
+    for (hooks, best) in [
+        (readers, &mut best_in),
+        (in_place, &mut best_inplace),
+        (replace, &mut best_replace),
+    ] {
+        for h in hooks.iter() {
+            // Generous warm-up: replace mode allocates a new tensor per call,
+            // which reaches the allocator's steady state only after a while.
+            let (tm, t, r) = interleaved(
+                reps / 2 + 3,
+                reps,
+                || {
+                    dst.copy_from_slice(std::hint::black_box(&src));
+                    std::hint::black_box(&dst);
+                },
+                || {
+                    h.call(&c, &mut act).expect("bench call");
+                },
+            );
+            memcpy_times.push(tm);
+            *best = best.max(r);
+            cells.push(format!("{:.1} µs, {:.2}×", us(t), r));
+        }
+    }
+    let t_memcpy = median(memcpy_times);
+    let best_out = best_inplace.max(best_replace);
+    md.push_str(&format!(
+        "| {} | {:.1} µs ({:.1} GB/s) | {} |\n",
+        size_label(bytes),
+        us(t_memcpy),
+        gbps(bytes, t_memcpy),
+        cells.join(" | ")
+    ));
+    (bytes, best_in, best_inplace, best_replace, best_out)
+}
+
+/// Instantiating precompiled plugins.
+fn instantiation(args: &Args, rt: &Arc<Runtime>, md: &mut String) -> Result<()> {
     md.push_str("### Instantiation of a precompiled plugin (pooling allocator, `InstancePre`)\n\n| plugin | component size | instantiate |\n|---|---|---|\n");
     for name in ["scale", "retrieve", "scale-py"] {
-        let p = load(&rt, name)?;
+        let p = load(args, rt, name)?;
         let size = std::fs::metadata(args.artifacts.join(format!("{name}.wasm")))?.len();
         let reps = if name.ends_with("-py") { 50 } else { 500 };
         let t = time(5, reps, || {
@@ -306,7 +345,12 @@ fn main() -> Result<()> {
     }
     md.push('\n');
 
-    // ---- fuel vs epoch --------------------------------------------------------
+    Ok(())
+}
+
+/// Fuel and epoch deadlines on tight loops.
+fn cpu_limits(args: &Args, md: &mut String) -> Result<()> {
+    let mut tiny = Tensor::zeros([1], (Kind::Float, tch::Device::Cpu));
     let iters: u64 = if args.quick { 20_000_000 } else { 200_000_000 };
     let passes: u64 = if args.quick { 200 } else { 2_000 };
     let loops = [
@@ -337,7 +381,7 @@ fn main() -> Result<()> {
                 cpu,
                 ..RuntimeConfig::default()
             })?;
-            let h = WasmHook::new(load(&rt, "bench")?, cfg)?;
+            let h = WasmHook::new(load(args, &rt, "bench")?, cfg)?;
             t.push(
                 time(1, 5, || {
                     h.call(&ctx(), &mut tiny).expect("loop");
@@ -356,7 +400,10 @@ fn main() -> Result<()> {
     }
     md.push('\n');
 
-    // ---- targets ----------------------------------------------------------------
+    Ok(())
+}
+
+fn targets(ratios: &[Ratios], md: &mut String) {
     md.push_str("### Against the targets of issue 2\n\n");
     for (bytes, ri, rip, rr, ro) in ratios.iter().filter(|r| r.0 >= 1 << 20) {
         let v = |r: f64| if r >= 0.795 { "met" } else { "NOT met" };
@@ -371,13 +418,6 @@ fn main() -> Result<()> {
         ));
     }
     md.push_str("- instantiation of the Rust plugins: target ≤ 50 µs (see the table above)\n\n");
-
-    print!("{md}");
-    if let Some(out) = &args.out {
-        report::write_section(out, "hook-bench", &md)?;
-        eprintln!("wrote {}", out.display());
-    }
-    Ok(())
 }
 
 /// UTC timestamp without a date-time dependency (from `date -u`).
