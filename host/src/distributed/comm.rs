@@ -51,6 +51,19 @@ pub trait Communicator {
         host_all_gather(self, t)
     }
 
+    /// Every rank's tensor (in rank order) made into one by `assemble`,
+    /// and the bytes received from the others. Through host memory, the
+    /// received parts are read in place from their messages (no tensor per
+    /// part): `assemble` writes them straight into its result, which must
+    /// not share storage with them.
+    fn all_gather_assembled(
+        &self,
+        t: &Tensor,
+        assemble: &dyn Fn(&[Tensor]) -> Tensor,
+    ) -> Result<(Tensor, u64), CommError> {
+        host_all_gather_assembled(self, t, assemble)
+    }
+
     /// Elementwise sum over the group, added in rank order so that every
     /// rank gets the same bits.
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, CommError> {
@@ -133,6 +146,40 @@ pub fn host_all_gather<C: Communicator + ?Sized>(
             }
         })
         .collect()
+}
+
+/// [`Communicator::all_gather_assembled`] through the byte-level
+/// operations.
+pub fn host_all_gather_assembled<C: Communicator + ?Sized>(
+    c: &C,
+    t: &Tensor,
+    assemble: &dyn Fn(&[Tensor]) -> Tensor,
+) -> Result<(Tensor, u64), CommError> {
+    let msgs = c.all_gather_bytes(encode(t)?)?;
+    let me = c.rank();
+    let local = t.to_device(Device::Cpu);
+    let mut parts = Vec::with_capacity(msgs.len());
+    let mut received = 0u64;
+    for (r, b) in msgs.iter().enumerate() {
+        if r == me {
+            parts.push(local.shallow_clone());
+            continue;
+        }
+        // SAFETY: `msgs` outlives `parts`, dropped below before returning;
+        // `assemble` makes a new tensor.
+        let part = unsafe { wire::view(b) }.map_err(|message| CommError::Protocol {
+            op: "all-gather".into(),
+            rank: c.global_rank(me),
+            peer: c.global_rank(r),
+            message,
+        })?;
+        received += (part.numel() * part.kind().elt_size_in_bytes()) as u64;
+        parts.push(part);
+    }
+    let out = assemble(&parts).to_device(t.device());
+    drop(parts);
+    drop(msgs);
+    Ok((out, received))
 }
 
 /// [`Communicator::all_reduce_sum`] through [`host_all_gather`], summed in

@@ -51,9 +51,7 @@ pub fn gather(
     local: &Tensor,
     split: TpSplit,
 ) -> Result<(Tensor, u64), CommError> {
-    let parts = comm.all_gather(local)?;
-    let bytes = received(&parts, comm.rank());
-    Ok((assemble(&parts, split), bytes))
+    comm.all_gather_assembled(local, &|parts| assemble(parts, split))
 }
 
 fn received(parts: &[Tensor], me: usize) -> u64 {

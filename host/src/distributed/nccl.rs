@@ -215,6 +215,23 @@ impl Communicator for NcclComm {
         Ok(out)
     }
 
+    fn all_gather_assembled(
+        &self,
+        t: &Tensor,
+        assemble: &dyn Fn(&[Tensor]) -> Tensor,
+    ) -> Result<(Tensor, u64), CommError> {
+        // Device-resident: the parts arrive as tensors on the GPU.
+        let parts = self.all_gather(t)?;
+        let me = self.rank();
+        let bytes = parts
+            .iter()
+            .enumerate()
+            .filter(|(r, _)| *r != me)
+            .map(|(_, p)| (p.numel() * p.kind().elt_size_in_bytes()) as u64)
+            .sum();
+        Ok((assemble(&parts), bytes))
+    }
+
     fn all_gather(&self, t: &Tensor) -> Result<Vec<Tensor>, CommError> {
         if !self.on_gpu(t) {
             return host_all_gather(self, t);

@@ -1,5 +1,7 @@
-//! Tensors as bytes for the collectives: a small header (dtype, shape) and
-//! the row-major data.
+//! Tensors as bytes for the collectives: a small header (dtype, rank, six
+//! bytes of padding, shape) and the row-major data, which starts at a
+//! multiple of 8 bytes, so a received message can be read in place
+//! ([`view`]) when its buffer is aligned.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tch::{Device, Kind, Tensor};
@@ -39,9 +41,10 @@ pub fn encode(t: &Tensor) -> Result<Bytes, String> {
     let shape = t.size();
     let numel = t.numel();
     let nbytes = numel * t.kind().elt_size_in_bytes();
-    let mut out = BytesMut::with_capacity(2 + 8 * shape.len() + nbytes);
+    let mut out = BytesMut::with_capacity(header_len(shape.len()) + nbytes);
     out.put_u8(c);
     out.put_u8(shape.len() as u8);
+    out.put_bytes(0, 6);
     for d in &shape {
         out.put_i64_le(*d);
     }
@@ -54,19 +57,23 @@ pub fn encode(t: &Tensor) -> Result<Bytes, String> {
     Ok(out.freeze())
 }
 
-/// The tensor `encode` serialised, on the CPU.
-pub fn decode(b: &[u8]) -> Result<Tensor, String> {
-    if b.len() < 2 {
+fn header_len(nd: usize) -> usize {
+    8 + 8 * nd
+}
+
+/// The dtype, shape and data of a message, checked.
+fn parse(b: &[u8]) -> Result<(Kind, Vec<i64>, &[u8]), String> {
+    if b.len() < 8 {
         return Err("tensor message shorter than its header".into());
     }
     let k = kind(b[0]).ok_or_else(|| format!("unknown dtype code {}", b[0]))?;
     let nd = b[1] as usize;
-    let hdr = 2 + 8 * nd;
+    let hdr = header_len(nd);
     if b.len() < hdr {
         return Err("tensor message shorter than its shape".into());
     }
     let shape: Vec<i64> = (0..nd)
-        .map(|i| i64::from_le_bytes(b[2 + 8 * i..10 + 8 * i].try_into().unwrap_or([0; 8])))
+        .map(|i| i64::from_le_bytes(b[8 + 8 * i..16 + 8 * i].try_into().unwrap_or([0; 8])))
         .collect();
     if shape.iter().any(|&d| d < 0) {
         return Err(format!("negative dimension in shape {shape:?}"));
@@ -79,7 +86,30 @@ pub fn decode(b: &[u8]) -> Result<Tensor, String> {
             b.len() - hdr
         ));
     }
-    Tensor::f_from_data_size(&b[hdr..], &shape, k).map_err(|e| e.to_string())
+    Ok((k, shape, &b[hdr..]))
+}
+
+/// The tensor `encode` serialised, on the CPU (a copy).
+pub fn decode(b: &[u8]) -> Result<Tensor, String> {
+    let (k, shape, data) = parse(b)?;
+    Tensor::f_from_data_size(data, &shape, k).map_err(|e| e.to_string())
+}
+
+/// The tensor of message `b`, read in place when its data is aligned for
+/// its dtype (else decoded into a copy).
+///
+/// # Safety
+/// An in-place view borrows `b`'s memory without a lifetime: it must not be
+/// used, nor anything sharing its storage, after `b` is dropped or changed.
+pub unsafe fn view(b: &[u8]) -> Result<Tensor, String> {
+    let (k, shape, data) = parse(b)?;
+    if data.is_empty() || !(data.as_ptr() as usize).is_multiple_of(k.elt_size_in_bytes()) {
+        return Tensor::f_from_data_size(data, &shape, k).map_err(|e| e.to_string());
+    }
+    // SAFETY: `data` holds exactly the tensor's bytes (checked by `parse`),
+    // aligned for `k`; the caller keeps `b` alive while the view is used.
+    unsafe { Tensor::f_from_blob(data.as_ptr(), &shape, &[], k, Device::Cpu) }
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -94,5 +124,9 @@ mod tests {
         let e = Tensor::zeros([0, 5], (Kind::BFloat16, Device::Cpu));
         assert_eq!(decode(&encode(&e).unwrap()).unwrap().size(), vec![0, 5]);
         assert!(decode(&[0, 1, 2]).is_err());
+        let b = encode(&t).unwrap();
+        // SAFETY: `b` outlives the view.
+        let v = unsafe { view(&b) }.unwrap();
+        assert!(v.equal(&t));
     }
 }
