@@ -54,15 +54,6 @@ pub fn gather(
     comm.all_gather_assembled(local, &|parts| assemble(parts, split))
 }
 
-fn received(parts: &[Tensor], me: usize) -> u64 {
-    parts
-        .iter()
-        .enumerate()
-        .filter(|(r, _)| *r != me)
-        .map(|(_, p)| (p.numel() * p.kind().elt_size_in_bytes()) as u64)
-        .sum()
-}
-
 /// A slice of one dimension, `start:stop:step` with Python semantics
 /// (negative indices count from the end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,12 +91,11 @@ pub fn gather_slice(
         return Ok(None);
     }
     let piece = apply(local, reads).contiguous();
-    let parts = comm.all_gather(&piece)?;
-    let bytes = received(&parts, comm.rank());
-    // The slice keeps the split dimension whole: each part's size there is
-    // its rank's, no separate exchange needed.
+    let (gathered, bytes) = comm.all_gather_assembled(&piece, &|parts| assemble(parts, split))?;
+    // The slice keeps the split dimension whole: the gathered size there is
+    // the logical one, no separate exchange needed.
     let mut shape = local.size();
-    shape[dim] = parts.iter().map(|p| p.size()[dim]).sum();
+    shape[dim] = gathered.size()[dim];
     let kind = local.kind();
     let fill = if matches!(
         kind,
@@ -116,7 +106,7 @@ pub fn gather_slice(
         0.0
     };
     let logical = Tensor::full(shape.as_slice(), fill, (kind, local.device()));
-    apply(&logical, reads).copy_(&assemble(&parts, split));
+    apply(&logical, reads).copy_(&gathered);
     Ok(Some((logical, bytes)))
 }
 
