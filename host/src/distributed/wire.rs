@@ -78,8 +78,12 @@ fn parse(b: &[u8]) -> Result<(Kind, Vec<i64>, &[u8]), String> {
     if shape.iter().any(|&d| d < 0) {
         return Err(format!("negative dimension in shape {shape:?}"));
     }
-    let numel: i64 = shape.iter().product();
-    let want = numel as usize * k.elt_size_in_bytes();
+    // Checked: a crafted shape whose product wraps must not pass the length
+    // check (a view reads exactly `want` bytes in place).
+    let want = shape
+        .iter()
+        .try_fold(k.elt_size_in_bytes(), |n, &d| n.checked_mul(d as usize))
+        .ok_or_else(|| format!("shape {shape:?} is too large"))?;
     if b.len() - hdr != want {
         return Err(format!(
             "tensor {shape:?} {k:?} needs {want} bytes, message has {}",
@@ -124,6 +128,13 @@ mod tests {
         let e = Tensor::zeros([0, 5], (Kind::BFloat16, Device::Cpu));
         assert_eq!(decode(&encode(&e).unwrap()).unwrap().size(), vec![0, 5]);
         assert!(decode(&[0, 1, 2]).is_err());
+        // A shape whose element count wraps around is refused, not viewed.
+        let mut bad = vec![0u8, 2, 0, 0, 0, 0, 0, 0];
+        bad.extend((1i64 << 62).to_le_bytes());
+        bad.extend(4i64.to_le_bytes());
+        assert!(decode(&bad).is_err());
+        // SAFETY: `bad` outlives anything made from it (nothing is).
+        assert!(unsafe { view(&bad) }.is_err());
         let b = encode(&t).unwrap();
         // SAFETY: `b` outlives the view.
         let v = unsafe { view(&b) }.unwrap();
