@@ -20,7 +20,7 @@ use super::loader::Loader;
 use super::norm::{Norm, NormPoints};
 use super::points::{Dims, PointInfo, hook_points};
 use super::shard::{Shard, TpComm, embed};
-use super::stage::{Head, HeadPoints, PreNormPoints, Step, pre_norm_block, prologue};
+use super::stage::{Head, HeadPoints, PreNormPoints, Step, finish, pre_norm_block, prologue};
 use super::weights::Weights;
 
 /// `config.json` of a GPT-2 checkpoint.
@@ -415,8 +415,14 @@ impl Gpt2 {
             b.parameters(&mut p);
         }
         if let Some(h) = &self.head {
-            p.norm("transformer.ln_f", &h.norm);
-            p.head("lm_head.weight", Some(&h.weight.plain()), self.wte.as_ref());
+            let tied = self.config.tie_word_embeddings;
+            h.parameters(
+                &mut p,
+                "transformer.ln_f",
+                "transformer.wte.weight",
+                tied,
+                self.wte.as_ref(),
+            );
         }
         p.0
     }
@@ -499,12 +505,6 @@ impl Gpt2 {
         for (li, blk) in self.blocks.iter().enumerate() {
             x = blk.forward(x, &mut st, li)?;
         }
-        if let Some(c) = st.cache {
-            c.advance(s);
-        }
-        let Some(head) = &self.head else {
-            return Ok(x);
-        };
         let n = LastPoints::new("");
         let points = HeadPoints {
             norm: NormPoints {
@@ -514,7 +514,7 @@ impl Gpt2 {
             normed: &n.ln_f,
             logits: &n.lm_head,
         };
-        head.forward(&x, st.hooks, tp, &points)
+        finish(x, st, self.head.as_ref(), &points)
     }
 
     /// Every hook point with its shape for `batch` × `seq` tokens, in forward

@@ -21,7 +21,7 @@ use super::norm::{Norm, NormPoints};
 use super::points::{Dims, PointInfo, hook_points};
 use super::rope::{rope_tables, rotate_half};
 use super::shard::{Shard, TpComm, embed};
-use super::stage::{Head, HeadPoints, Step, prologue};
+use super::stage::{Head, HeadPoints, Step, finish, prologue};
 use super::weights::Weights;
 
 /// `config.json` of a GPT-NeoX checkpoint.
@@ -457,16 +457,14 @@ impl GptNeoX {
             l.parameters(&mut p);
         }
         if let Some(h) = &self.head {
-            p.norm("gpt_neox.final_layer_norm", &h.norm);
-            if self.config.tie_word_embeddings && self.embed.is_none() {
-                p.add("gpt_neox.embed_in.weight", &h.weight.plain());
-            } else {
-                p.head(
-                    "lm_head.weight",
-                    Some(&h.weight.plain()),
-                    self.embed.as_ref(),
-                );
-            }
+            let tied = self.config.tie_word_embeddings;
+            h.parameters(
+                &mut p,
+                "gpt_neox.final_layer_norm",
+                "gpt_neox.embed_in.weight",
+                tied,
+                self.embed.as_ref(),
+            );
         }
         p.0
     }
@@ -528,12 +526,6 @@ impl GptNeoX {
         for (li, l) in self.layers.iter().enumerate() {
             x = l.forward(x, &mut st, li)?;
         }
-        if let Some(c) = st.cache {
-            c.advance(s);
-        }
-        let Some(head) = &self.head else {
-            return Ok(x);
-        };
         let points = HeadPoints {
             norm: NormPoints {
                 scale: &n.norm_scale,
@@ -542,7 +534,7 @@ impl GptNeoX {
             normed: &n.norm,
             logits: &n.lm_head,
         };
-        head.forward(&x, st.hooks, tp, &points)
+        finish(x, st, self.head.as_ref(), &points)
     }
 
     pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {

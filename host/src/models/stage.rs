@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 use super::cache::KvCache;
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
+use super::layers::Params;
 use super::norm::{Norm, NormPoints};
 use super::shard::{Shard, TpComm, stage_input};
 use super::weight::Weight;
@@ -85,6 +86,25 @@ impl Head {
         }
     }
 
+    /// The head's parameters: the final norm's, and the LM head's unless it
+    /// is `embed`, listed already; a later stage's tied head is listed as
+    /// the embedding's parameter `embed_name`.
+    pub fn parameters(
+        &self,
+        p: &mut Params,
+        norm_name: &str,
+        embed_name: &str,
+        tied: bool,
+        embed: Option<&Tensor>,
+    ) {
+        p.norm(norm_name, &self.norm);
+        if tied && embed.is_none() {
+            p.add(embed_name, &self.weight.plain());
+        } else {
+            p.head("lm_head.weight", Some(&self.weight.plain()), embed);
+        }
+    }
+
     /// This rank's columns of the logits (all of them on one rank). The
     /// logits point is split along the vocabulary; whoever needs whole
     /// logits gathers them (the engine, at TP rank 0 only).
@@ -107,6 +127,23 @@ impl Head {
             None => x.matmul(&self.weight.plain().tr()),
         };
         fire(hooks, points.logits, logits)
+    }
+}
+
+/// The end of a stage after its blocks: the step recorded in the cache, then
+/// the LM head on the last stage (elsewhere `x` goes on to the next stage).
+pub(crate) fn finish(
+    x: Tensor,
+    st: Step<'_>,
+    head: Option<&Head>,
+    points: &HeadPoints<'_>,
+) -> Result<Tensor, ModelError> {
+    if let Some(c) = st.cache {
+        c.advance(st.s);
+    }
+    match head {
+        Some(h) => h.forward(&x, st.hooks, st.tp, points),
+        None => Ok(x),
     }
 }
 

@@ -19,7 +19,9 @@ use crate::models::norm::{Norm, NormPoints};
 use crate::models::points::{Dims, PointInfo, hook_points};
 use crate::models::rope::{inv_freq, rope_tables, rotate_half};
 use crate::models::shard::{Shard, TpComm, embed};
-use crate::models::stage::{Head, HeadPoints, PreNormPoints, Step, pre_norm_block, prologue};
+use crate::models::stage::{
+    Head, HeadPoints, PreNormPoints, Step, finish, pre_norm_block, prologue,
+};
 use crate::models::weights::Weights;
 
 mod config;
@@ -406,17 +408,14 @@ impl Llama {
             l.parameters(&mut p);
         }
         if let Some(h) = &self.head {
-            p.norm("model.norm", &h.norm);
-            if self.config.tie_word_embeddings && self.embed.is_none() {
-                // A later pipeline stage's tied head: the embedding's parameter.
-                p.add("model.embed_tokens.weight", &h.weight.plain());
-            } else {
-                p.head(
-                    "lm_head.weight",
-                    Some(&h.weight.plain()),
-                    self.embed.as_ref(),
-                );
-            }
+            let tied = self.config.tie_word_embeddings;
+            h.parameters(
+                &mut p,
+                "model.norm",
+                "model.embed_tokens.weight",
+                tied,
+                self.embed.as_ref(),
+            );
         }
         p.0
     }
@@ -478,12 +477,6 @@ impl Llama {
         for (li, l) in self.layers.iter().enumerate() {
             x = l.forward(x, &mut st, li)?;
         }
-        if let Some(c) = st.cache {
-            c.advance(s);
-        }
-        let Some(head) = &self.head else {
-            return Ok(x);
-        };
         let points = HeadPoints {
             norm: NormPoints {
                 scale: &n.norm_scale,
@@ -492,7 +485,7 @@ impl Llama {
             normed: &n.norm,
             logits: &n.lm_head,
         };
-        head.forward(&x, st.hooks, tp, &points)
+        finish(x, st, self.head.as_ref(), &points)
     }
 
     pub fn points(&self, batch: i64, seq: i64) -> Vec<PointInfo> {
