@@ -28,7 +28,7 @@ use super::loss::{Loss, accumulate, loss_of};
 use super::report::{RankReport, gather_merged};
 use super::site::{RunBudget, Site};
 use super::tape::{Cut, GradSite, GradTp, Rule, Tape};
-use super::tp_site::run_and_write_back;
+use super::tp_site::{Agreement, run_and_write_back};
 use super::{Engine, FlexError, Groups, LogLine, Registration};
 use crate::distributed::{layout, wire};
 use crate::models::TpSplit;
@@ -328,9 +328,14 @@ impl Engine {
                     None => gj.shallow_clone(),
                 };
                 // Gradient edits are always checked across TP ranks.
-                let me = self.global_rank() as u32;
-                run_and_write_back(bsite, tp, me, point, split, gj, logical, true)
-                    .map_err(|e| super::model_error(e, BTreeMap::new()))?
+                let agreement = Agreement {
+                    tp,
+                    global_rank: self.global_rank() as u32,
+                    check: true,
+                    stage: self.coords.pp,
+                };
+                run_and_write_back(bsite, &agreement, point, split, (gj, logical), None)
+                    .map_err(|f| super::model_error(f.error, BTreeMap::new()))?
                     .0
             }
         })

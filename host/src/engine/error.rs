@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use tch::Tensor;
 
+use super::deferred::At;
 use super::report::RankFailure;
 use crate::distributed::CommError;
 use crate::hooks::{HookError, LoadError};
@@ -58,7 +59,7 @@ pub(crate) fn model_error(e: ModelError, partial: BTreeMap<String, Tensor>) -> F
 pub(crate) fn failure(e: ModelError, rank: usize) -> RankFailure {
     match e {
         ModelError::Hook(b) => match b.downcast::<HookError>() {
-            Ok(h) => RankFailure::Hook(*h),
+            Ok(h) => RankFailure::Hook(*h, At::END),
             Err(other) => RankFailure::Model {
                 rank,
                 message: other.to_string(),
@@ -83,7 +84,7 @@ impl RankFailure {
     /// The error every rank returns for this failure, with `partial`.
     pub(crate) fn into_error(self, partial: BTreeMap<String, Tensor>) -> FlexError {
         match self {
-            RankFailure::Hook(error) => FlexError::Hook {
+            RankFailure::Hook(error, _) => FlexError::Hook {
                 error,
                 partial: std::sync::Mutex::new(partial),
             },

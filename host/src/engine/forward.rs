@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use tch::{Kind, Tensor};
 
+use super::deferred::{At, Digest, Order, divergence, retain_before};
 use super::report::{RankFailure, RankReport, gather_merged};
 use super::site::{RunBudget, Site};
 use super::stage::{self, Handoff};
-use super::tp_site::TpSite;
+use super::tp_site::{Agreement, TpSite};
 use super::{Engine, FlexError, Groups, LogLine, Registration, RunOutput, TpAdapter};
 use super::{failure, model_error};
-use crate::hooks::GenStep;
+use crate::hooks::{GenStep, HookError};
 use crate::models::{KvCache, ModelError};
 
 /// One pass: its number, and what generation or `forward_until` adds.
@@ -52,6 +53,21 @@ struct Local {
     producers: BTreeMap<String, String>,
     logs: Vec<LogLine>,
     gathered: BTreeMap<String, u64>,
+    /// Where each output and log line came from.
+    order: Order,
+    /// A read-only hook's failure the TP group has not heard of yet.
+    deferred: Option<(At, HookError)>,
+    /// Where the hook failure that ended this rank's stage happened.
+    failed_at: Option<At>,
+    /// Hashes of what read-only points emitted.
+    digests: Vec<Digest>,
+}
+
+/// What every rank tells every rank at the end of a forward on a mesh.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Status {
+    failure: Option<RankFailure>,
+    digests: Vec<Digest>,
 }
 
 impl Engine {
@@ -101,7 +117,10 @@ impl Engine {
         }
         let me = self.global_rank();
         let result = result.map_err(|e| match e {
-            StageError::Model(e) => failure(e, me),
+            StageError::Model(e) => match failure(e, me) {
+                RankFailure::Hook(h, _) => RankFailure::Hook(h, local.failed_at.unwrap_or(At::END)),
+                f => f,
+            },
             StageError::Failed(f) => f,
         });
         self.finish(result, local, index)
@@ -143,13 +162,13 @@ impl Engine {
         );
         site.generation = pass.step;
         site.budget = std::mem::take(pass.budget);
-        let mut site = TpSite::new(
-            site,
-            g.tp.as_ref(),
-            &self.splits,
-            self.check_edits,
-            me as u32,
-        );
+        let agreement = Agreement {
+            tp: g.tp.as_ref(),
+            global_rank: me as u32,
+            check: self.check_edits,
+            stage: self.coords.pp,
+        };
+        let mut site = TpSite::new(site, agreement, &self.splits);
         let out = self.model.forward_stage(
             &local_ids,
             hidden,
@@ -158,6 +177,10 @@ impl Engine {
             pass.cache,
         );
         *pass.budget = std::mem::take(&mut site.inner.budget);
+        local.order = std::mem::take(&mut site.inner.order);
+        local.deferred = site.deferred.take();
+        local.failed_at = site.failed_at;
+        local.digests = std::mem::take(&mut site.digests);
         local.outputs = site.inner.outputs;
         local.producers = site.inner.producers;
         local.logs = site.inner.logs;
@@ -208,7 +231,7 @@ impl Engine {
     fn finish(
         &self,
         result: Result<Stage, RankFailure>,
-        local: Local,
+        mut local: Local,
         index: u64,
     ) -> Result<Option<RunOutput>, FlexError> {
         let g = &self.groups;
@@ -225,20 +248,53 @@ impl Engine {
             }
         }
         if let Err(f) = &result
-            && !matches!(f, RankFailure::Hook(_) | RankFailure::Input(_))
+            && !matches!(f, RankFailure::Hook(..) | RankFailure::Input(_))
         {
             // Not an outcome the TP group agreed on: let peers waiting on
             // this rank fail now rather than at their timeout.
             g.tp.abort(&format!("{f:?}"));
         }
+        // A read-only hook's failure goes out with the outcome, after the
+        // later stages got the hidden state they need to stay in step.
+        if let Some((at, e)) = local.deferred.take()
+            && !matches!(result, Err(RankFailure::Hook(..)))
+        {
+            result = Err(RankFailure::Hook(e, at));
+        }
         // Every rank learns every rank's outcome.
-        let status = serde_json::to_vec(&result.as_ref().err()).unwrap_or_default();
+        let status = Status {
+            failure: result.as_ref().err().cloned(),
+            digests: std::mem::take(&mut local.digests),
+        };
+        let status = serde_json::to_vec(&status).unwrap_or_default();
         let statuses = g.world.all_gather_bytes(Bytes::from(status))?;
-        let failures: Vec<Option<RankFailure>> = statuses
+        let statuses: Vec<Status> = statuses
             .iter()
-            .map(|b| serde_json::from_slice(b).unwrap_or(None))
+            .map(|b| serde_json::from_slice(b).unwrap_or_default())
             .collect();
-        let failed = RankFailure::pick(failures);
+        let (failures, digests): (Vec<_>, Vec<_>) =
+            statuses.into_iter().map(|s| (s.failure, s.digests)).unzip();
+        let mut failed = RankFailure::pick(failures);
+        let before = match &failed {
+            None => Some(At::END),
+            Some(RankFailure::Hook(_, at)) => Some(*at),
+            Some(_) => None,
+        };
+        if let Some(before) = before
+            && let Some((at, e)) = divergence(&self.mesh, &digests, before)
+        {
+            failed = Some(RankFailure::Hook(e, at));
+        }
+        if let Some(RankFailure::Hook(_, at)) = &failed {
+            retain_before(
+                &mut local.outputs,
+                &mut local.producers,
+                &mut local.logs,
+                &local.order,
+                c.pp,
+                *at,
+            );
+        }
         // Results reach global rank 0, also from a failed forward.
         let logits = match result {
             Ok(Stage::Logits(Some(t))) if c.tp == 0 => Some(t),

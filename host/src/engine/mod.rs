@@ -21,6 +21,7 @@
 //! - [`load`]: joining a mesh and loading this rank's shard.
 
 pub mod backward;
+mod deferred;
 mod error;
 pub mod forward;
 pub mod generate;

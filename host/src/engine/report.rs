@@ -6,25 +6,31 @@ use std::collections::{BTreeMap, HashSet};
 use bytes::{BufMut, Bytes, BytesMut};
 use tch::Tensor;
 
+use super::deferred::At;
 use crate::distributed::{CommError, Mesh, wire};
 use crate::hooks::{HookError, LogLevel};
 
 /// Why a rank's forward failed, in a form that travels between ranks.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) enum RankFailure {
-    Hook(HookError),
+    /// A hook's error, and where in the forward it happened.
+    Hook(HookError, At),
     Input(String),
-    Model { rank: usize, message: String },
+    Model {
+        rank: usize,
+        message: String,
+    },
     Comm(CommError),
 }
 
 impl RankFailure {
     /// Which failure every rank reports when several did: a hook's error
     /// (the root cause; the others follow from it), then bad input, then a
-    /// model error, then a communication error; ties go to the lowest rank.
+    /// model error, then a communication error; among hook errors the first
+    /// in forward order; ties go to the lowest rank.
     fn priority(&self) -> u8 {
         match self {
-            RankFailure::Hook(_) => 0,
+            RankFailure::Hook(..) => 0,
             RankFailure::Input(_) => 1,
             RankFailure::Model { .. } => 2,
             RankFailure::Comm(_) => 3,
@@ -35,7 +41,13 @@ impl RankFailure {
         all.into_iter()
             .enumerate()
             .filter_map(|(i, f)| f.map(|f| (i, f)))
-            .min_by_key(|(i, f)| (f.priority(), *i))
+            .min_by_key(|(i, f)| {
+                let at = match f {
+                    RankFailure::Hook(_, at) => *at,
+                    _ => At::END,
+                };
+                (f.priority(), at, *i)
+            })
             .map(|(_, f)| f)
     }
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tch::Tensor;
 
+use super::deferred::Order;
 use super::{Groups, Registration};
 use crate::hooks::{
     CallContext, ForwardLimits, GenStep, HookError, HookErrorKind, LogLevel, RankInfo,
@@ -52,6 +53,10 @@ pub(crate) struct Site<'a> {
     pub budget: RunBudget,
     /// Keys emitted by the last `run_hooks` (for the TP ranks' agreement).
     pub last_emitted: Vec<String>,
+    /// Hooked points run so far in this forward (forward order).
+    pub point_seq: u64,
+    /// Where each output and log line came from.
+    pub order: Order,
 }
 
 impl<'a> Site<'a> {
@@ -96,6 +101,8 @@ impl<'a> Site<'a> {
             logs: Vec::new(),
             budget: RunBudget::default(),
             last_emitted: Vec::new(),
+            point_seq: 0,
+            order: Order::default(),
         }
     }
 }
@@ -117,73 +124,123 @@ impl<'a> Site<'a> {
     }
 
     /// Call the hooks at `point` on `t`; returns the tensor to continue with
-    /// and whether any hook edited it.
-    pub fn run_hooks(&mut self, point: &str, mut t: Tensor) -> Result<(Tensor, bool), HookError> {
+    /// and whether any hook edited it. Stops at the first failure (with the
+    /// failing hook's place in call order).
+    pub fn run_hooks(
+        &mut self,
+        point: &str,
+        mut t: Tensor,
+    ) -> Result<(Tensor, bool), (usize, HookError)> {
         self.last_emitted.clear();
-        let Some(regs) = self.by_point.get(point) else {
+        let Some(regs) = self.by_point.get(point).cloned() else {
             return Ok((t, false));
         };
-        let ctx = CallContext {
+        let ctx = self.context(point);
+        let mut edited = Ok(false);
+        for (i, r) in regs.iter().enumerate() {
+            match self.call_one(&ctx, i, r, &mut t) {
+                Ok(e) => edited = edited.map(|x| x | e),
+                Err(e) => {
+                    edited = Err((i, e));
+                    break;
+                }
+            }
+        }
+        self.point_seq += 1;
+        edited.map(|e| (t, e))
+    }
+
+    /// Call every hook at a point whose hooks are all read-only, also after
+    /// one of them failed (see [`super::deferred`]); the first failure, with
+    /// the hook's place in call order.
+    pub fn run_read_only(&mut self, point: &str, t: &Tensor) -> Option<(usize, HookError)> {
+        self.last_emitted.clear();
+        let regs = self.by_point.get(point).cloned()?;
+        let ctx = self.context(point);
+        let mut first = None;
+        for (i, r) in regs.iter().enumerate() {
+            let mut view = t.shallow_clone();
+            if let Err(e) = self.call_one(&ctx, i, r, &mut view) {
+                first.get_or_insert((i, e));
+            }
+        }
+        self.point_seq += 1;
+        first
+    }
+
+    fn context(&self, point: &str) -> CallContext {
+        CallContext {
             hook_point: point.to_string(),
             rank: self.rank,
             forward_index: self.forward_index,
             generation: self.generation,
             backward: self.backward,
-        };
-        let mut edited = false;
-        for r in regs {
-            let report = r.hook.call(&ctx, &mut t)?;
-            edited |= report.edited;
-            let fail = |kind| HookError {
-                plugin: r.hook.name().to_string(),
-                hook_point: point.to_string(),
-                rank: self.rank.global_rank,
-                kind,
-            };
-            // Check the whole report before taking any of it.
-            let lim = self.budget.limits;
-            let mut bytes = 0u64;
-            for e in &report.emitted {
-                if let Some(owner) = self.producers.get(&e.key) {
-                    return Err(fail(HookErrorKind::OutputConflict(Box::new(
-                        crate::hooks::OutputConflict {
-                            key: e.key.clone(),
-                            owner: owner.clone(),
-                        },
-                    ))));
-                }
-                let b = e.tensor.numel() as u64 * e.tensor.kind().elt_size_in_bytes() as u64;
-                bytes += b.max(lim.min_output_charge) + e.key.len() as u64;
-            }
-            let n = self.budget.outputs + report.emitted.len() as u64;
-            let total = self.budget.output_bytes.saturating_add(bytes);
-            if n > lim.max_outputs || total > lim.max_output_bytes {
-                return Err(fail(HookErrorKind::ForwardLimit {
-                    message: format!(
-                        "outputs of this forward would reach {n} tensors and {total} bytes, over \
-                         the caps of {} tensors and {} bytes",
-                        lim.max_outputs, lim.max_output_bytes
-                    ),
-                }));
-            }
-            self.budget.outputs = n;
-            self.budget.output_bytes = total;
-            let ident = r.hook.ident();
-            for e in report.emitted {
-                self.producers.insert(e.key.clone(), ident.clone());
-                self.last_emitted.push(e.key.clone());
-                self.outputs.insert(e.key, e.tensor);
-            }
-            for (level, msg) in report.logs {
-                if self.budget.log_messages >= lim.max_log_messages {
-                    self.budget.logs_dropped += 1;
-                    continue;
-                }
-                self.budget.log_messages += 1;
-                self.logs
-                    .push((r.hook.name().to_string(), point.to_string(), level, msg));
-            }
         }
-        Ok((t, edited))
+    }
+
+    /// Call the `index`-th hook at the context's point on `t` and take what
+    /// it emitted and logged, within the caps; whether it edited `t`.
+    fn call_one(
+        &mut self,
+        ctx: &CallContext,
+        index: usize,
+        r: &Registration,
+        t: &mut Tensor,
+    ) -> Result<bool, HookError> {
+        let point = ctx.hook_point.as_str();
+        let report = r.hook.call(ctx, t)?;
+        let fail = |kind| HookError {
+            plugin: r.hook.name().to_string(),
+            hook_point: point.to_string(),
+            rank: self.rank.global_rank,
+            kind,
+        };
+        // Check the whole report before taking any of it.
+        let lim = self.budget.limits;
+        let mut bytes = 0u64;
+        for e in &report.emitted {
+            if let Some(owner) = self.producers.get(&e.key) {
+                return Err(fail(HookErrorKind::OutputConflict(Box::new(
+                    crate::hooks::OutputConflict {
+                        key: e.key.clone(),
+                        owner: owner.clone(),
+                    },
+                ))));
+            }
+            let b = e.tensor.numel() as u64 * e.tensor.kind().elt_size_in_bytes() as u64;
+            bytes += b.max(lim.min_output_charge) + e.key.len() as u64;
+        }
+        let n = self.budget.outputs + report.emitted.len() as u64;
+        let total = self.budget.output_bytes.saturating_add(bytes);
+        if n > lim.max_outputs || total > lim.max_output_bytes {
+            return Err(fail(HookErrorKind::ForwardLimit {
+                message: format!(
+                    "outputs of this forward would reach {n} tensors and {total} bytes, over \
+                     the caps of {} tensors and {} bytes",
+                    lim.max_outputs, lim.max_output_bytes
+                ),
+            }));
+        }
+        self.budget.outputs = n;
+        self.budget.output_bytes = total;
+        let ident = r.hook.ident();
+        let place = (self.point_seq, index);
+        for e in report.emitted {
+            self.producers.insert(e.key.clone(), ident.clone());
+            self.last_emitted.push(e.key.clone());
+            self.order.outputs.insert(e.key.clone(), place);
+            self.outputs.insert(e.key, e.tensor);
+        }
+        for (level, msg) in report.logs {
+            if self.budget.log_messages >= lim.max_log_messages {
+                self.budget.logs_dropped += 1;
+                continue;
+            }
+            self.budget.log_messages += 1;
+            self.order.logs.push(place);
+            self.logs
+                .push((r.hook.name().to_string(), point.to_string(), level, msg));
+        }
+        Ok(report.edited)
     }
 }

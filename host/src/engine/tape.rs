@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use tch::Tensor;
 
 use super::site::Site;
-use super::tp_site::run_and_write_back;
+use super::tp_site::{Agreement, run_and_write_back};
 use crate::distributed::{Communicator, layout};
 use crate::models::{HookSite, ModelError, TpComm, TpSplit};
 
@@ -115,15 +115,19 @@ impl GradSite<'_, '_> {
             Some(s) => layout::gather(self.tp, &local, s).map_err(comm_err)?.0,
             None => local.copy(),
         };
+        let agreement = Agreement {
+            tp: self.tp,
+            global_rank: self.global_rank,
+            check: self.check_edits,
+            stage: 0,
+        };
         let (new_local, edited) = run_and_write_back(
             &mut self.forward,
-            self.tp,
-            self.global_rank,
+            &agreement,
             point,
             split,
-            local,
-            logical,
-            self.check_edits,
+            (local, logical),
+            None,
         )?;
         Ok(if edited {
             &t + (new_local - t.detach())
