@@ -14,6 +14,9 @@ cargo build --release -p flexmodel-bench -p flexmodel-compile --features "flexmo
 "$FLEXMODEL_VENV/bin/pip" install --quiet nnsight 2>/dev/null || echo "nnsight could not be installed; its row is skipped" >&2
 "$CARGO_TARGET_DIR/release/model-bench" --python "$FLEXMODEL_VENV/bin/python" --artifacts artifacts/wasm \
   --model-dir artifacts/bench/gpt2-small --out BENCHMARKS.md "$@"
+# The same on a LLaMA shaped as SmolLM2-135M (GQA, tied embeddings): peak RSS on the model the issue named.
+"$CARGO_TARGET_DIR/release/model-bench" --python "$FLEXMODEL_VENV/bin/python" --artifacts artifacts/wasm \
+  --model-dir artifacts/bench/llama-135m --out BENCHMARKS.md "$@"
 "$CARGO_TARGET_DIR/release/dist-bench" --artifacts artifacts/wasm --model-dir artifacts/bench/gpt2-small \
   --out BENCHMARKS.md
 "$CARGO_TARGET_DIR/release/gen-bench" --python "$FLEXMODEL_VENV/bin/python" --artifacts artifacts/wasm \

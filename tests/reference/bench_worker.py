@@ -2,9 +2,11 @@
 interleave with FlexModel-rs' in one session (the machine's drift then hits
 both alike, and each of our runs is paired with the PyTorch run next to it).
 
-Builds (once) a GPT-2-small-sized model with random weights (seed 0) in
-MODEL_DIR, so the Rust side loads the very same weights, and the input ids
-(seed 0). Then, with `torch.set_num_threads(THREADS)`, reads one command per
+Builds (once) a model with random weights (seed 0) in MODEL_DIR, so the
+Rust side loads the very same weights, and the input ids (seed 0): GPT-2
+small (12 x 768, 50257 tokens) unless the folder is named `llama-135m`,
+then a LLaMA shaped as SmolLM2-135M (30 x 576, GQA 9:3, 49152 tokens, tied
+embeddings). A folder that already holds a checkpoint is loaded as it is. Then, with `torch.set_num_threads(THREADS)`, reads one command per
 line on stdin and answers one JSON line on stdout:
   eager        HF transformers eager forward, no hooks            (P1 baseline)
   identity     + a forward hook returning None on every block     (P2, PyTorch hooks)
@@ -26,16 +28,33 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+
+def build(model_dir):
+    torch.manual_seed(0)
+    if model_dir.name == "llama-135m":
+        cfg = LlamaConfig(
+            vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+            num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+            rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+            bos_token_id=0, eos_token_id=0,
+        )
+        model = LlamaForCausalLM(cfg)
+    else:
+        model = GPT2LMHeadModel(GPT2Config(bos_token_id=0, eos_token_id=0))
+    model.save_pretrained(model_dir, safe_serialization=True)
+
+
+def blocks(model):
+    return model.transformer.h if hasattr(model, "transformer") else model.model.layers
 
 
 def load(model_dir, batch, seq):
     model_dir = Path(model_dir)
     if not (model_dir / "model.safetensors").exists():
-        torch.manual_seed(0)
-        cfg = GPT2Config(bos_token_id=0, eos_token_id=0)  # GPT-2 small: 12 x 768, 50257 tokens
-        GPT2LMHeadModel(cfg).save_pretrained(model_dir, safe_serialization=True)
-    model = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation="eager").eval()
+        build(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=g)
     (model_dir / "bench_ids.json").write_text(json.dumps(ids.tolist()))
@@ -51,7 +70,7 @@ def configs(model, ids):
 
     def with_hooks(fn):
         def run():
-            handles = [b.register_forward_hook(fn) for b in model.transformer.h]
+            handles = [b.register_forward_hook(fn) for b in blocks(model)]
             try:
                 saved.clear()
                 plain()
@@ -71,7 +90,7 @@ def configs(model, ids):
 
         def nn_identity():
             with torch.no_grad(), lm.trace(ids):
-                for blk in lm.transformer.h:
+                for blk in (lm.transformer.h if hasattr(model, "transformer") else lm.model.layers):
                     o = blk.output
                     h = o[0] if isinstance(o, tuple) else o
                     h[:] = h

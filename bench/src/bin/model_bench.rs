@@ -206,7 +206,7 @@ fn main() -> Result<()> {
     let md = render(&a, tuned, &r, &rss);
     print!("{md}");
     if let Some(path) = &a.out {
-        report::write_section(path, "model-bench", &md)?;
+        report::write_section(path, &section(&a.model_dir), &md)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -370,14 +370,50 @@ fn rows(md: &mut String, m: &Measured) {
     );
 }
 
+/// The model's shape from its `config.json`: "LLaMA 30 × 576, vocab 49152".
+fn describe_model(dir: &std::path::Path) -> String {
+    let c: serde_json::Value = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let n = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| c[*k].as_u64())
+            .map_or("?".to_string(), |v| v.to_string())
+    };
+    let kind = match c["model_type"].as_str() {
+        Some("gpt2") => "GPT-2".to_string(),
+        Some("llama") => "LLaMA".to_string(),
+        Some(other) => other.to_string(),
+        None => "model".to_string(),
+    };
+    format!(
+        "{kind} {} × {}, vocab {}",
+        n(&["n_layer", "num_hidden_layers"]),
+        n(&["n_embd", "hidden_size"]),
+        n(&["vocab_size"])
+    )
+}
+
+/// The BENCHMARKS.md section of a run on `dir`: `model-bench` for the
+/// default GPT-2-small folder, `model-bench-NAME` for another.
+fn section(dir: &std::path::Path) -> String {
+    match dir.file_name().and_then(|n| n.to_str()) {
+        Some("gpt2-small") | None => "model-bench".to_string(),
+        Some(name) => format!("model-bench-{name}"),
+    }
+}
+
 fn render(a: &Args, tuned: bool, m: &Measured, rss: &Pairs) -> String {
     let mut md = format!(
-        "## Model host (issue 3) — `model-bench`\n\nMachine: {}. GPT-2-small dimensions (12 × 768, \
-         vocab 50257), random weights, f32, batch {} × {} tokens, {} threads on both sides. Our runs \
+        "## Model host (issue 3) — `model-bench` on `{}`\n\nMachine: {}. {}, random weights, \
+         f32, batch {} × {} tokens, {} threads on both sides. Our runs \
          and PyTorch's alternate in one session (a persistent PyTorch worker runs each configuration \
          right after ours); each ratio is the median of {} per-pair ratios, times are medians. \
          Reproduce: `scripts/bench.sh`.\n\n",
+        a.model_dir.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
         report::machine(),
+        describe_model(&a.model_dir),
         a.batch,
         a.seq,
         a.threads,
