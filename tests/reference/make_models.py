@@ -365,6 +365,7 @@ def record(folder, model, ids, logits, acts, block):
         greedy = model.generate(ids, max_new_tokens=GEN_TOKENS, do_sample=False, attention_mask=torch.ones_like(ids))
     save_file({"prompt": ids.contiguous(), "greedy": greedy.contiguous()}, str(folder / "generate.safetensors"))
     record_backward(folder, model, ids)
+    record_padded(folder, model, model.config.vocab_size)
     print(f"{folder.name}: {len(acts)} hook points, logits {tuple(logits.shape)} -> {folder}")
 
 
@@ -414,6 +415,60 @@ def record_backward(folder, model, ids):
     out.update({f"param:{k}": v.contiguous() for k, v in params.items()})
     save_file(out, str(folder / "backward.safetensors"), metadata={"edit_point": blocks[0][0]})
     model.zero_grad(set_to_none=True)
+
+
+PAD_LENGTHS = [7, 4, 2, 6]
+
+
+def positions_from(mask):
+    """Position ids from the attention mask, as transformers' `generate`
+    computes them (a padded batch needs them: without, a left-padded row's
+    positions start at its pads)."""
+    pos = mask.long().cumsum(-1) - 1
+    return pos.masked_fill(mask == 0, 1)
+
+
+def record_padded(folder, model, vocab):
+    """A batch of prompts of lengths PAD_LENGTHS padded left and right:
+    ids, attention_mask and transformers' logits and module outputs with
+    that mask and position ids from it; and each prompt's greedy
+    continuation run alone."""
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(1, vocab, (n,), generator=g) for n in PAD_LENGTHS]
+    n = max(PAD_LENGTHS)
+    ref = {}
+    names = {m: name for name, m in model.named_modules() if name}
+    for side in ["left", "right"]:
+        ids = torch.zeros(len(prompts), n, dtype=torch.long)
+        mask = torch.zeros(len(prompts), n, dtype=torch.long)
+        for r, p in enumerate(prompts):
+            sl = slice(n - len(p), n) if side == "left" else slice(0, len(p))
+            ids[r, sl] = p
+            mask[r, sl] = 1
+        acts = {}
+        handles = []
+        for mod, name in names.items():
+            def hook(_m, _inp, out, name=name):
+                t = first(out)
+                if torch.is_tensor(t) and t.dim() >= 2 and t.shape[:2] == ids.shape:
+                    acts[name] = t.detach().float().clone()
+            handles.append(mod.register_forward_hook(hook))
+        with torch.no_grad():
+            out = model(ids, attention_mask=mask, position_ids=positions_from(mask))
+        for h in handles:
+            h.remove()
+        ref[f"{side}/input_ids"] = ids
+        ref[f"{side}/attention_mask"] = mask
+        ref[f"{side}/logits"] = out.logits.detach().float().clone()
+        for k, v in acts.items():
+            ref[f"{side}/{k}"] = v
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    for r, p in enumerate(prompts):
+        with torch.no_grad():
+            ref[f"alone/{r}/greedy"] = model.generate(p.unsqueeze(0), max_new_tokens=GEN_TOKENS, do_sample=False,
+                                                      attention_mask=torch.ones(1, len(p), dtype=torch.long))[0]
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(folder / "padded.safetensors"))
 
 
 def inputs(vocab):

@@ -411,7 +411,10 @@ fn render(a: &Args, tuned: bool, m: &Measured, rss: &Pairs) -> String {
          and PyTorch's alternate in one session (a persistent PyTorch worker runs each configuration \
          right after ours); each ratio is the median of {} per-pair ratios, times are medians. \
          Reproduce: `scripts/bench.sh`.\n\n",
-        a.model_dir.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+        a.model_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?"),
         report::machine(),
         describe_model(&a.model_dir),
         a.batch,

@@ -23,9 +23,9 @@ mod save;
 mod threads;
 
 pub use crate::engine::{
-    BackwardOutput, FlexError, ForwardOutput, GenerateOptions, GenerateOutput, Groups, HookHandle,
-    HookListing, HookSet, Launch, LogLine, Loss, Options, RankBackward, Registration, Sampling,
-    StoppedOutput,
+    BackwardOutput, Batch, FlexError, ForwardOutput, GenerateOptions, GenerateOutput, Groups,
+    HookHandle, HookListing, HookSet, Input, Launch, LogLine, Loss, Options, Padding, RankBackward,
+    Registration, Sampling, StoppedOutput,
 };
 pub use facade::FlexModel;
 pub use native::FnHook;

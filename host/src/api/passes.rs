@@ -4,14 +4,12 @@
 use std::sync::Arc;
 use std::sync::mpsc::channel;
 
-use tch::Tensor;
-
 use super::Reply;
 use super::facade::{FlexModel, Ranks};
 use super::threads::{self, Job};
 use crate::engine::{
-    BackwardOutput, FlexError, ForwardOutput, GenerateOptions, GenerateOutput, Groups, Loss,
-    RankBackward, RunOutput, StoppedOutput, batch_ids, text_ids,
+    BackwardOutput, Batch, FlexError, ForwardOutput, GenerateOptions, GenerateOutput, Groups,
+    Input, Loss, RankBackward, RunOutput, StoppedOutput, text_ids,
 };
 use crate::models::PointPattern;
 
@@ -28,14 +26,15 @@ fn root<T>(each: Vec<Result<Option<T>, FlexError>>, rank: usize) -> Result<T, Fl
 }
 
 impl FlexModel {
-    /// Run a forward on `input_ids` (`[batch, seq]` or `[seq]`, int64) with
-    /// the hooks `groups` enables; the merged result (global rank 0's).
+    /// Run a forward on `input` (token ids `[batch, seq]` or `[seq]`,
+    /// int64, or a padded [`Batch`]) with the hooks `groups` enables; the
+    /// merged result (global rank 0's).
     pub fn forward(
         &mut self,
-        input_ids: &Tensor,
+        input: &(impl Input + ?Sized),
         groups: &Groups,
     ) -> Result<ForwardOutput, FlexError> {
-        let each = self.run_forward(input_ids, groups, None)?;
+        let each = self.run_forward(&input.to_batch()?, groups, None)?;
         root(each, self.global_rank())?.into_forward()
     }
 
@@ -45,10 +44,10 @@ impl FlexModel {
     /// each rank's error.
     pub fn forward_each(
         &mut self,
-        input_ids: &Tensor,
+        input: &(impl Input + ?Sized),
         groups: &Groups,
     ) -> Result<Vec<Reply>, FlexError> {
-        let each = self.run_forward(input_ids, groups, None)?;
+        let each = self.run_forward(&input.to_batch()?, groups, None)?;
         Ok(each
             .into_iter()
             .map(|r| r.and_then(|o| o.map(RunOutput::into_forward).transpose()))
@@ -72,28 +71,27 @@ impl FlexModel {
     /// on a mesh, later pipeline stages do not run.
     pub fn forward_until(
         &mut self,
-        input_ids: &Tensor,
+        input: &(impl Input + ?Sized),
         groups: &Groups,
         stop_after: &str,
     ) -> Result<StoppedOutput, FlexError> {
         let points = PointPattern::new(stop_after)?.select(&self.points)?;
         let stop = points.last().cloned().unwrap_or_default();
-        let each = self.run_forward(input_ids, groups, Some(stop.clone()))?;
+        let each = self.run_forward(&input.to_batch()?, groups, Some(stop.clone()))?;
         Ok(root(each, self.global_rank())?.into_stopped(stop))
     }
 
     fn run_forward(
         &mut self,
-        input_ids: &Tensor,
+        batch: &Batch,
         groups: &Groups,
         stop: Option<String>,
     ) -> Result<Vec<Result<Option<RunOutput>, FlexError>>, FlexError> {
-        let ids = batch_ids(input_ids)?;
         let index = self.forward_index;
         self.forward_index += 1;
         match &mut self.ranks {
             Ranks::Here { engine, .. } => Ok(vec![engine.forward_once(
-                &ids,
+                batch,
                 &self.registry.regs,
                 groups,
                 index,
@@ -102,7 +100,7 @@ impl FlexModel {
             Ranks::Threads(pool) => {
                 let regs = Arc::new(self.registry.regs.clone());
                 pool.run("the forward", |reply| Job::Forward {
-                    ids: ids.copy(),
+                    batch: batch.copy(),
                     regs: regs.clone(),
                     groups: groups.clone(),
                     index,
@@ -120,28 +118,24 @@ impl FlexModel {
     /// global rank 0 chooses them.
     pub fn generate(
         &mut self,
-        input_ids: &Tensor,
+        input: &(impl Input + ?Sized),
         groups: &Groups,
         opts: &GenerateOptions,
         mut on_token: impl FnMut(usize, &[i64]),
     ) -> Result<GenerateOutput, FlexError> {
+        let batch = input.to_batch()?;
         let index = self.forward_index;
         self.forward_index += opts.max_new_tokens as u64;
         let rank = self.global_rank();
         let each = match &mut self.ranks {
-            Ranks::Here { engine, .. } => vec![engine.generate(
-                input_ids,
-                &self.registry.regs,
-                groups,
-                index,
-                opts,
-                on_token,
-            )],
+            Ranks::Here { engine, .. } => {
+                vec![engine.generate(&batch, &self.registry.regs, groups, index, opts, on_token)]
+            }
             Ranks::Threads(pool) => {
                 let regs = Arc::new(self.registry.regs.clone());
                 let (stream_tx, stream_rx) = channel();
                 let replies = pool.send(|reply| Job::Generate {
-                    ids: input_ids.copy(),
+                    batch: batch.copy(),
                     regs: regs.clone(),
                     groups: groups.clone(),
                     index,
@@ -165,12 +159,12 @@ impl FlexModel {
     /// merged result (global rank 0's).
     pub fn backward(
         &mut self,
-        input_ids: &Tensor,
+        input: &(impl Input + ?Sized),
         groups: &Groups,
         loss: &Loss,
     ) -> Result<BackwardOutput, FlexError> {
         let rank = self.global_rank();
-        let each = self.run_backward(input_ids, groups, loss)?;
+        let each = self.run_backward(&input.to_batch()?, groups, loss)?;
         root(each.into_iter().map(|r| r.map(|(_, m)| m)).collect(), rank)
     }
 
@@ -179,27 +173,26 @@ impl FlexModel {
     /// gradients of its parameters (its tensor-parallel slices).
     pub fn backward_each(
         &mut self,
-        input_ids: &Tensor,
+        input: &(impl Input + ?Sized),
         groups: &Groups,
         loss: &Loss,
     ) -> Result<Vec<Result<RankBackward, FlexError>>, FlexError> {
-        let each = self.run_backward(input_ids, groups, loss)?;
+        let each = self.run_backward(&input.to_batch()?, groups, loss)?;
         Ok(each.into_iter().map(|r| r.map(|(mine, _)| mine)).collect())
     }
 
     #[allow(clippy::type_complexity)]
     fn run_backward(
         &mut self,
-        input_ids: &Tensor,
+        batch: &Batch,
         groups: &Groups,
         loss: &Loss,
     ) -> Result<Vec<Result<(RankBackward, Option<BackwardOutput>), FlexError>>, FlexError> {
-        let ids = batch_ids(input_ids)?;
         let index = self.forward_index;
         self.forward_index += 1;
         match &mut self.ranks {
             Ranks::Here { engine, .. } => Ok(vec![engine.backward(
-                &ids,
+                batch,
                 &self.registry.regs,
                 groups,
                 index,
@@ -208,7 +201,7 @@ impl FlexModel {
             Ranks::Threads(pool) => {
                 let regs = Arc::new(self.registry.regs.clone());
                 pool.run("the backward pass", |reply| Job::Backward {
-                    ids: ids.copy(),
+                    batch: batch.copy(),
                     regs: regs.clone(),
                     groups: groups.clone(),
                     index,

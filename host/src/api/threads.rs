@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
-use tch::Tensor;
-
 use crate::distributed::{Communicator, ThreadComm};
 use crate::engine::{
-    BackwardOutput, Engine, FlexError, GenerateOptions, GenerateOutput, Groups, Loss, Options,
-    RankBackward, Registration, RunOutput,
+    BackwardOutput, Batch, Engine, FlexError, GenerateOptions, GenerateOutput, Groups, Loss,
+    Options, RankBackward, Registration, RunOutput,
 };
 use crate::hooks::ForwardLimits;
 use crate::models::PointInfo;
@@ -23,7 +21,7 @@ pub(crate) type BackwardReply = Reply<(RankBackward, Option<BackwardOutput>)>;
 /// What every rank runs.
 pub(crate) enum Job {
     Forward {
-        ids: Tensor,
+        batch: Batch,
         regs: Arc<Vec<Registration>>,
         groups: Groups,
         index: u64,
@@ -37,7 +35,7 @@ pub(crate) enum Job {
     },
     Limits(ForwardLimits),
     Backward {
-        ids: Tensor,
+        batch: Batch,
         regs: Arc<Vec<Registration>>,
         groups: Groups,
         index: u64,
@@ -45,7 +43,7 @@ pub(crate) enum Job {
         reply: Sender<BackwardReply>,
     },
     Generate {
-        ids: Tensor,
+        batch: Batch,
         regs: Arc<Vec<Registration>>,
         groups: Groups,
         index: u64,
@@ -69,31 +67,31 @@ pub(crate) struct Pool {
 fn run_job(engine: &mut Engine, job: Job) {
     match job {
         Job::Forward {
-            ids,
+            batch,
             regs,
             groups,
             index,
             stop,
             reply,
         } => {
-            let _ = reply.send(engine.forward_once(&ids, &regs, &groups, index, stop.as_deref()));
+            let _ = reply.send(engine.forward_once(&batch, &regs, &groups, index, stop.as_deref()));
         }
         Job::Points { batch, seq, reply } => {
             let _ = reply.send(engine.points(batch, seq));
         }
         Job::Limits(l) => engine.set_limits(l),
         Job::Backward {
-            ids,
+            batch,
             regs,
             groups,
             index,
             loss,
             reply,
         } => {
-            let _ = reply.send(engine.backward(&ids, &regs, &groups, index, &loss));
+            let _ = reply.send(engine.backward(&batch, &regs, &groups, index, &loss));
         }
         Job::Generate {
-            ids,
+            batch,
             regs,
             groups,
             index,
@@ -101,7 +99,7 @@ fn run_job(engine: &mut Engine, job: Job) {
             stream,
             reply,
         } => {
-            let r = engine.generate(&ids, &regs, &groups, index, &opts, |step, t| {
+            let r = engine.generate(&batch, &regs, &groups, index, &opts, |step, t| {
                 let _ = stream.send((step, t.to_vec()));
             });
             drop(stream);

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashSet};
 use bytes::Bytes;
 use tch::{Kind, Tensor};
 
+use super::batch::Batch;
 use super::loss::{Loss, accumulate, loss_of};
 use super::report::{RankReport, gather_merged};
 use super::site::{RunBudget, Site};
@@ -97,12 +98,20 @@ impl HookResults {
     }
 }
 
+/// This replica's rows of a backward pass.
+struct Rows<'a> {
+    ids: &'a Tensor,
+    /// The padded batch's real positions, these rows.
+    valid: Option<&'a Tensor>,
+    loss: &'a Loss,
+}
+
 impl Engine {
     /// This rank's part of a forward on `ids` and a backward pass of `loss`:
     /// this rank's own view, and the merged output at global rank 0.
     pub(crate) fn backward(
         &self,
-        ids: &Tensor,
+        batch: &Batch,
         regs: &[Registration],
         groups: &Groups,
         index: u64,
@@ -113,7 +122,7 @@ impl Engine {
         for (_, p) in &params {
             let _ = p.set_requires_grad(true);
         }
-        let result = self.backward_inner(ids, regs, groups, index, loss, &params);
+        let result = self.backward_inner(batch, regs, groups, index, loss, &params);
         for (_, p) in &params {
             let _ = p.set_requires_grad(false);
         }
@@ -135,18 +144,28 @@ impl Engine {
 
     fn backward_inner(
         &self,
-        ids: &Tensor,
+        batch: &Batch,
         regs: &[Registration],
         groups: &Groups,
         index: u64,
         loss: &Loss,
         params: &[(String, Tensor)],
     ) -> Result<(RankBackward, Option<BackwardOutput>), FlexError> {
-        let ids = super::batch_ids(ids)?;
+        let ids = &batch.ids;
         let b = ids.size()[0];
         let (start, rows) = self.replica_rows(b).map_err(FlexError::Input)?;
-        let local_ids = ids.narrow(0, start, rows).to_device(self.model.device());
-        let taped = self.forward_taped(&local_ids, &loss.rows(start, rows), regs, groups, index)?;
+        let device = self.model.device();
+        let local_ids = ids.narrow(0, start, rows).to_device(device);
+        let local_valid = batch
+            .attention_mask
+            .as_ref()
+            .map(|v| v.narrow(0, start, rows).to_device(device));
+        let local = Rows {
+            ids: &local_ids,
+            valid: local_valid.as_ref(),
+            loss: &loss.rows(start, rows),
+        };
+        let taped = self.forward_taped(&local, regs, groups, index)?;
         let (mut acc, grads) = self.segments(&taped, regs, groups, index, params)?;
         let n = taped.cuts.len();
         if let Some(s) = &taped.stage_in {
@@ -155,7 +174,7 @@ impl Engine {
             self.groups.pp.send_bytes(msg, self.coords.pp - 1)?;
         }
         let first_param = n + usize::from(taped.stage_in.is_some());
-        let w = rows as f64 / b as f64;
+        let w = loss.weight(batch.attention_mask.as_ref(), b, start, rows);
         let param_grads = self.param_grads(&mut acc[first_param..], params, w)?;
         let loss_value = self.total_loss(taped.local_loss * w)?;
         let mine = RankBackward {
@@ -173,8 +192,7 @@ impl Engine {
     /// the last stage, `out · grad` from the next stage elsewhere).
     fn forward_taped(
         &self,
-        local_ids: &Tensor,
-        local_loss: &Loss,
+        local: &Rows<'_>,
         regs: &[Registration],
         groups: &Groups,
         index: u64,
@@ -212,10 +230,11 @@ impl Engine {
         let out = self
             .model
             .forward_stage_with_grad(
-                local_ids,
+                local.ids,
                 stage_in.as_ref().map(Tensor::shallow_clone),
                 &mut site,
                 &tp,
+                local.valid,
             )
             .map_err(|e| super::model_error(e, std::mem::take(&mut site.forward.outputs)))?;
         let forward = HookResults::take(&mut site.forward);
@@ -227,7 +246,7 @@ impl Engine {
             } else {
                 out
             };
-            let l = loss_of(&logits, local_loss)?;
+            let l = loss_of(&logits, local.loss, local.valid)?;
             let v = l.double_value(&[]);
             (l, v, Some(logits.detach()))
         } else {

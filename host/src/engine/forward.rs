@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use tch::{Kind, Tensor};
 
+use super::batch::Batch;
 use super::deferred::{At, Digest, Order, divergence, retain_before};
 use super::report::{RankFailure, RankReport, gather_merged};
 use super::site::{RunBudget, Site};
@@ -28,6 +29,9 @@ pub(crate) struct Pass<'p> {
     pub cache: Option<&'p mut KvCache>,
     /// The per-forward caps (carried from step to step while generating).
     pub budget: &'p mut RunBudget,
+    /// A padded batch's real positions, cached and new (`[batch, cached +
+    /// seq]`, the full batch).
+    pub valid: Option<&'p Tensor>,
 }
 
 /// What this rank's stage produced.
@@ -75,7 +79,7 @@ impl Engine {
     /// given: see [`Self::forward`].
     pub(crate) fn forward_once(
         &mut self,
-        ids: &Tensor,
+        batch: &Batch,
         regs: &[Registration],
         groups: &Groups,
         index: u64,
@@ -88,8 +92,9 @@ impl Engine {
             stop,
             cache: None,
             budget: &mut budget,
+            valid: batch.attention_mask.as_ref(),
         };
-        self.forward(ids, regs, groups, pass)
+        self.forward(&batch.ids, regs, groups, pass)
     }
 
     /// This rank's part of a forward on the full batch `ids` (`[batch,
@@ -142,6 +147,9 @@ impl Engine {
         local.batch = rows;
         let device = self.model.device();
         let local_ids = ids.narrow(0, start, rows).to_device(device);
+        let local_valid = pass
+            .valid
+            .map(|v| v.narrow(0, start, rows).to_device(device));
         let hidden = if self.coords.pp > 0 {
             let msg =
                 g.pp.recv_bytes(self.coords.pp - 1)
@@ -175,6 +183,7 @@ impl Engine {
             &mut site,
             &TpAdapter(g.tp.as_ref()),
             pass.cache,
+            local_valid.as_ref(),
         );
         *pass.budget = std::mem::take(&mut site.inner.budget);
         local.order = std::mem::take(&mut site.inner.order);

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use tch::{Device, Tensor};
 
+use super::batch::Batch;
 use super::forward::Pass;
 use super::sampling::{Chooser, GenerateOptions, GenerateOutput, prompt_ids, step_key};
 use super::site::RunBudget;
@@ -25,19 +26,23 @@ struct Collected {
 }
 
 impl Engine {
-    /// Generate after `ids` (the same on every rank), forward numbers
-    /// `first_index..`: rank 0 calls `on_token` with each step's tokens and
-    /// returns the output, the others `None`.
+    /// Generate after the prompts of `batch` (the same on every rank; a
+    /// padded batch is padded on the left, so every row ends at its last
+    /// real token), forward numbers `first_index..`: rank 0 calls
+    /// `on_token` with each step's tokens and returns the output, the
+    /// others `None`.
     pub(crate) fn generate(
         &mut self,
-        ids: &Tensor,
+        batch: &Batch,
         regs: &[Registration],
         groups: &Groups,
         first_index: u64,
         opts: &GenerateOptions,
         mut on_token: impl FnMut(usize, &[i64]),
     ) -> Result<Option<GenerateOutput>, FlexError> {
-        let ids = prompt_ids(ids)?;
+        let batch = batch.left_padded()?;
+        let ids = prompt_ids(&batch.ids)?;
+        let mut valid = batch.attention_mask;
         let b = ids.size()[0] as usize;
         let root = self.global_rank() == 0;
         let mut chooser = Chooser::new(opts, b)?;
@@ -58,6 +63,7 @@ impl Engine {
                 stop: None,
                 cache: Some(&mut cache),
                 budget: &mut budget,
+                valid: valid.as_ref(),
             };
             let out = match self.forward(&input, regs, groups, pass) {
                 Ok(o) => o,
@@ -89,6 +95,7 @@ impl Engine {
             }
             let col = Tensor::from_slice(&next).view([b as i64, 1]);
             tokens = Tensor::cat(&[&tokens, &col], 1);
+            valid = valid.map(|v| Tensor::cat(&[&v, &col.ones_like()], 1));
             if done {
                 break;
             }

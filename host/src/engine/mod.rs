@@ -21,6 +21,7 @@
 //! - [`load`]: joining a mesh and loading this rank's shard.
 
 pub mod backward;
+mod batch;
 mod deferred;
 mod error;
 pub mod forward;
@@ -46,6 +47,7 @@ use crate::hooks::{ForwardLimits, RankInfo};
 use crate::models::{Model, ModelError, PointInfo, TpComm, TpSplit};
 
 pub use backward::{BackwardOutput, RankBackward};
+pub use batch::{Batch, Input, Padding};
 pub use error::FlexError;
 pub(crate) use error::{failure, model_error};
 pub use loss::Loss;

@@ -15,12 +15,14 @@ use tch::{Device, Kind, Tensor};
 use super::cache::{KvCache, with_cache};
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
-use super::layers::{Conv1D, CorePoints, Par, Params, attention, causal_mask};
+use super::layers::{Conv1D, CorePoints, Par, Params, attention};
 use super::loader::Loader;
 use super::norm::{Norm, NormPoints};
 use super::points::{Dims, PointInfo, hook_points};
 use super::shard::{Shard, TpComm, embed};
-use super::stage::{Head, HeadPoints, PreNormPoints, Step, finish, pre_norm_block, prologue};
+use super::stage::{
+    Head, HeadPoints, PreNormPoints, Step, finish, masks, pre_norm_block, prologue,
+};
 use super::weights::Weights;
 
 /// `config.json` of a GPT-2 checkpoint.
@@ -167,7 +169,7 @@ impl Attention {
             &v,
             self.scaling,
             &st.mask,
-            st.start > 0,
+            st.explicit,
             st.hooks,
             &core,
         )?;
@@ -449,12 +451,10 @@ impl Gpt2 {
             &n.wte,
             embed(wte, &ids, self.vocab_offset, st.tp)?,
         )?;
-        let pos_ids = Tensor::arange_start(st.start, st.start + st.s, (Kind::Int64, self.device))
-            .unsqueeze(0);
-        let pos = Tensor::embedding(wpe, &pos_ids, -1, false, false);
+        let pos = Tensor::embedding(wpe, &st.positions, -1, false, false);
         let pos = fire(st.hooks, &n.wpe, pos)?;
         // TransformerLens' hook_pos_embed is per batch row (the module's
-        // output is one row, broadcast).
+        // output is one row, broadcast, unless the batch is padded).
         let pos = if st.hooks.active(&n.pos_embed) {
             let rows = pos.expand([st.b, st.s, self.config.n_embd], false);
             st.hooks.fire(&n.pos_embed, rows.contiguous())?
@@ -475,6 +475,7 @@ impl Gpt2 {
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
         cache: Option<&mut KvCache>,
+        valid: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let (b, s, start, hidden) = prologue(
@@ -487,15 +488,16 @@ impl Gpt2 {
             self.device,
             Some(c.n_positions),
         )?;
-        let mask = causal_mask(start, s, None, self.device);
+        let (mask, positions, explicit) = masks(valid, (b, s, start), None, self.device)?;
         let mut st = Step {
             hooks,
             tp,
             cache,
             b,
             s,
-            start,
             mask,
+            positions,
+            explicit,
             rope: None,
         };
         let mut x = match hidden {

@@ -15,13 +15,13 @@ use tch::{Device, Kind, Tensor};
 use super::cache::{KvCache, with_cache};
 use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
-use super::layers::{CorePoints, Linear, Par, Params, attention, causal_mask};
+use super::layers::{CorePoints, Linear, Par, Params, attention};
 use super::loader::Loader;
 use super::norm::{Norm, NormPoints};
 use super::points::{Dims, PointInfo, hook_points};
 use super::rope::{rope_tables, rotate_half};
 use super::shard::{Shard, TpComm, embed};
-use super::stage::{Head, HeadPoints, Step, finish, prologue};
+use super::stage::{Head, HeadPoints, Step, finish, masks, prologue};
 use super::weights::Weights;
 
 /// `config.json` of a GPT-NeoX checkpoint.
@@ -197,7 +197,7 @@ impl Attention {
             pattern: &n.pattern,
         };
         let scaling = (hd as f64).powf(-0.5);
-        let z = attention(&q, &k, &v, scaling, &st.mask, st.start > 0, st.hooks, &core)?;
+        let z = attention(&q, &k, &v, scaling, &st.mask, st.explicit, st.hooks, &core)?;
         let z = fire(st.hooks, &n.z, z.transpose(1, 2).contiguous())?;
         let o = self
             .dense
@@ -485,6 +485,7 @@ impl GptNeoX {
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
         cache: Option<&mut KvCache>,
+        valid: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let (b, s, start, hidden) = prologue(
@@ -511,16 +512,17 @@ impl GptNeoX {
                 fire(hooks, &n.emb_dropout, x)?
             }
         };
-        let rope = rope_tables(&self.inv_freq, start, s, self.kind, self.device);
-        let mask = causal_mask(start, s, None, self.device);
+        let (mask, positions, explicit) = masks(valid, (b, s, start), None, self.device)?;
+        let rope = rope_tables(&self.inv_freq, &positions, self.kind);
         let mut st = Step {
             hooks,
             tp,
             cache,
             b,
             s,
-            start,
             mask,
+            positions,
+            explicit,
             rope: Some(rope),
         };
         for (li, l) in self.layers.iter().enumerate() {

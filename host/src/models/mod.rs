@@ -138,7 +138,7 @@ impl Model {
         input_ids: &Tensor,
         hooks: &mut dyn HookSite,
     ) -> Result<Tensor, ModelError> {
-        self.forward_stage(input_ids, None, hooks, &SingleRank, None)
+        self.forward_stage(input_ids, None, hooks, &SingleRank, None, None)
     }
 
     /// The vocabulary size (the logits' last dimension).
@@ -155,7 +155,9 @@ impl Model {
     /// stage's layers, to the logits (last stage) or the hidden state for the
     /// next stage; tensor-parallel collectives go through `tp`. With a
     /// `cache`, the tokens continue the cached positions (incremental
-    /// decoding) and their keys and values are appended to it.
+    /// decoding) and their keys and values are appended to it. `valid`: in
+    /// a padded batch, which of the cached and new positions hold real
+    /// tokens (`[batch, cached + seq]`, transformers' `attention_mask`).
     pub fn forward_stage(
         &self,
         input_ids: &Tensor,
@@ -163,9 +165,10 @@ impl Model {
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
         cache: Option<&mut KvCache>,
+        valid: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
         let _guard = tch::no_grad_guard();
-        self.run(input_ids, hidden, hooks, tp, cache)
+        self.run(input_ids, hidden, hooks, tp, cache, valid)
     }
 
     /// The forward with autograd recording (for a backward pass): tensors
@@ -175,7 +178,7 @@ impl Model {
         input_ids: &Tensor,
         hooks: &mut dyn HookSite,
     ) -> Result<Tensor, ModelError> {
-        tch::with_grad(|| self.run(input_ids, None, hooks, &SingleRank, None))
+        tch::with_grad(|| self.run(input_ids, None, hooks, &SingleRank, None, None))
     }
 
     /// [`Self::forward_stage`] with autograd recording (one rank's part of
@@ -186,8 +189,9 @@ impl Model {
         hidden: Option<Tensor>,
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
+        valid: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
-        tch::with_grad(|| self.run(input_ids, hidden, hooks, tp, None))
+        tch::with_grad(|| self.run(input_ids, hidden, hooks, tp, None, valid))
     }
 
     fn run(
@@ -197,6 +201,7 @@ impl Model {
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
         cache: Option<&mut KvCache>,
+        valid: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
         if input_ids.kind() != Kind::Int64 {
             return Err(ModelError::Input(format!(
@@ -206,7 +211,7 @@ impl Model {
         }
         // tch's infallible ops panic on a libtorch error; turn that into an error.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.forward_inner(input_ids, hidden, hooks, tp, cache)
+            self.forward_inner(input_ids, hidden, hooks, tp, cache, valid)
         }))
         .unwrap_or_else(|p| {
             let msg = p
@@ -227,11 +232,12 @@ impl Model {
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
         cache: Option<&mut KvCache>,
+        valid: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
         match self {
-            Model::Gpt2(m) => m.forward_stage(input_ids, hidden, hooks, tp, cache),
-            Model::Llama(m) => m.forward_stage(input_ids, hidden, hooks, tp, cache),
-            Model::GptNeoX(m) => m.forward_stage(input_ids, hidden, hooks, tp, cache),
+            Model::Gpt2(m) => m.forward_stage(input_ids, hidden, hooks, tp, cache, valid),
+            Model::Llama(m) => m.forward_stage(input_ids, hidden, hooks, tp, cache, valid),
+            Model::GptNeoX(m) => m.forward_stage(input_ids, hidden, hooks, tp, cache, valid),
         }
     }
 

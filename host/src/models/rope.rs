@@ -31,16 +31,11 @@ pub(crate) fn rotate_half(x: &Tensor) -> Tensor {
     Tensor::cat(&[-x.narrow(3, h, h), x.narrow(3, 0, h)], 3)
 }
 
-/// `(cos, sin)`, each `[1, 1, seq, 2 * len(inv_freq)]`, for positions
-/// `start..start + seq`: float32 angles, then the model's dtype.
-pub(crate) fn rope_tables(
-    inv_freq: &Tensor,
-    start: i64,
-    seq: i64,
-    kind: Kind,
-    device: Device,
-) -> (Tensor, Tensor) {
-    let pos = Tensor::arange_start(start, start + seq, (Kind::Float, device)).unsqueeze(0);
+/// `(cos, sin)`, each `[rows, 1, seq, 2 * len(inv_freq)]`, for `positions`
+/// (`[rows, seq]`, int64): float32 angles, then the model's dtype.
+pub(crate) fn rope_tables(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+    let pos = positions.to_kind(Kind::Float);
+    let inv_freq = inv_freq.to_device(pos.device());
     let freqs = pos.unsqueeze(-1) * inv_freq.unsqueeze(0).unsqueeze(0);
     let emb = Tensor::cat(&[&freqs, &freqs], -1);
     (

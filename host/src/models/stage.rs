@@ -19,14 +19,61 @@ pub(crate) struct Step<'a> {
     pub hooks: &'a mut dyn HookSite,
     pub tp: &'a dyn TpComm,
     pub cache: Option<&'a mut KvCache>,
-    /// Batch rows, new positions, positions cached before them.
+    /// Batch rows, new positions.
     pub b: i64,
     pub s: i64,
-    pub start: i64,
-    /// The causal (and sliding-window) mask of these positions.
+    /// True where a query may not attend: causality (and a sliding
+    /// window), and padded keys of a padded batch; `[s, start + s]`, or
+    /// `[b, 1, s, start + s]` when padded.
     pub mask: Tensor,
+    /// Each token's position, `[1, s]` (`start..start + s`) or, in a padded
+    /// batch, `[b, s]` counted over the row's real tokens (absolute
+    /// positions for learned embeddings, rotary offsets).
+    pub positions: Tensor,
+    /// The mask holds more than square causality (cached positions,
+    /// padding): the attention takes it explicitly.
+    pub explicit: bool,
     /// Rotary `(cos, sin)` tables of these positions (rotary models).
     pub rope: Option<(Tensor, Tensor)>,
+}
+
+/// The mask and positions of a step of `s` tokens after `start` cached
+/// ones. `valid`: which of the `start + s` key positions hold real tokens
+/// (`[b, start + s]`, nonzero = real; `None`: all), as transformers'
+/// `attention_mask`. A padded query (whose keys would all be masked under
+/// left padding) may attend to itself, so no row is empty and no NaN
+/// appears anywhere; real queries never attend to padding.
+pub(crate) fn masks(
+    valid: Option<&Tensor>,
+    (b, s, start): (i64, i64, i64),
+    window: Option<i64>,
+    device: Device,
+) -> Result<(Tensor, Tensor, bool), ModelError> {
+    let causal = super::layers::causal_mask(start, s, window, device);
+    let Some(valid) = valid else {
+        let positions = Tensor::arange_start(start, start + s, (Kind::Int64, device)).unsqueeze(0);
+        return Ok((causal, positions, start > 0));
+    };
+    if valid.size() != [b, start + s] {
+        return Err(ModelError::Input(format!(
+            "attention mask must be [{b}, {}] (batch, cached + new positions), got {:?}",
+            start + s,
+            valid.size()
+        )));
+    }
+    let real = valid.to_device(device).ne(0);
+    let positions = (real.to_kind(Kind::Int64).cumsum(-1, Kind::Int64) - 1)
+        .clamp_min(0)
+        .narrow(1, start, s);
+    let q = Tensor::arange_start(start, start + s, (Kind::Int64, device)).unsqueeze(1);
+    let k = Tensor::arange(start + s, (Kind::Int64, device)).unsqueeze(0);
+    let own = k.eq_tensor(&q);
+    let mask = causal
+        .unsqueeze(0)
+        .unsqueeze(0)
+        .logical_or(&real.logical_not().unsqueeze(1).unsqueeze(1))
+        .logical_and(&own.logical_not());
+    Ok((mask, positions, true))
 }
 
 /// The start of a stage: `(batch, seq, start)` of `input_ids` after the

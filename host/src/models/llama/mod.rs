@@ -13,14 +13,14 @@ use tch::{Device, Kind, Tensor};
 use crate::models::cache::{KvCache, with_cache};
 use crate::models::error::ModelError;
 use crate::models::hook_site::{HookSite, fire};
-use crate::models::layers::{CorePoints, Linear, Par, Params, attention, causal_mask};
+use crate::models::layers::{CorePoints, Linear, Par, Params, attention};
 use crate::models::loader::Loader;
 use crate::models::norm::{Norm, NormPoints};
 use crate::models::points::{Dims, PointInfo, hook_points};
 use crate::models::rope::{inv_freq, rope_tables, rotate_half};
 use crate::models::shard::{Shard, TpComm, embed};
 use crate::models::stage::{
-    Head, HeadPoints, PreNormPoints, Step, finish, pre_norm_block, prologue,
+    Head, HeadPoints, PreNormPoints, Step, finish, masks, pre_norm_block, prologue,
 };
 use crate::models::weights::Weights;
 
@@ -149,7 +149,7 @@ impl Attention {
             pattern: &n.pattern,
         };
         let scaling = (hd as f64).powf(-0.5);
-        let explicit = self.windowed || st.start > 0;
+        let explicit = self.windowed || st.explicit;
         let z = attention(&q, &k, &v, scaling, &st.mask, explicit, st.hooks, &core)?;
         let z = fire(st.hooks, &n.z, z.transpose(1, 2).contiguous())?;
         let o = self
@@ -436,6 +436,7 @@ impl Llama {
         hooks: &mut dyn HookSite,
         tp: &dyn TpComm,
         cache: Option<&mut KvCache>,
+        valid: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let (b, s, start, hidden) = prologue(
@@ -462,16 +463,17 @@ impl Llama {
             }
         };
         // Rotary tables as LlamaRotaryEmbedding; causal (and sliding-window) mask.
-        let rope = rope_tables(&self.inv_freq, start, s, self.kind, self.device);
-        let mask = causal_mask(start, s, c.window(), self.device);
+        let (mask, positions, explicit) = masks(valid, (b, s, start), c.window(), self.device)?;
+        let rope = rope_tables(&self.inv_freq, &positions, self.kind);
         let mut st = Step {
             hooks,
             tp,
             cache,
             b,
             s,
-            start,
             mask,
+            positions,
+            explicit,
             rope: Some(rope),
         };
         for (li, l) in self.layers.iter().enumerate() {
