@@ -2,7 +2,7 @@
 # Build every guest component into artifacts/wasm/:
 #   plugins/*            (Rust, wasm32-wasip2)  -> <name>.wasm
 #   plugins/scale-py     (Python, componentize-py) -> scale-py.wasm
-#   tests/guests/*       (hostile, bench, fuzz, other-world, old-version, v010) -> <name>.wasm
+#   tests/guests/*       (hostile, bench, fuzz, other-world, old-version, v010, v011) -> <name>.wasm
 # Needs: rustup target wasm32-wasip2; the venv with componentize-py (scripts/setup.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,7 +12,7 @@ out=artifacts/wasm
 mkdir -p "$out"
 
 rust_guests=(plugins/retrieve plugins/scale plugins/ablate plugins/steer plugins/patch plugins/probe
-             tests/guests/hostile tests/guests/bench tests/guests/fuzz tests/guests/other-world tests/guests/old-version tests/guests/v010)
+             tests/guests/hostile tests/guests/bench tests/guests/fuzz tests/guests/other-world tests/guests/old-version tests/guests/v010 tests/guests/v011)
 pkgs=()
 for g in "${rust_guests[@]}"; do
   pkgs+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$g/Cargo.toml" | head -1)")

@@ -538,7 +538,7 @@ with safe_open({saved:?}, "pt") as f:
     keys = sorted(f.keys())
 assert keys == ["0/logits", "0/transformer.wte", "1/logits", "1/transformer.wte"], keys
 for k in ["0/transformer.wte", "1/transformer.wte"]:
-    assert meta["flexmodel.producer." + k].startswith("retrieve@0.1.0 (sha256:"), meta
+    assert meta["flexmodel.producer." + k].startswith("retrieve@0.2.0 (sha256:"), meta
 assert "flexmodel.producer.0/logits" not in meta, meta
 print("python-ok")
 "#,

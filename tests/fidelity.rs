@@ -5,12 +5,11 @@
 //! ×2 WASM edit at a block output gives the logits of a PyTorch forward hook
 //! doing the same.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use flexmodel::hooks::{CallContext, Hook, RankInfo, WasmHook};
 use flexmodel::models::{HookSite, Model, ModelError, NoHooks, Weights};
-use flexmodel_tests::{max_abs, runtime, wasm};
+use flexmodel_tests::{Capture, max_abs, runtime, wasm};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
@@ -53,20 +52,6 @@ impl Reference {
             Kind::Float
         };
         self.w.get(name, kind, Device::Cpu, "reference").unwrap()
-    }
-}
-
-/// Records every activation the forward passes through.
-#[derive(Default)]
-struct Capture(BTreeMap<String, Tensor>);
-
-impl HookSite for Capture {
-    fn active(&self, _: &str) -> bool {
-        true
-    }
-    fn fire(&mut self, point: &str, t: Tensor) -> Result<Tensor, ModelError> {
-        self.0.insert(point.to_string(), t.detach().copy());
-        Ok(t)
     }
 }
 
@@ -149,6 +134,7 @@ impl HookSite for One<'_> {
             forward_index: 0,
             generation: None,
             backward: false,
+            tokens: None,
         };
         self.hook
             .call(&c, &mut t)

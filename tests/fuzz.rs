@@ -61,6 +61,7 @@ fn every_host_function_under_seeded_arguments() {
                 forward_index: round,
                 generation: None,
                 backward: false,
+                tokens: None,
             };
             match hook.call(&ctx, &mut t) {
                 Ok(r) => {

@@ -322,12 +322,12 @@ fn old_wit_version_is_refused_naming_both_versions() {
     match &e {
         LoadError::WrongVersion { found, supported } => {
             assert_eq!(found, "0.0.1");
-            assert_eq!(supported, "0.1.1");
+            assert_eq!(supported, "0.1.2");
         }
         other => panic!("expected WrongVersion, got {other:?}"),
     }
     let text = e.to_string();
-    assert!(text.contains("0.0.1") && text.contains("0.1.1"), "{text}");
+    assert!(text.contains("0.0.1") && text.contains("0.1.2"), "{text}");
     good_plugin_still_loads(&rt);
 }
 

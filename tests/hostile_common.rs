@@ -23,6 +23,7 @@ pub fn ctx() -> CallContext {
         forward_index: 0,
         generation: None,
         backward: false,
+        tokens: None,
     }
 }
 

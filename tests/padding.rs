@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flexmodel::api::{Batch, FlexModel, GenerateOptions, Groups, Loss, Options, Padding};
-use flexmodel::models::{HookSite, Model, ModelError, SingleRank, Weights};
-use flexmodel_tests::{max_abs, model_dir};
+use flexmodel::models::{Model, SingleRank, Weights};
+use flexmodel_tests::{Capture, max_abs, model_dir};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
@@ -53,19 +53,6 @@ impl Reference {
             .get(&format!("{side}/attention_mask"), Kind::Int64)
             .unwrap();
         Batch::new(&ids, Some(&mask)).unwrap()
-    }
-}
-
-#[derive(Default)]
-struct Capture(BTreeMap<String, Tensor>);
-
-impl HookSite for Capture {
-    fn active(&self, _: &str) -> bool {
-        true
-    }
-    fn fire(&mut self, point: &str, t: Tensor) -> Result<Tensor, ModelError> {
-        self.0.insert(point.to_string(), t.detach().copy());
-        Ok(t)
     }
 }
 
@@ -309,4 +296,102 @@ fn a_padded_backward_ignores_the_padding() {
         .unwrap()
         .loss;
     assert!((got - want).abs() < 1e-5, "DP2: {got} vs {want}");
+}
+
+/// The retrieve plugin on a padded batch: only real tokens by default
+/// (`[tokens, D]`, the prompts one after the other; a slice per prompt),
+/// the padded tensor when asked; hooks see the token dimension and the
+/// real spans (WIT 0.1.2); the same on TP2 and DP2.
+#[test]
+fn retrieve_drops_padding_unless_asked_and_hooks_see_the_real_tokens() {
+    use flexmodel::api::FnHook;
+    use std::sync::{Arc, Mutex};
+    let name = "gpt2-tiny";
+    let rt = flexmodel_tests::runtime();
+    let retrieve = rt.load(&flexmodel_tests::wasm("retrieve")).unwrap();
+    let prompts = vec![vec![5i64, 9, 2, 11, 7], vec![3, 8], vec![4, 4, 1]];
+    let point = "transformer.h.0";
+    let mut one = FlexModel::load(&model_dir(name), Kind::Float, Device::Cpu).unwrap();
+    let mut alone = Vec::new();
+    for p in &prompts {
+        let mut c = Capture::default();
+        let m = one.model().unwrap();
+        m.forward_stage(
+            &Tensor::from_slice(p).view([1, -1]),
+            None,
+            &mut c,
+            &SingleRank,
+            None,
+            None,
+        )
+        .unwrap();
+        alone.push(c.0[point].get(0));
+    }
+    let all_tokens = Tensor::cat(&alone, 0);
+    let last: Vec<Tensor> = alone.iter().map(|t| t.get(-1).unsqueeze(0)).collect();
+    let last = Tensor::cat(&last, 0);
+    for side in [Padding::Right, Padding::Left] {
+        let batch = Batch::pad(&prompts, side, 0).unwrap();
+        for layout in [(1, 1, 1), (1, 1, 2), (1, 3, 1)] {
+            let (pp, dp, tp) = layout;
+            let mut m = if layout == (1, 1, 1) {
+                FlexModel::load(&model_dir(name), Kind::Float, Device::Cpu).unwrap()
+            } else {
+                FlexModel::load_with(&model_dir(name), &opts(pp, dp, tp)).unwrap()
+            };
+            m.register_wasm(&retrieve, "blocks.0.hook_resid_post", "{}", &[])
+                .unwrap();
+            m.register_wasm(
+                &retrieve,
+                "blocks.0.hook_resid_post",
+                r#"{"slice": [null, -1], "name": "last"}"#,
+                &[],
+            )
+            .unwrap();
+            m.register_wasm(
+                &retrieve,
+                "blocks.0.hook_resid_post",
+                r#"{"padding": "keep", "name": "padded"}"#,
+                &[],
+            )
+            .unwrap();
+            let out = m.forward(&batch, &Groups::All).unwrap();
+            let what = format!("{side:?} {layout:?}");
+            let got = &out.outputs[point];
+            assert_eq!(got.size(), all_tokens.size(), "{what}: [tokens, D]");
+            assert!(max_abs(got, &all_tokens) <= TOL, "{what}: real tokens");
+            let got = &out.outputs[&format!("{point}:last")];
+            assert!(
+                max_abs(got, &last) <= TOL,
+                "{what}: each prompt's last token"
+            );
+            let padded = &out.outputs[&format!("{point}:padded")];
+            assert_eq!(
+                padded.size()[..2],
+                batch.ids.size()[..],
+                "{what}: kept padded"
+            );
+        }
+        // A native hook sees the token dimension and the spans.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let mut m = FlexModel::load(&model_dir(name), Kind::Float, Device::Cpu).unwrap();
+        m.register(
+            Arc::new(FnHook::read_only("spans", move |ctx, _, _| {
+                s2.lock().unwrap().push(ctx.tokens.clone());
+                Ok(())
+            })),
+            "blocks.0.attn.hook_pattern",
+            &[],
+        )
+        .unwrap();
+        m.forward(&batch, &Groups::All).unwrap();
+        let t = seen.lock().unwrap()[0].clone().unwrap();
+        assert_eq!(t.dim, 2, "attention: queries on dim 2");
+        let want: Vec<(u32, u32)> = match side {
+            Padding::Right => vec![(0, 5), (0, 2), (0, 3)],
+            Padding::Left => vec![(0, 5), (3, 2), (2, 3)],
+        };
+        assert_eq!(t.real.as_deref(), Some(&want[..]), "{side:?}");
+    }
 }

@@ -18,6 +18,7 @@ fn ctx(point: &str) -> CallContext {
         forward_index: 0,
         generation: None,
         backward: false,
+        tokens: None,
     }
 }
 
@@ -40,7 +41,7 @@ fn loads_plugin_with_metadata_hash_and_version() {
     assert_eq!(p.info.name, "scale");
     assert_eq!(p.info.version, "0.1.0");
     assert!(p.info.edits);
-    assert_eq!(p.wit_version, "0.1.1");
+    assert_eq!(p.wit_version, "0.1.2");
     assert_eq!(p.hash, hex::encode(Sha256::digest(&bytes)));
     // Same bytes, same plugin object (compiled once).
     let again = rt.load(&bytes).unwrap();
@@ -263,7 +264,7 @@ fn python_plugin_matches_rust_plugin() {
     let rt = runtime();
     let py = rt.load(&wasm("scale-py")).unwrap();
     assert_eq!(py.info.name, "scale-py");
-    assert_eq!(py.wit_version, "0.1.1");
+    assert_eq!(py.wit_version, "0.1.2");
     let rs = WasmHook::new(
         rt.load(&wasm("scale")).unwrap(),
         r#"{"factor": 1.5, "slice": [null, [1, 3]]}"#,
@@ -357,6 +358,7 @@ fn random_stream_is_host_seeded_and_identical_across_ranks() {
             forward_index: fwd,
             generation: None,
             backward: false,
+            tokens: None,
         };
         let r = h.call(&c, &mut t.shallow_clone()).unwrap();
         r.emitted
@@ -445,6 +447,26 @@ fn replace_mode_in_half_precision_and_chunked_writes() {
     let want = f32::from_bits(0x0707_0000);
     let got: Vec<f32> = Vec::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap();
     assert!(got.iter().all(|&x| x == want));
+}
+
+#[test]
+fn a_plugin_built_against_wit_0_1_1_runs_unchanged_with_its_generation_interface() {
+    let rt = runtime();
+    let p = rt.load(&wasm("v011")).unwrap();
+    assert_eq!(p.wit_version, "0.1.1");
+    let hook = flexmodel::hooks::WasmHook::new(p, "{}").unwrap();
+    let mut t = tch::Tensor::from_slice(&[1.0f32, -2.0, 3.5]);
+    use flexmodel::hooks::Hook;
+    let mut c = ctx("blocks.0.hook_resid_post");
+    c.generation = Some(flexmodel::hooks::GenStep {
+        step: 3,
+        position: 9,
+    });
+    let r = hook.call(&c, &mut t).unwrap();
+    assert_eq!(Vec::<f32>::try_from(&t).unwrap(), vec![2.0, -4.0, 7.0]);
+    let step = &r.emitted[0];
+    assert_eq!(step.key, "blocks.0.hook_resid_post:step");
+    assert_eq!(Vec::<f32>::try_from(&step.tensor).unwrap(), vec![3.0]);
 }
 
 #[test]

@@ -287,6 +287,7 @@ fn ctx() -> flexmodel::hooks::CallContext {
         forward_index: 0,
         generation: None,
         backward: false,
+        tokens: None,
     }
 }
 

@@ -63,3 +63,18 @@ pub fn model_dir(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../artifacts/models"))
         .join(name)
 }
+
+/// A model-level hook site that records every activation the forward
+/// passes through (a copy, detached).
+#[derive(Default)]
+pub struct Capture(pub std::collections::BTreeMap<String, Tensor>);
+
+impl flexmodel::models::HookSite for Capture {
+    fn active(&self, _: &str) -> bool {
+        true
+    }
+    fn fire(&mut self, point: &str, t: Tensor) -> Result<Tensor, flexmodel::models::ModelError> {
+        self.0.insert(point.to_string(), t.detach().copy());
+        Ok(t)
+    }
+}

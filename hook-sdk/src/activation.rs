@@ -139,6 +139,17 @@ impl<'a> Activation<'a> {
     pub fn emit(&self, name: &str, s: &Slice) -> Result<()> {
         Ok(wout::emit_activation(name, self.raw, &s.wit())?)
     }
+    /// Emit only the batch's real tokens (WIT 0.1.2 `tokens.emit-real`): `s`
+    /// applies to each row's real tokens as to a batch of one (`[.., -1]`:
+    /// each row's last real token); the result is `[tokens, ...]`. Fails at
+    /// a point without a token dimension ([`crate::Context::token_dim`]).
+    pub fn emit_real(&self, name: &str, s: &Slice) -> Result<()> {
+        Ok(crate::__private::flexmodel::hook::tokens::emit_real(
+            name,
+            self.raw,
+            &s.wit(),
+        )?)
+    }
 }
 
 /// Emit an f32 tensor into the output dictionary.

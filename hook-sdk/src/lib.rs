@@ -191,7 +191,17 @@ pub struct Context {
     /// A backward hook: the activation is the gradient of the loss with
     /// respect to the hook point's activation; edits change the gradient.
     pub backward: bool,
+    /// The activation's token dimension (1 for `[batch, seq, ...]`, 2 for
+    /// attention scores and patterns), if it has one.
+    pub token_dim: Option<usize>,
+    /// In a padded batch, each row's real tokens along `token_dim`; `None`
+    /// when every token is real.
+    pub real_tokens: Option<Vec<TokenSpan>>,
 }
+
+/// One batch row's real tokens: positions `start .. start + len` along the
+/// token dimension (WIT `tokens.span`).
+pub type TokenSpan = __private::flexmodel::hook::tokens::Span;
 
 /// Where a generation is (WIT `generation.gen-step`).
 pub type GenStep = wit_gen::GenStep;
@@ -412,6 +422,8 @@ pub mod __dispatch {
             forward_index: ctx.forward_index,
             generation: super::wit_gen::current(),
             backward: super::wit_pass::current_direction() == super::wit_pass::Direction::Backward,
+            token_dim: super::__private::flexmodel::hook::tokens::token_dim().map(|d| d as usize),
+            real_tokens: super::__private::flexmodel::hook::tokens::real_tokens(),
         };
         let mut a = Activation::__new(act, shape, dtype);
         cell.with(|cell| match cell.borrow_mut().as_mut() {

@@ -54,6 +54,7 @@ fn main() -> Result<()> {
         forward_index: 0,
         generation: None,
         backward: false,
+        tokens: None,
     };
     println!(
         "\nactivation at {}: shape {:?}, norm {:.4}",

@@ -113,6 +113,7 @@ fn ctx() -> CallContext {
         forward_index: 0,
         generation: None,
         backward: false,
+        tokens: None,
     }
 }
 

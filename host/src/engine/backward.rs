@@ -500,6 +500,7 @@ impl Engine {
         let report = |outputs, producers, logs, logits| RankReport {
             coords: self.coords,
             batch: rows,
+            tokens: 0,
             outputs,
             producers,
             logs,

@@ -2,6 +2,7 @@
 //! fast path hands the site's outputs over as they are.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tch::{Kind, Tensor};
@@ -53,6 +54,8 @@ enum StageError {
 #[derive(Default)]
 struct Local {
     batch: i64,
+    /// Real tokens of this replica's rows in a padded batch (0 otherwise).
+    tokens: i64,
     outputs: BTreeMap<String, Tensor>,
     producers: BTreeMap<String, String>,
     logs: Vec<LogLine>,
@@ -170,6 +173,17 @@ impl Engine {
         );
         site.generation = pass.step;
         site.budget = std::mem::take(pass.budget);
+        site.token_dims = Some(&self.token_dims);
+        // Spans for this replica's rows whenever the batch's tokens of this
+        // pass are padded anywhere (every replica then emits alike).
+        let s = ids.size()[1];
+        if pass.valid.and_then(|v| real_spans(v, s)).is_some() {
+            let mine = local_valid.as_ref().map(|v| spans(v, s));
+            local.tokens = mine
+                .as_ref()
+                .map_or(0, |m| m.iter().map(|r| i64::from(r.1)).sum());
+            site.real = mine;
+        }
         let agreement = Agreement {
             tp: g.tp.as_ref(),
             global_rank: me as u32,
@@ -312,6 +326,7 @@ impl Engine {
         let report = RankReport {
             coords: c,
             batch: local.batch,
+            tokens: local.tokens,
             outputs: local.outputs,
             producers: local.producers,
             logs: local.logs,
@@ -331,6 +346,33 @@ impl Engine {
             gathered_bytes: m.gathered,
         }))
     }
+}
+
+/// Each row's real tokens `(start, len)` among the last `s` positions of
+/// `valid` (`[rows, cached + s]`); `None` when they are all real.
+pub(crate) fn real_spans(valid: &Tensor, s: i64) -> Option<Arc<[(u32, u32)]>> {
+    let all = spans(valid, s);
+    let width = s as u32;
+    (!all.iter().all(|&(start, len)| start == 0 && len == width)).then_some(all)
+}
+
+/// Each row's real tokens `(start, len)` among the last `s` positions of
+/// `valid` (real tokens are contiguous in a row, padded left or right).
+fn spans(valid: &Tensor, s: i64) -> Arc<[(u32, u32)]> {
+    let size = valid.size();
+    let w = valid
+        .narrow(1, size[1] - s, s)
+        .ne(0)
+        .to_kind(Kind::Int64)
+        .to_device(tch::Device::Cpu);
+    let rows: Vec<Vec<i64>> = Vec::try_from(&w).unwrap_or_default();
+    rows.iter()
+        .map(|r| {
+            let start = r.iter().position(|&v| v == 1).unwrap_or(0);
+            let len = r.iter().filter(|&&v| v == 1).count();
+            (start as u32, len as u32)
+        })
+        .collect()
 }
 
 fn run_output(local: Local, logits: Option<Tensor>, index: u64) -> RunOutput {

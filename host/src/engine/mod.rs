@@ -88,6 +88,9 @@ pub struct Engine {
     splits: HashMap<String, Option<TpSplit>>,
     /// Hook points whose first dimension is the batch.
     batched: HashSet<String>,
+    /// Hook point -> its token dimension (the first that grows with the
+    /// sequence), for points that have one.
+    token_dims: HashMap<String, usize>,
     check_edits: bool,
     limits: ForwardLimits,
     vocab: i64,
@@ -116,6 +119,15 @@ impl Engine {
             .filter(|(a, b)| a.shape.first() != b.shape.first())
             .map(|(a, _)| a.name.clone())
             .collect();
+        let longer = model.points(1, 2);
+        let token_dims = points
+            .iter()
+            .zip(&longer)
+            .filter_map(|(a, b)| {
+                let d = a.shape.iter().zip(&b.shape).position(|(x, y)| x != y)?;
+                Some((a.name.clone(), d))
+            })
+            .collect();
         Engine {
             model,
             mesh,
@@ -123,6 +135,7 @@ impl Engine {
             groups,
             splits,
             batched,
+            token_dims,
             check_edits: opts.check_edits,
             limits: opts.forward_limits,
             vocab,

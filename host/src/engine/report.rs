@@ -59,6 +59,9 @@ struct Header {
     tp: usize,
     /// Rows of the batch this rank's replica ran.
     batch: i64,
+    /// Real tokens in those rows when the batch is padded (0 otherwise).
+    #[serde(default)]
+    tokens: i64,
     outputs: Vec<String>,
     producers: BTreeMap<String, String>,
     logs: Vec<(String, String, LogLevel, String)>,
@@ -70,6 +73,9 @@ struct Header {
 pub(crate) struct RankReport {
     pub coords: crate::distributed::Coords,
     pub batch: i64,
+    /// Real tokens in this replica's rows of a padded batch (0 otherwise):
+    /// outputs of only real tokens (`[tokens, ...]`) concatenate too.
+    pub tokens: i64,
     pub outputs: BTreeMap<String, Tensor>,
     pub producers: BTreeMap<String, String>,
     pub logs: Vec<(String, String, LogLevel, String)>,
@@ -101,6 +107,7 @@ impl RankReport {
             dp: self.coords.dp,
             tp: self.coords.tp,
             batch: self.batch,
+            tokens: self.tokens,
             outputs: self.outputs.keys().cloned().collect(),
             producers: self.producers.clone(),
             logs: self.logs.clone(),
@@ -138,6 +145,7 @@ impl RankReport {
                 tp: header.tp,
             },
             batch: header.batch,
+            tokens: header.tokens,
             outputs,
             producers: header.producers,
             logs: header.logs,
@@ -160,12 +168,13 @@ pub(crate) struct Merged {
 /// rank 0 of each stage and replica (the other TP ranks hold the same).
 /// Data-parallel replicas' outputs are concatenated along the batch
 /// dimension when they come from a batched hook point (`batched`) and their
-/// first dimension is the replica's batch; otherwise replica 0's is kept
+/// first dimension is the replica's batch (or, in a padded batch, its real
+/// tokens: outputs of real tokens only); otherwise replica 0's is kept
 /// under the key and replica `r`'s under `key@dp{r}` unless identical.
 pub(crate) fn merge(reports: Vec<RankReport>, mesh: &Mesh, batched: &HashSet<String>) -> Merged {
     let mut gathered: BTreeMap<String, u64> = BTreeMap::new();
     let mut logs = Vec::new();
-    let mut per_key: BTreeMap<String, Vec<(usize, i64, Tensor)>> = BTreeMap::new();
+    let mut per_key: BTreeMap<String, Vec<(usize, (i64, i64), Tensor)>> = BTreeMap::new();
     let mut logits: Vec<(usize, Tensor)> = Vec::new();
     let mut producers_in: BTreeMap<String, String> = BTreeMap::new();
     for r in reports {
@@ -183,7 +192,7 @@ pub(crate) fn merge(reports: Vec<RankReport>, mesh: &Mesh, batched: &HashSet<Str
             per_key
                 .entry(k)
                 .or_default()
-                .push((r.coords.dp, r.batch, t));
+                .push((r.coords.dp, (r.batch, r.tokens), t));
         }
         if let Some(l) = r.logits {
             logits.push((r.coords.dp, l));
@@ -205,7 +214,7 @@ pub(crate) fn merge(reports: Vec<RankReport>, mesh: &Mesh, batched: &HashSet<Str
         let by_batch = batched.contains(point)
             && parts
                 .iter()
-                .all(|(_, b, t)| t.dim() > 0 && t.size()[0] == *b)
+                .all(|(_, (b, n), t)| t.dim() > 0 && (t.size()[0] == *b || t.size()[0] == *n))
             && parts.iter().all(|(_, _, t)| {
                 t.size()[1..] == parts[0].2.size()[1..] && t.kind() == parts[0].2.kind()
             });

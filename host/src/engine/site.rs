@@ -4,13 +4,14 @@
 //! models' [`crate::models::HookSite`] on any mesh).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use tch::Tensor;
 
 use super::deferred::Order;
 use super::{Groups, Registration};
 use crate::hooks::{
-    CallContext, ForwardLimits, GenStep, HookError, HookErrorKind, LogLevel, RankInfo,
+    CallContext, ForwardLimits, GenStep, HookError, HookErrorKind, LogLevel, RankInfo, Tokens,
 };
 
 /// What the hooks of one forward pass (or of a whole generation: the budget
@@ -57,6 +58,10 @@ pub(crate) struct Site<'a> {
     pub point_seq: u64,
     /// Where each output and log line came from.
     pub order: Order,
+    /// Hook point -> token dimension.
+    pub token_dims: Option<&'a HashMap<String, usize>>,
+    /// This pass's real tokens per row `(start, len)` in a padded batch.
+    pub real: Option<Arc<[(u32, u32)]>>,
 }
 
 impl<'a> Site<'a> {
@@ -103,6 +108,8 @@ impl<'a> Site<'a> {
             last_emitted: Vec::new(),
             point_seq: 0,
             order: Order::default(),
+            token_dims: None,
+            real: None,
         }
     }
 }
@@ -175,6 +182,13 @@ impl<'a> Site<'a> {
             forward_index: self.forward_index,
             generation: self.generation,
             backward: self.backward,
+            tokens: self
+                .token_dims
+                .and_then(|m| m.get(point))
+                .map(|&dim| Tokens {
+                    dim,
+                    real: self.real.clone(),
+                }),
         }
     }
 

@@ -115,8 +115,13 @@ impl<'a, 'c> TpSite<'a, 'c> {
     }
 
     /// The slice every hook at `point` reads, if they all declared the same
-    /// one and none edits.
+    /// one and none edits (and the batch is not padded).
     fn common_read_slice(&self, point: &str) -> Option<Vec<Option<Range1>>> {
+        if self.inner.real.is_some() {
+            // A padded batch: a declared slice of tokens may mean each row's
+            // real tokens (`tokens.emit-real`), not the padded positions.
+            return None;
+        }
         let regs = self.inner.registrations(point);
         let first = regs.first()?.hook.access();
         let reads = first.reads.clone()?;

@@ -73,6 +73,20 @@ pub struct CallContext {
     /// The call is a backward hook: the tensor is the gradient of the loss
     /// with respect to the hook point's activation.
     pub backward: bool,
+    /// Where the activation's tokens are, and which are real in a padded
+    /// batch (`None`: a point without a token dimension).
+    pub tokens: Option<Tokens>,
+}
+
+/// The activation's token dimension and, in a padded batch, each row's real
+/// tokens along it (WIT `tokens`, 0.1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    /// 1 for `[batch, seq, ...]`, 2 (queries) for attention scores and
+    /// patterns.
+    pub dim: usize,
+    /// Per batch row `(start, len)` of its real tokens; `None`: all real.
+    pub real: Option<std::sync::Arc<[(u32, u32)]>>,
 }
 
 /// Where a forward pass of generation is.

@@ -215,6 +215,7 @@ impl PluginInstance {
         self.store.data_mut().call = CallScope::new(&ctx.hook_point, seed);
         self.store.data_mut().call.generation = ctx.generation;
         self.store.data_mut().call.backward = ctx.backward;
+        self.store.data_mut().call.tokens = ctx.tokens.clone();
         let res = self.store.data_mut().table.push(buf).map_err(|e| {
             (
                 self.error(HookErrorKind::Trap {

@@ -42,7 +42,9 @@ pub use activation::{DType, EditMode};
 pub use artifact::{Plugin, PluginInfo, WIT_VERSION};
 pub use config::{CpuLimit, NonFinitePolicy, RuntimeConfig};
 pub use error::{HookError, HookErrorKind, LoadError, OutputConflict, PluginError};
-pub use hook::{Access, CallContext, CallReport, Emitted, GenStep, Hook, LogLevel, RankInfo};
+pub use hook::{
+    Access, CallContext, CallReport, Emitted, GenStep, Hook, LogLevel, RankInfo, Tokens,
+};
 pub use limits::{CacheLimits, CompileLimits, ForwardLimits, HostLimits};
 pub use plugin::WasmHook;
 pub use runtime::Runtime;

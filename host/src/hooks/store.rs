@@ -91,6 +91,8 @@ pub struct CallScope {
     pub generation: Option<crate::hooks::GenStep>,
     /// A backward hook's call (the tensor is a gradient).
     pub backward: bool,
+    /// The activation's tokens (WIT `tokens`).
+    pub tokens: Option<crate::hooks::hook::Tokens>,
     seed: u64,
     rng: Option<StdRng>,
 }
@@ -113,6 +115,7 @@ impl CallScope {
             host_limit: None,
             generation: None,
             backward: false,
+            tokens: None,
             seed,
             rng: None,
         }

@@ -3,4 +3,4 @@
 /// The WIT package this host implements.
 pub const WIT_PACKAGE: &str = "flexmodel:hook";
 /// Its version (see `wit/hook.wit`).
-pub const WIT_VERSION: &str = "0.1.1";
+pub const WIT_VERSION: &str = "0.1.2";

@@ -8,6 +8,7 @@ mod pass;
 mod random;
 mod state;
 mod tensor;
+mod tokens;
 mod types;
 
 pub(crate) use tensor::add_zero_copy_bytes;

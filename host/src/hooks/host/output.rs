@@ -68,7 +68,7 @@ pub(crate) fn check_shape(shape: &[u64], numel: usize) -> Result<Vec<i64>, HookE
 impl HostState {
     /// Reserve `bytes` of the call's output budget, or refuse (and remember
     /// the refusal, so the call fails even if the plugin ignores the error).
-    fn reserve_output(&mut self, name: &str, bytes: u64) -> Result<(), HookError> {
+    pub(super) fn reserve_output(&mut self, name: &str, bytes: u64) -> Result<(), HookError> {
         let charge = self.limits.output_charge(name, bytes);
         let max_n = self.limits.max_outputs_per_call;
         if self.call.emitted.len() as u64 >= u64::from(max_n) {
@@ -98,7 +98,7 @@ impl HostState {
         Ok(())
     }
 
-    fn stage(&mut self, name: &str, tensor: Tensor) {
+    pub(super) fn stage(&mut self, name: &str, tensor: Tensor) {
         let key = output_key(&self.call.hook_point, name);
         self.call.emitted_keys.insert(key.clone());
         self.call.emitted.push(Emitted { key, tensor });
