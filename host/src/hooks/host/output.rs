@@ -98,6 +98,25 @@ impl HostState {
         Ok(())
     }
 
+    /// Reserve and stage a copy of `v` (a view of the activation) under
+    /// `name`: fresh storage, since the activation's own keeps changing
+    /// after the call.
+    pub(super) fn stage_copy(
+        &mut self,
+        name: &str,
+        v: &Tensor,
+        dtype: DType,
+    ) -> Result<(), HookError> {
+        let bytes = (v.numel() * dtype.size()) as u64;
+        self.reserve_output(name, bytes)?;
+        self.charge(bytes);
+        let failed = |e: tch::TchError| HookError::Failed(e.to_string());
+        let mut out = Tensor::f_empty(v.size(), (dtype.kind(), Device::Cpu)).map_err(failed)?;
+        out.f_copy_(v).map_err(failed)?;
+        self.stage(name, out);
+        Ok(())
+    }
+
     pub(super) fn stage(&mut self, name: &str, tensor: Tensor) {
         let key = output_key(&self.call.hook_point, name);
         self.call.emitted_keys.insert(key.clone());
@@ -169,11 +188,6 @@ impl Host for HostState {
         };
         let r = (|| {
             check_name(&name)?;
-            let bytes = (resolved.numel() * dtype.size()) as u64;
-            self.reserve_output(&name, bytes)?;
-            self.charge(bytes);
-            // Slice with tch and copy once into fresh storage: the activation's
-            // own storage keeps changing after the call.
             let failed = |e: tch::TchError| HookError::Failed(e.to_string());
             let mut v = view.shallow_clone();
             for (d, &(start, count, step)) in resolved.dims.iter().enumerate() {
@@ -182,10 +196,7 @@ impl Host for HostState {
                     .f_slice(d as i64, start as i64, stop as i64, step as i64)
                     .map_err(failed)?;
             }
-            let shape: Vec<i64> = resolved.shape().iter().map(|&d| d as i64).collect();
-            let mut out = Tensor::f_empty(&shape, (dtype.kind(), Device::Cpu)).map_err(failed)?;
-            out.f_copy_(&v).map_err(failed)?;
-            self.stage(&name, out);
+            self.stage_copy(&name, &v, dtype)?;
             Ok(())
         })();
         Ok(r)

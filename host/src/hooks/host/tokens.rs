@@ -1,7 +1,7 @@
 //! `flexmodel:hook/tokens` (WIT 0.1.2): the activation's token dimension,
 //! the real tokens of a padded batch, and emitting only those.
 
-use tch::{Device, Tensor};
+use tch::Tensor;
 use wasmtime::component::Resource;
 
 use super::types::from_wit_slice;
@@ -117,15 +117,7 @@ impl Host for HostState {
                 tokens.real.as_deref(),
                 &from_wit_slice(&s),
             )?;
-            let bytes = (picked.numel() * dtype.size()) as u64;
-            self.reserve_output(&name, bytes)?;
-            self.charge(bytes);
-            // Fresh storage: the activation's own keeps changing after the call.
-            let failed = |e: tch::TchError| HookError::Failed(e.to_string());
-            let mut out =
-                Tensor::f_empty(picked.size(), (dtype.kind(), Device::Cpu)).map_err(failed)?;
-            out.f_copy_(&picked).map_err(failed)?;
-            self.stage(&name, out);
+            self.stage_copy(&name, &picked, dtype)?;
             Ok(())
         })();
         Ok(r)
