@@ -19,7 +19,7 @@ fn greedy(n: usize) -> GenerateOptions {
     GenerateOptions {
         max_new_tokens: n,
         sampling: Sampling::Greedy,
-        eos: None,
+        eos: Vec::new(),
     }
 }
 
@@ -145,7 +145,7 @@ fn sampling_is_seeded() {
                 top_k: Some(50),
                 seed,
             },
-            eos: None,
+            eos: Vec::new(),
         };
         fm.generate(prompt, &Groups::All, &o, |_, _| {})
             .unwrap()
@@ -249,4 +249,30 @@ fn the_steer_plugin_can_steer_new_tokens_only() {
         .unwrap()
         .logits;
     assert!(a.equal(&b));
+}
+
+#[test]
+fn the_models_eos_tokens_come_from_its_generation_config() {
+    let fm = flexmodel::api::FlexModel::load(
+        &flexmodel_tests::model_dir("gpt2-tiny"),
+        tch::Kind::Float,
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(fm.eos_tokens(), [0]);
+    let dir = std::env::temp_dir().join(format!("fm-eos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"eos_token_id": [2, 7]}"#).unwrap();
+    assert_eq!(
+        flexmodel::models::eos_tokens(&dir),
+        [2, 7],
+        "config.json, a list"
+    );
+    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": 5}"#).unwrap();
+    assert_eq!(
+        flexmodel::models::eos_tokens(&dir),
+        [5],
+        "generation_config.json first"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -182,7 +182,7 @@ fn generation_registration_groups_and_removal_behave_alike_on_every_layout() {
     let greedy = GenerateOptions {
         max_new_tokens: 4,
         sampling: Sampling::Greedy,
-        eos: None,
+        eos: Vec::new(),
     };
     for model in MODELS {
         let mut one = one_rank(model);

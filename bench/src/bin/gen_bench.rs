@@ -126,7 +126,7 @@ fn measure(a: &Args) -> Result<Rounds> {
     let opts = GenerateOptions {
         max_new_tokens: new,
         sampling: Sampling::Greedy,
-        eos: None,
+        eos: Vec::new(),
     };
     // Per round: ours without hooks, transformers', ours with `steer`.
     let (mut vs_hf, mut vs_plain, mut times) =

@@ -35,6 +35,8 @@ pub struct FlexModel {
     pub(crate) opts: Options,
     pub(crate) forward_index: u64,
     pub(crate) vocab: i64,
+    /// The model folder's end-of-sequence tokens.
+    pub(crate) eos: Vec<i64>,
 }
 
 impl FlexModel {
@@ -62,6 +64,7 @@ impl FlexModel {
             tokenizer,
             opts,
             forward_index: 0,
+            eos: Vec::new(),
         }
     }
 
@@ -91,11 +94,13 @@ impl FlexModel {
                     tokenizer: None,
                     opts: opts.clone(),
                     forward_index: 0,
+                    eos: Vec::new(),
                 }
             }
             Launch::Mpi => Self::join_mpi(dir, opts)?,
         };
         fm.tokenizer = tokenizer;
+        fm.eos = crate::models::eos_tokens(dir);
         Ok(fm)
     }
 
@@ -115,11 +120,19 @@ impl FlexModel {
     ) -> Result<FlexModel, FlexError> {
         let engine = Engine::load(dir, opts, world)?;
         let tokenizer = Tokenizer::load(dir).map_err(FlexError::Model)?;
-        Ok(Self::here(engine, None, opts.clone(), tokenizer))
+        let mut fm = Self::here(engine, None, opts.clone(), tokenizer);
+        fm.eos = crate::models::eos_tokens(dir);
+        Ok(fm)
     }
 
     pub fn options(&self) -> &Options {
         &self.opts
+    }
+
+    /// The model's end-of-sequence tokens (`generation_config.json`, else
+    /// `config.json`; empty for a model wrapped with [`Self::new`]).
+    pub fn eos_tokens(&self) -> &[i64] {
+        &self.eos
     }
 
     /// The tokenizer loaded with the model, if the folder had one.

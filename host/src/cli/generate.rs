@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, anyhow};
-use flexmodel::api::{FlexError, GenerateOptions, Groups, Sampling};
-use tch::Tensor;
+use anyhow::{Context, Result};
+use flexmodel::api::{Batch, FlexError, GenerateOptions, Groups, Padding, Sampling};
+use flexmodel::models::Tokenizer;
 
-use super::prompts::{Prompt, token_ids};
+use super::prompts::{collect, token_ids};
 use super::show::save;
 use super::{MeshArgs, ModelArgs};
 
@@ -15,10 +15,15 @@ use super::{MeshArgs, ModelArgs};
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The prompt (needs tokenizer.json in the model folder).
-    #[arg(long, conflicts_with = "token_ids")]
-    pub prompt: Option<String>,
-    /// Comma-separated token ids of the prompt.
+    /// A prompt (needs tokenizer.json in the model folder); repeatable:
+    /// several prompts are generated as one batch, padded on the left.
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// JSONL file of prompts: each line a string, {"prompt": "..."} or
+    /// {"token_ids": [..]}.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Comma-separated token ids of a prompt.
     #[arg(long, value_delimiter = ',')]
     pub token_ids: Option<Vec<i64>>,
     #[arg(long, default_value_t = 32)]
@@ -32,9 +37,13 @@ pub struct GenerateArgs {
     /// Seed of the sampler and of the hooks' random streams.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Stop at this token id.
+    /// End-of-sequence token id (repeatable); default: the model's
+    /// (`generation_config.json`, else `config.json`), as transformers.
     #[arg(long)]
-    pub eos: Option<i64>,
+    pub eos: Vec<i64>,
+    /// Generate `--max-new-tokens` whatever tokens come.
+    #[arg(long, conflicts_with = "eos")]
+    pub ignore_eos: bool,
     /// PLUGIN.wasm@PATTERN[=CONFIG_JSON], repeatable.
     #[arg(long = "hook")]
     pub hooks: Vec<String>,
@@ -49,7 +58,7 @@ pub struct GenerateArgs {
 }
 
 impl GenerateArgs {
-    fn options(&self) -> GenerateOptions {
+    fn options(&self, model_eos: &[i64]) -> GenerateOptions {
         let sampling = match self.temperature {
             Some(temperature) => Sampling::Sample {
                 temperature,
@@ -61,19 +70,19 @@ impl GenerateArgs {
         GenerateOptions {
             max_new_tokens: self.max_new_tokens,
             sampling,
-            eos: self.eos,
+            eos: match (self.ignore_eos, self.eos.is_empty()) {
+                (true, _) => Vec::new(),
+                (false, true) => model_eos.to_vec(),
+                (false, false) => self.eos.clone(),
+            },
         }
     }
 }
 
 pub fn generate(a: &GenerateArgs) -> Result<()> {
-    let prompt = match (&a.prompt, &a.token_ids) {
-        (Some(p), _) => Prompt::Text(p.clone()),
-        (None, Some(ids)) => Prompt::Ids(ids.clone()),
-        (None, None) => return Err(anyhow!("give --prompt or --token-ids")),
-    };
-    let opts = a.options();
+    let prompts = collect(&a.prompt, a.prompts.as_deref(), a.token_ids.as_ref())?;
     let mut fm = super::load(&a.model, a.mesh)?;
+    let opts = a.options(fm.eos_tokens());
     let root = fm.is_root();
     let vocab = super::vocab(&fm);
     let seed = match opts.sampling {
@@ -82,29 +91,31 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
     };
     super::register_hooks(&mut fm, &a.hooks, a.fuel, seed)?;
     let tok = fm.tokenizer().cloned();
-    let ids = token_ids(&prompt, tok.as_ref(), vocab)?;
-    let t = Tensor::from_slice(&ids).unsqueeze(0);
-    // Stream: print the text each new token adds (decoding the whole tail
-    // keeps multi-byte characters and spacing right).
+    let rows = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| token_ids(p, tok.as_ref(), vocab).with_context(|| format!("prompt {i}")))
+        .collect::<Result<Vec<_>>>()?;
+    let batch = Batch::pad(&rows, Padding::Left, 0)?;
+    let one = rows.len() == 1;
+    // One prompt: stream the text each new token adds (decoding the whole
+    // tail keeps multi-byte characters and spacing right).
     let mut shown = String::new();
     let mut new: Vec<i64> = Vec::new();
     let mut out = std::io::stdout();
-    if root {
-        match &tok {
-            Some(tk) => print!("{}", tk.decode(&ids)),
-            None => print!("{ids:?} ->"),
-        }
+    if root && one {
+        print!("{}", text(tok.as_ref(), &rows[0]));
     }
-    let result = fm.generate(&t, &Groups::All, &opts, |_, next| {
+    let result = fm.generate(&batch, &Groups::All, &opts, |_, next| {
+        if !one || new.last().is_some_and(|l| opts.eos.contains(l)) {
+            return;
+        }
         new.push(next[0]);
         let piece = match &tok {
             Some(tk) => {
-                let text = tk.decode(&new);
-                let piece = text
-                    .strip_prefix(shown.as_str())
-                    .unwrap_or(&text)
-                    .to_string();
-                shown = text;
+                let t = tk.decode(&new);
+                let piece = t.strip_prefix(shown.as_str()).unwrap_or(&t).to_string();
+                shown = t;
                 piece
             }
             None => format!(" {}", next[0]),
@@ -117,12 +128,23 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         Err(FlexError::NotRoot { .. }) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    println!();
-    println!(
-        "({} new tokens: {:?})",
-        g.new_tokens[0].len(),
-        g.new_tokens[0]
-    );
+    for (i, (p, n)) in rows.iter().zip(&g.new_tokens).enumerate() {
+        if one {
+            println!();
+        } else {
+            println!(
+                "prompt {i}: {}{}",
+                text(tok.as_ref(), p),
+                continuation(tok.as_ref(), n)
+            );
+        }
+        let end = if n.last().is_some_and(|l| opts.eos.contains(l)) {
+            ", ended by EOS"
+        } else {
+            ""
+        };
+        println!("({} new tokens{end}: {n:?})", n.len());
+    }
     for (hook, point, level, msg) in &g.logs {
         eprintln!("[{hook} @ {point}] {level:?}: {msg}");
     }
@@ -133,4 +155,18 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         println!("saved {} tensors to {}", saved.len(), path.display());
     }
     Ok(())
+}
+
+fn text(tok: Option<&Tokenizer>, ids: &[i64]) -> String {
+    match tok {
+        Some(t) => t.decode(ids),
+        None => format!("{ids:?} ->"),
+    }
+}
+
+fn continuation(tok: Option<&Tokenizer>, ids: &[i64]) -> String {
+    match tok {
+        Some(t) => t.decode(ids),
+        None => ids.iter().map(|i| format!(" {i}")).collect(),
+    }
 }

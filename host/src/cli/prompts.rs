@@ -76,3 +76,23 @@ pub fn token_ids(p: &Prompt, tok: Option<&Tokenizer>, vocab: i64) -> Result<Vec<
     }
     Ok(ids)
 }
+
+/// The prompts of a command: `--prompt` (repeatable), `--prompts FILE`, or
+/// `--token-ids`.
+pub fn collect(
+    texts: &[String],
+    file: Option<&Path>,
+    ids: Option<&Vec<i64>>,
+) -> Result<Vec<Prompt>> {
+    let mut v: Vec<Prompt> = texts.iter().cloned().map(Prompt::Text).collect();
+    if let Some(f) = file {
+        v.extend(read_prompts(f)?);
+    }
+    if let Some(ids) = ids {
+        v.push(Prompt::Ids(ids.clone()));
+    }
+    if v.is_empty() {
+        bail!("give --prompt, --prompts or --token-ids");
+    }
+    Ok(v)
+}

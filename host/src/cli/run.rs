@@ -1,15 +1,15 @@
 //! `flexmodel run`: forwards with hooks over prompts; next-token
 //! predictions printed, outputs saved.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
-use flexmodel::api::{FlexError, FlexModel, Groups, LogLine};
+use flexmodel::api::{Batch, FlexError, FlexModel, Groups, LogLine, Padding};
 use tch::{Device, Tensor};
 
-use super::prompts::{Prompt, read_prompts, token_ids};
-use super::show::{row, save, show, top_k};
+use super::prompts::{Prompt, collect, token_ids};
+use super::show::{save, show, top_k};
 use super::{MeshArgs, ModelArgs};
 
 #[derive(clap::Args)]
@@ -25,6 +25,12 @@ pub struct RunArgs {
     /// Comma-separated token ids.
     #[arg(long, value_delimiter = ',')]
     pub token_ids: Option<Vec<i64>>,
+    /// Prompts per forward: prompts of any lengths run as one padded batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Where a shorter prompt's padding goes (results are the same).
+    #[arg(long, default_value = "right")]
+    pub padding: Padding,
     /// PLUGIN.wasm@PATTERN[=CONFIG_JSON], repeatable.
     #[arg(long = "hook")]
     pub hooks: Vec<String>,
@@ -60,7 +66,7 @@ struct Pass {
 /// global rank 0 of a launched job.
 fn forward(
     fm: &mut FlexModel,
-    t: &Tensor,
+    t: &Batch,
     stop_at: Option<&str>,
 ) -> Result<Option<Pass>, FlexError> {
     let r = match stop_at {
@@ -86,16 +92,27 @@ fn forward(
 
 impl RunArgs {
     fn prompts(&self) -> Result<Vec<Prompt>> {
-        if let Some(p) = &self.prompt {
-            Ok(vec![Prompt::Text(p.clone())])
-        } else if let Some(f) = &self.prompts {
-            read_prompts(f)
-        } else if let Some(ids) = &self.token_ids {
-            Ok(vec![Prompt::Ids(ids.clone())])
-        } else {
-            Err(anyhow!("give --prompt, --prompts or --token-ids"))
-        }
+        let texts: Vec<String> = self.prompt.iter().cloned().collect();
+        collect(&texts, self.prompts.as_deref(), self.token_ids.as_ref())
     }
+}
+
+/// Batches of at least `dp` prompts (one per data-parallel replica) and at
+/// most `size` (or `size + dp - 1`: a short last batch joins the one
+/// before): `(first, len)` each.
+fn batches(n: usize, size: usize, dp: usize) -> Result<Vec<(usize, usize)>> {
+    if n < dp {
+        bail!("--dp {dp} needs at least {dp} prompts (got {n})");
+    }
+    let size = size.max(dp).max(1);
+    let mut v: Vec<(usize, usize)> = (0..n).step_by(size).map(|f| (f, size.min(n - f))).collect();
+    if let [.., prev, last] = v.as_mut_slice()
+        && last.1 < dp
+    {
+        prev.1 += last.1;
+        v.pop();
+    }
+    Ok(v)
 }
 
 /// The progress bar over many prompts (at global rank 0), and how to print
@@ -143,9 +160,85 @@ struct Seen<'r> {
     /// Whether the run has several prompts (keys get an `i/` prefix).
     many: bool,
     rows: &'r [Vec<i64>],
+    batch: &'r Batch,
+    padding: Padding,
+    /// Hook point -> its layout.
+    dims: &'r HashMap<String, SeqDims>,
+}
+
+/// A hook point's number of dimensions and those that grow with the
+/// sequence (the token dimension first).
+struct SeqDims {
+    rank: usize,
+    seq: Vec<usize>,
+}
+
+fn seq_dims(fm: &FlexModel) -> HashMap<String, SeqDims> {
+    let longer = fm.points(1, 2);
+    fm.points(1, 1)
+        .into_iter()
+        .zip(longer)
+        .map(|(a, b)| {
+            let seq = (0..a.shape.len())
+                .filter(|&i| a.shape.get(i) != b.shape.get(i))
+                .collect();
+            (
+                a.name,
+                SeqDims {
+                    rank: a.shape.len(),
+                    seq,
+                },
+            )
+        })
+        .collect()
 }
 
 impl Seen<'_> {
+    /// Row `j`'s real tokens `(start, len)` in the padded batch.
+    fn span(&self, j: usize) -> (i64, i64) {
+        let len = self.rows[j].len() as i64;
+        match self.padding {
+            Padding::Left => (self.batch.ids.size()[1] - len, len),
+            Padding::Right => (0, len),
+        }
+    }
+
+    /// Prompt `j`'s part of an output, in the form a batch of that prompt
+    /// alone gives: its row of a batched output, or, from a padded batch's
+    /// real-tokens-only output (one dimension fewer: `[tokens, ...]`, as
+    /// `retrieve` saves by default), its tokens put back in the point's
+    /// layout (`[1, ...]`, token dimension in place, other sequence
+    /// dimensions such as attention keys cut to its real positions).
+    fn part(&self, key: &str, t: &Tensor, j: usize, dims: &HashMap<String, SeqDims>) -> Tensor {
+        let n = self.rows.len() as i64;
+        let point = key.split(':').next().unwrap_or(key);
+        let form = dims.get(point);
+        if let Some(d) = form
+            .filter(|d| self.batch.attention_mask.is_some() && t.dim() + 1 == d.rank && t.dim() > 0)
+        {
+            let lens: Vec<i64> = self.rows.iter().map(|r| r.len() as i64).collect();
+            let total: i64 = lens.iter().sum();
+            let (offset, len) = match t.size()[0] {
+                m if m == total => (lens[..j].iter().sum(), lens[j]),
+                m if m == n => (j as i64, 1),
+                _ => return t.shallow_clone(),
+            };
+            let mut x = t.narrow(0, offset, len).unsqueeze(0);
+            if let Some((&tok, rest)) = d.seq.split_first() {
+                x = x.movedim(&[1], &[tok as i64]);
+                let (start, len) = self.span(j);
+                for &k in rest {
+                    x = x.narrow(k as i64, start, len);
+                }
+            }
+            return x;
+        }
+        if t.dim() > 0 && t.size()[0] == n {
+            return t.narrow(0, j as i64, 1);
+        }
+        t.shallow_clone()
+    }
+
     /// Print each prompt's line and keep its rows of the logits and outputs.
     fn record(
         &self,
@@ -155,14 +248,18 @@ impl Seen<'_> {
         progress: &Progress,
         saved: &mut Saved,
     ) {
-        let n = self.rows.len() as i64;
         for (j, ids) in self.rows.iter().enumerate() {
-            let (i, jl) = (self.first + j, j as i64);
-            progress.say(match &pass.logits {
+            let i = self.first + j;
+            let (start, len) = self.span(j);
+            let logits = pass
+                .logits
+                .as_ref()
+                .map(|l| l.narrow(0, j as i64, 1).narrow(1, start, len));
+            progress.say(match &logits {
                 Some(l) => format!(
                     "prompt {i}: {} tokens; next token: {}",
                     ids.len(),
-                    show(&top_k(&row(l, jl, n), a.top_k, fm.tokenizer()))
+                    show(&top_k(l, a.top_k, fm.tokenizer()))
                 ),
                 None => format!(
                     "prompt {i}: {} tokens; stopped after {}",
@@ -176,16 +273,15 @@ impl Seen<'_> {
             } else {
                 String::new()
             };
-            if let Some(l) = &pass.logits {
-                let key = format!("{prefix}logits");
+            if let Some(l) = logits {
                 saved
                     .tensors
-                    .insert(key, row(l, jl, n).to_device(Device::Cpu));
+                    .insert(format!("{prefix}logits"), l.to_device(Device::Cpu));
             }
             for (key, v) in &pass.outputs {
                 saved
                     .tensors
-                    .insert(format!("{prefix}{key}"), row(v, jl, n));
+                    .insert(format!("{prefix}{key}"), self.part(key, v, j, self.dims));
                 if let Some(p) = pass.producers.get(key) {
                     saved.producers.insert(format!("{prefix}{key}"), p.clone());
                 }
@@ -200,40 +296,20 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let root = fm.is_root();
     let vocab = super::vocab(&fm);
     super::register_hooks(&mut fm, &a.hooks, a.fuel, a.seed)?;
-    // Data parallelism splits a batch: prompts go dp at a time.
-    let chunk = a.mesh.dp.max(1);
-    if !prompts.len().is_multiple_of(chunk) {
-        bail!(
-            "--dp {chunk} batches prompts {chunk} at a time: give a multiple of {chunk} prompts (got {})",
-            prompts.len()
-        );
-    }
+    let dims = seq_dims(&fm);
     let many = prompts.len() > 1;
     let progress = Progress::new(prompts.len(), root);
     let mut saved = Saved::default();
-    for (c, group) in prompts.chunks(chunk).enumerate() {
-        let first = c * chunk;
-        let mut rows = Vec::with_capacity(group.len());
-        for (j, p) in group.iter().enumerate() {
+    for (first, n) in batches(prompts.len(), a.batch_size, a.mesh.dp.max(1))? {
+        let mut rows = Vec::with_capacity(n);
+        for (j, p) in prompts[first..first + n].iter().enumerate() {
             let ids = token_ids(p, fm.tokenizer(), vocab)
                 .with_context(|| format!("prompt {}", first + j))?;
             rows.push(ids);
         }
-        if rows.iter().any(|r| r.len() != rows[0].len()) {
-            bail!(
-                "prompts {first}..{} are batched for --dp {chunk} and must have the same number of tokens",
-                first + group.len()
-            );
-        }
-        let t = Tensor::stack(
-            &rows
-                .iter()
-                .map(|r| Tensor::from_slice(r))
-                .collect::<Vec<_>>(),
-            0,
-        );
-        let Some(pass) = forward(&mut fm, &t, a.stop_at.as_deref())
-            .map_err(|e| anyhow!("prompt {first}: {e:#}"))?
+        let batch = Batch::pad(&rows, a.padding, 0)?;
+        let Some(pass) = forward(&mut fm, &batch, a.stop_at.as_deref())
+            .map_err(|e| anyhow!("prompts {first}..{}: {e:#}", first + n))?
         else {
             continue; // not global rank 0
         };
@@ -244,6 +320,9 @@ pub fn run(a: &RunArgs) -> Result<()> {
             first,
             many,
             rows: &rows,
+            batch: &batch,
+            padding: a.padding,
+            dims: &dims,
         };
         seen.record(a, &pass, &fm, &progress, &mut saved);
     }

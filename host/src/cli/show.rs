@@ -41,12 +41,3 @@ pub fn save(
     flexmodel::api::save_safetensors(path, tensors, producers)
         .with_context(|| format!("writing {}", path.display()))
 }
-
-/// Row `j` of a batched tensor (first dimension `n` > 1), else the tensor.
-pub fn row(t: &Tensor, j: i64, n: i64) -> Tensor {
-    if n > 1 && t.dim() > 0 && t.size()[0] == n {
-        t.narrow(0, j, 1)
-    } else {
-        t.shallow_clone()
-    }
-}

@@ -91,7 +91,10 @@ impl Engine {
             };
             let (next, done) = self.share_tokens(chosen, b)?;
             for (row, t) in new_tokens.iter_mut().zip(&next) {
-                row.push(*t);
+                // A finished sequence's list ends with its end token.
+                if row.last().is_none_or(|l| !opts.eos.contains(l)) {
+                    row.push(*t);
+                }
             }
             let col = Tensor::from_slice(&next).view([b as i64, 1]);
             tokens = Tensor::cat(&[&tokens, &col], 1);

@@ -27,9 +27,12 @@ pub enum Sampling {
 pub struct GenerateOptions {
     pub max_new_tokens: usize,
     pub sampling: Sampling,
-    /// Stop when every sequence has produced this token (later positions of
-    /// finished sequences repeat it).
-    pub eos: Option<i64>,
+    /// End-of-sequence tokens: a sequence that produces one is finished
+    /// (its later positions in `tokens` repeat it; `new_tokens` ends with
+    /// it), and generation stops when every sequence is. Empty: never stop
+    /// early. The CLI takes the model's from `generation_config.json` /
+    /// `config.json` ([`crate::models::eos_tokens`]), as transformers does.
+    pub eos: Vec<i64>,
 }
 
 impl Default for GenerateOptions {
@@ -37,7 +40,7 @@ impl Default for GenerateOptions {
         GenerateOptions {
             max_new_tokens: 16,
             sampling: Sampling::Greedy,
-            eos: None,
+            eos: Vec::new(),
         }
     }
 }
@@ -60,7 +63,7 @@ pub struct GenerateOutput {
 pub(crate) struct Chooser {
     sampling: Sampling,
     rng: StdRng,
-    eos: Option<i64>,
+    eos: Vec<i64>,
     done: Vec<bool>,
 }
 
@@ -86,7 +89,7 @@ impl Chooser {
         Ok(Chooser {
             sampling: o.sampling.clone(),
             rng: StdRng::seed_from_u64(seed),
-            eos: o.eos,
+            eos: o.eos.clone(),
             done: vec![false; batch],
         })
     }
@@ -102,7 +105,7 @@ impl Chooser {
         for i in 0..b {
             let row = last.get(i);
             let tok = if self.done[i as usize] {
-                self.eos.unwrap_or(0)
+                self.eos.first().copied().unwrap_or(0)
             } else {
                 match &self.sampling {
                     Sampling::Greedy => row.argmax(0, false).int64_value(&[]),
@@ -129,7 +132,7 @@ impl Chooser {
                     }
                 }
             };
-            if Some(tok) == self.eos {
+            if self.eos.contains(&tok) {
                 self.done[i as usize] = true;
             }
             out.push(tok);
@@ -138,7 +141,7 @@ impl Chooser {
     }
 
     pub fn all_done(&self) -> bool {
-        self.eos.is_some() && self.done.iter().all(|d| *d)
+        !self.eos.is_empty() && self.done.iter().all(|d| *d)
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod error;
+mod generation_config;
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod hook_site;
@@ -25,6 +26,7 @@ use tch::{Device, Kind, Tensor};
 
 pub use cache::KvCache;
 pub use error::ModelError;
+pub use generation_config::eos_tokens;
 pub use hook_site::{HookSite, NoHooks};
 pub use points::{PatternError, PointInfo, PointPattern, TpSplit};
 pub use shard::{Shard, SingleRank, TpComm};
