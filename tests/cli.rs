@@ -239,19 +239,49 @@ fn errors_exit_non_zero_with_one_line() {
 }
 
 #[test]
-fn demo_prints_norms_and_the_effect_of_an_ablation() {
-    let dir = models().join("demo-gpt2");
+fn demo_on_smollm2_finds_paris_in_the_logit_lens_and_steers_to_rome() {
+    let dir = models().join("../smollm2-135m-instruct");
+    let plot = std::env::temp_dir().join(format!("fm-lens-{}.svg", std::process::id()));
     let out = ok(&flexmodel(&[
         "demo",
         "--model",
         dir.to_str().unwrap(),
         "--plugins",
         artifacts_dir().to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
     ]));
     assert!(
-        out.contains("|resid|") && out.contains("top next tokens, ablated") && out.contains("KL("),
+        out.contains("\" Paris\" is the top prediction from layer"),
         "{out}"
     );
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(line("clean").contains("city of Paris"), "{out}");
+    assert!(line("steered").contains("city of Rome"), "{out}");
+    assert!(!line("ablated").contains("city of Paris"), "{out}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("logit lens"),
+        "an SVG chart"
+    );
+    std::fs::remove_file(&plot).ok();
+    // A wrong --plot extension is a one-line error.
+    let o = flexmodel(&[
+        "demo",
+        "--model",
+        dir.to_str().unwrap(),
+        "--plugins",
+        artifacts_dir().to_str().unwrap(),
+        "--plot",
+        "/tmp/lens.png",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("SVG"));
 }
 
 fn saved(path: &std::path::Path) -> std::collections::BTreeMap<String, tch::Tensor> {

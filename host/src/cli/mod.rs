@@ -4,6 +4,8 @@
 pub mod demo;
 pub mod generate;
 pub mod inspect;
+pub mod lens;
+pub mod plot;
 pub mod prompts;
 pub mod run;
 pub mod show;
@@ -40,7 +42,7 @@ pub struct MeshArgs {
     /// Pipeline stages (contiguous runs of layers).
     #[arg(long, default_value_t = 1)]
     pub pp: usize,
-    /// Data-parallel replicas (prompts are batched dp at a time).
+    /// Data-parallel replicas (each batch of prompts split over them).
     #[arg(long, default_value_t = 1)]
     pub dp: usize,
     /// Seconds a rank waits for a peer before failing the run.

@@ -289,7 +289,7 @@ pub struct Gpt2 {
     vocab_offset: i64,
     wpe: Option<Tensor>,
     blocks: Vec<Block>,
-    head: Option<Head>,
+    pub(crate) head: Option<Head>,
     kind: Kind,
     device: Device,
 }

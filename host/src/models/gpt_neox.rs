@@ -328,7 +328,7 @@ pub struct GptNeoX {
     embed: Option<Tensor>,
     vocab_offset: i64,
     layers: Vec<Block>,
-    head: Option<Head>,
+    pub(crate) head: Option<Head>,
     inv_freq: Tensor,
     kind: Kind,
     device: Device,

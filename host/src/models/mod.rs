@@ -143,6 +143,28 @@ impl Model {
         self.forward_stage(input_ids, None, hooks, &SingleRank, None, None)
     }
 
+    /// The final norm and LM head on `x` (`[..., d_model]`): the logits a
+    /// residual stream would give if the model ended there (the logit lens).
+    /// No hooks fire. Only a stage with the LM head (a whole model) has it.
+    pub fn unembed(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let head = match self {
+            Model::Gpt2(m) => m.head.as_ref(),
+            Model::Llama(m) => m.head.as_ref(),
+            Model::GptNeoX(m) => m.head.as_ref(),
+        }
+        .ok_or_else(|| ModelError::Input("this stage has no LM head".into()))?;
+        let _guard = tch::no_grad_guard();
+        let points = stage::HeadPoints {
+            norm: norm::NormPoints {
+                scale: "",
+                normalized: "",
+            },
+            normed: "",
+            logits: "",
+        };
+        head.forward(&x.to_kind(self.kind()), &mut NoHooks, &SingleRank, &points)
+    }
+
     /// The vocabulary size (the logits' last dimension).
     pub fn vocab_size(&self) -> i64 {
         match self {
