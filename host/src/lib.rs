@@ -15,6 +15,7 @@
 pub mod api;
 pub mod distributed;
 pub mod engine;
+pub mod harvest;
 pub mod hooks;
 pub mod models;
 

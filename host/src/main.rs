@@ -35,9 +35,12 @@ enum Cmd {
     /// Generate text (greedy, or sampled with --temperature), hooks firing at
     /// every step; tokens are printed as they come.
     Generate(cli::generate::GenerateArgs),
-    /// The built-in example: residual-stream norms per layer and how ablating
-    /// attention heads changes the next-token predictions.
+    /// The built-in example on SmolLM2: a logit lens over the layers, and how
+    /// a steering vector and an ablation change the continuation.
     Demo(cli::demo::DemoArgs),
+    /// Activations of a dataset to disk (safetensors shards of real tokens,
+    /// a manifest; resumable), for SAE training and probing.
+    Harvest(cli::harvest::HarvestArgs),
 }
 
 fn main() {
@@ -51,6 +54,7 @@ fn main() {
         Cmd::Run(a) => cli::run::run(a),
         Cmd::Generate(a) => cli::generate::generate(a),
         Cmd::Demo(a) => cli::demo::demo(a),
+        Cmd::Harvest(a) => cli::harvest::harvest(a),
     };
     if let Err(e) = r {
         let msg = format!("{e:#}").replace('\n', " ");

@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod generate;
+pub mod harvest;
 pub mod inspect;
 pub mod lens;
 pub mod plot;
