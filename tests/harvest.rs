@@ -127,7 +127,7 @@ fn check_against_alone(u: &BTreeMap<String, Tensor>, context: i64) {
             "doc {doc} chunk {chunk}: contiguous"
         );
         let mut c = Capture::default();
-        model
+        let _logits = model
             .forward_stage(
                 &Tensor::from_slice(&row_ids).view([1, -1]),
                 None,

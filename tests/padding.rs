@@ -311,7 +311,7 @@ fn retrieve_drops_padding_unless_asked_and_hooks_see_the_real_tokens() {
     let retrieve = rt.load(&flexmodel_tests::wasm("retrieve")).unwrap();
     let prompts = vec![vec![5i64, 9, 2, 11, 7], vec![3, 8], vec![4, 4, 1]];
     let point = "transformer.h.0";
-    let mut one = FlexModel::load(&model_dir(name), Kind::Float, Device::Cpu).unwrap();
+    let one = FlexModel::load(&model_dir(name), Kind::Float, Device::Cpu).unwrap();
     let mut alone = Vec::new();
     for p in &prompts {
         let mut c = Capture::default();

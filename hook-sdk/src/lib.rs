@@ -46,7 +46,7 @@ pub mod __private {
 
 use __private::flexmodel::hook::generation as wit_gen;
 use __private::flexmodel::hook::pass as wit_pass;
-use __private::flexmodel::hook::{log as wlog, output as wout, random as wrand, state as wstate};
+use __private::flexmodel::hook::{log as wlog, random as wrand, state as wstate};
 use __private::wit;
 
 mod activation;
