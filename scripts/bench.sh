@@ -4,6 +4,7 @@
 #   model-bench (model host: P1-P3 against transformers / PyTorch hooks / nnsight)
 #   dist-bench  (distributed engine: P6, P7, collectives vs memcpy; MPI via mpirun)
 #   gen-bench   (generation: tokens/s with and without a steering hook, vs transformers generate)
+#   data-bench  (padded batches and harvesting on SmolLM2: P8, P9)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -21,3 +22,6 @@ cargo build --release -p flexmodel-bench -p flexmodel-compile --features "flexmo
   --out BENCHMARKS.md
 "$CARGO_TARGET_DIR/release/gen-bench" --python "$FLEXMODEL_VENV/bin/python" --artifacts artifacts/wasm \
   --model-dir artifacts/bench/gpt2-small --out BENCHMARKS.md
+# Real text at scale (issue 11): P8 padded batches, P9 harvesting, on SmolLM2 (made by setup.sh).
+"$CARGO_TARGET_DIR/release/data-bench" --python "$FLEXMODEL_VENV/bin/python" \
+  --model-dir artifacts/smollm2-135m-instruct --out BENCHMARKS.md

