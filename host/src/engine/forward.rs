@@ -54,7 +54,7 @@ enum StageError {
 #[derive(Default)]
 struct Local {
     batch: i64,
-    /// Real tokens of this replica's rows in a padded batch (0 otherwise).
+    /// Real tokens of this replica's rows (all of them when unpadded).
     tokens: i64,
     outputs: BTreeMap<String, Tensor>,
     producers: BTreeMap<String, String>,
@@ -177,6 +177,7 @@ impl Engine {
         // Spans for this replica's rows whenever the batch's tokens of this
         // pass are padded anywhere (every replica then emits alike).
         let s = ids.size()[1];
+        local.tokens = rows * s;
         if pass.valid.and_then(|v| real_spans(v, s)).is_some() {
             let mine = local_valid.as_ref().map(|v| spans(v, s));
             local.tokens = mine

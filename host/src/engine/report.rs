@@ -59,7 +59,7 @@ struct Header {
     tp: usize,
     /// Rows of the batch this rank's replica ran.
     batch: i64,
-    /// Real tokens in those rows when the batch is padded (0 otherwise).
+    /// Real tokens in those rows (all of their positions when unpadded).
     #[serde(default)]
     tokens: i64,
     outputs: Vec<String>,
@@ -73,8 +73,8 @@ struct Header {
 pub(crate) struct RankReport {
     pub coords: crate::distributed::Coords,
     pub batch: i64,
-    /// Real tokens in this replica's rows of a padded batch (0 otherwise):
-    /// outputs of only real tokens (`[tokens, ...]`) concatenate too.
+    /// Real tokens in this replica's rows (all positions when unpadded):
+    /// outputs of tokens (`[tokens, ...]`) concatenate too.
     pub tokens: i64,
     pub outputs: BTreeMap<String, Tensor>,
     pub producers: BTreeMap<String, String>,

@@ -113,3 +113,18 @@ pub fn rows(docs: &[Vec<i64>], context: usize) -> Vec<Row> {
     }
     out
 }
+
+/// Batches this many apart at most are reordered (see [`bucketed`]).
+const WINDOW_BATCHES: usize = 16;
+
+/// `rows` reordered to cut padding: within each window of
+/// `WINDOW_BATCHES` batches, longest first, so that a batch holds rows of
+/// similar lengths (a deterministic order: a rerun resumes in it). Each
+/// token keeps its `doc_index` and `position`, so the shards' order does
+/// not matter to their readers.
+pub fn bucketed(mut rows: Vec<Row>, batch_size: usize) -> Vec<Row> {
+    for w in rows.chunks_mut(batch_size.max(1) * WINDOW_BATCHES) {
+        w.sort_by_key(|r| std::cmp::Reverse(r.ids.len()));
+    }
+    rows
+}

@@ -1,6 +1,7 @@
 //! Harvesting activations to disk (for SAE training and probing): a dataset
-//! tokenised, cut to a context, run in padded batches with a host hook at
-//! each requested point, and only real tokens written, in a flat layout:
+//! tokenised, cut to a context, run in padded batches (rows of similar
+//! lengths together, to cut padding) with a host hook at each requested
+//! point, and only real tokens written, in a flat layout:
 //! shards `shard-00000.safetensors`, ... each holding per point a
 //! `[tokens, width]` tensor under the point's name and `token_ids`,
 //! `doc_index`, `position` (`[tokens]`, i64: the token, its document, its
@@ -160,7 +161,7 @@ pub fn run(
     }
     let (names, widths) = select(fm, &spec.points)?;
     let docs = data::read(&spec.data, fm.tokenizer(), fm.vocab_size())?;
-    let rows = data::rows(&docs, spec.context);
+    let rows = data::bucketed(data::rows(&docs, spec.context), spec.batch_size);
     let total: usize = rows.iter().map(|r| r.ids.len()).sum();
     let identity = Identity {
         format: FORMAT.into(),
