@@ -225,7 +225,7 @@ impl Seen<'_> {
             };
             let mut x = t.narrow(0, offset, len).unsqueeze(0);
             if let Some((&tok, rest)) = d.seq.split_first() {
-                x = x.movedim(&[1], &[tok as i64]);
+                x = x.movedim([1], [tok as i64]);
                 let (start, len) = self.span(j);
                 for &k in rest {
                     x = x.narrow(k as i64, start, len);

@@ -174,7 +174,9 @@ pub(crate) struct Merged {
 pub(crate) fn merge(reports: Vec<RankReport>, mesh: &Mesh, batched: &HashSet<String>) -> Merged {
     let mut gathered: BTreeMap<String, u64> = BTreeMap::new();
     let mut logs = Vec::new();
-    let mut per_key: BTreeMap<String, Vec<(usize, (i64, i64), Tensor)>> = BTreeMap::new();
+    // Per output key: (replica, (its rows, its tokens), tensor).
+    type Part = (usize, (i64, i64), Tensor);
+    let mut per_key: BTreeMap<String, Vec<Part>> = BTreeMap::new();
     let mut logits: Vec<(usize, Tensor)> = Vec::new();
     let mut producers_in: BTreeMap<String, String> = BTreeMap::new();
     for r in reports {

@@ -62,7 +62,7 @@ fn real_tokens(
         }
         // Rows (a batch of one, or none if the slice left it out) and their
         // tokens together, first: [rows * tokens, ...].
-        let v = v.f_movedim(&[dim as i64], &[1]).map_err(failed)?;
+        let v = v.f_movedim([dim as i64], [1]).map_err(failed)?;
         let mut dims = v.size();
         let n = dims[0] * dims[1];
         dims.splice(0..2, [n]);
