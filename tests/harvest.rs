@@ -304,3 +304,47 @@ fn bad_input_is_one_line_and_changes_nothing_written() {
     assert_ne!(before, corrupted);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Under `mpirun` (two data-parallel replicas, one process each): the same
+/// shards as one rank, one manifest; rerun after a kill, every rank resumes
+/// at the same row.
+#[test]
+fn mpirun_dp2_harvests_the_same_and_resumes() {
+    let dir = tmp("mpi");
+    let d = data(&dir, 200, 4);
+    let one = dir.join("one");
+    ok(&harvest(&d, &one, &[]).output().unwrap());
+    let want = union(&one);
+    let out = dir.join("mpi");
+    let mpi = |out: &Path| {
+        let h = harvest(&d, out, &["--dp", "2"]);
+        let mut c = Command::new("mpirun");
+        c.args(["--oversubscribe", "--bind-to", "none", "-np", "2"])
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("OMPI_MCA_plm", "isolated")
+            .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+            .arg(h.get_program())
+            .args(h.get_args());
+        c
+    };
+    // A first run cut short: keep the first shards only, as a kill would.
+    ok(&mpi(&out).output().unwrap());
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let shards = m["shards"].as_array().unwrap().len();
+    assert!(shards > 4, "{shards} shards");
+    m["shards"] = serde_json::Value::Array(m["shards"].as_array().unwrap()[..3].to_vec());
+    m["complete"] = false.into();
+    std::fs::write(out.join("manifest.json"), m.to_string()).unwrap();
+    let s = ok(&mpi(&out).output().unwrap());
+    assert_eq!(s.matches("harvested").count(), 1, "rank 0 reports: {s}");
+    let got = union(&out);
+    for k in ["token_ids", "doc_index", "position"] {
+        assert!(got[k].equal(&want[k]), "{k}");
+    }
+    for k in ["transformer.h.0", "transformer.h.1.attn.hook_z"] {
+        assert!(max_abs(&got[k], &want[k]) <= 1e-4, "{k}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

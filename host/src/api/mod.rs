@@ -25,7 +25,7 @@ mod threads;
 pub use crate::engine::{
     BackwardOutput, Batch, FlexError, ForwardOutput, GenerateOptions, GenerateOutput, Groups,
     HookHandle, HookListing, HookSet, Input, Launch, LogLine, Loss, Options, Padding, RankBackward,
-    Registration, Sampling, StoppedOutput,
+    Registration, Sampling, StoppedOutput, batch_bounds,
 };
 pub use facade::FlexModel;
 pub use native::FnHook;

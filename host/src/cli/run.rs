@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow, bail};
-use flexmodel::api::{Batch, FlexError, FlexModel, Groups, LogLine, Padding};
+use anyhow::{Context, Result, anyhow};
+use flexmodel::api::{Batch, FlexError, FlexModel, Groups, LogLine, Padding, batch_bounds};
 use tch::{Device, Tensor};
 
 use super::prompts::{Prompt, collect, token_ids};
@@ -95,24 +95,6 @@ impl RunArgs {
         let texts: Vec<String> = self.prompt.iter().cloned().collect();
         collect(&texts, self.prompts.as_deref(), self.token_ids.as_ref())
     }
-}
-
-/// Batches of at least `dp` prompts (one per data-parallel replica) and at
-/// most `size` (or `size + dp - 1`: a short last batch joins the one
-/// before): `(first, len)` each.
-fn batches(n: usize, size: usize, dp: usize) -> Result<Vec<(usize, usize)>> {
-    if n < dp {
-        bail!("--dp {dp} needs at least {dp} prompts (got {n})");
-    }
-    let size = size.max(dp).max(1);
-    let mut v: Vec<(usize, usize)> = (0..n).step_by(size).map(|f| (f, size.min(n - f))).collect();
-    if let [.., prev, last] = v.as_mut_slice()
-        && last.1 < dp
-    {
-        prev.1 += last.1;
-        v.pop();
-    }
-    Ok(v)
 }
 
 /// The progress bar over many prompts (at global rank 0), and how to print
@@ -300,7 +282,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let many = prompts.len() > 1;
     let progress = Progress::new(prompts.len(), root);
     let mut saved = Saved::default();
-    for (first, n) in batches(prompts.len(), a.batch_size, a.mesh.dp.max(1))? {
+    for (first, n) in batch_bounds(prompts.len(), a.batch_size, a.mesh.dp.max(1))? {
         let mut rows = Vec::with_capacity(n);
         for (j, p) in prompts[first..first + n].iter().enumerate() {
             let ids = token_ids(p, fm.tokenizer(), vocab)

@@ -178,3 +178,23 @@ impl Input for Batch {
         Batch::new(&self.ids, self.attention_mask.as_ref())
     }
 }
+
+/// Batches of `n` prompts: `size` each, at least `dp` (one per
+/// data-parallel replica; a short last batch joins the one before):
+/// `(first, len)` each.
+pub fn batch_bounds(n: usize, size: usize, dp: usize) -> Result<Vec<(usize, usize)>, FlexError> {
+    if n < dp {
+        return Err(FlexError::Input(format!(
+            "{dp} data-parallel replicas need at least {dp} prompts (got {n})"
+        )));
+    }
+    let size = size.max(dp).max(1);
+    let mut v: Vec<(usize, usize)> = (0..n).step_by(size).map(|f| (f, size.min(n - f))).collect();
+    if let [.., prev, last] = v.as_mut_slice()
+        && last.1 < dp
+    {
+        prev.1 += last.1;
+        v.pop();
+    }
+    Ok(v)
+}

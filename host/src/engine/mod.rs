@@ -47,7 +47,7 @@ use crate::hooks::{ForwardLimits, RankInfo};
 use crate::models::{Model, ModelError, PointInfo, TpComm, TpSplit};
 
 pub use backward::{BackwardOutput, RankBackward};
-pub use batch::{Batch, Input, Padding};
+pub use batch::{Batch, Input, Padding, batch_bounds};
 pub use error::FlexError;
 pub(crate) use error::{failure, model_error};
 pub use loss::Loss;

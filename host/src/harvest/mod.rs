@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::api::{Batch, FlexError, FlexModel, FnHook, Groups, Padding};
+use crate::api::{Batch, FlexError, FlexModel, FnHook, Groups, Padding, batch_bounds};
 use crate::models::PointPattern;
 pub use manifest::Manifest;
 use manifest::{FORMAT, Identity};
@@ -148,7 +148,8 @@ fn open(out: &Path, fresh: Manifest) -> Result<Manifest, HarvestError> {
 
 /// Run the harvest; `progress(done, total)` after each batch (tokens). On
 /// ranks other than global rank 0 of a launched job, the forwards run and
-/// nothing is written.
+/// nothing is written (they read the manifest to resume where rank 0 does:
+/// `out` must be on a filesystem every rank sees).
 pub fn run(
     fm: &mut FlexModel,
     spec: &Spec,
@@ -182,7 +183,9 @@ pub fn run(
         shards: Vec::new(),
         complete: false,
     };
-    let manifest = if root { open(&spec.out, fresh)? } else { fresh };
+    // Every rank reads where the harvest stands (`--out` on a filesystem
+    // every rank sees), so that all resume at the same row; rank 0 writes.
+    let manifest = open(&spec.out, fresh)?;
     let done = manifest.tokens_done();
     if manifest.complete || done >= total {
         return Ok(manifest);
@@ -192,16 +195,19 @@ pub fn run(
         clear_strays(&spec.out, &manifest)?;
         manifest.write(&spec.out)?;
     }
-    // Where to continue: the row holding token `done`, and how many of its
-    // tokens are written already.
-    let (mut first, mut skip, mut seen) = (0, 0, 0);
-    for (i, r) in rows.iter().enumerate() {
-        if seen + r.ids.len() > done {
-            first = i;
+    // Batches of at least one row per replica, fixed from the start so that
+    // a resumed run computes the same batches; where to continue: the batch
+    // holding token `done`, and how many of its tokens are written already.
+    let batches = batch_bounds(rows.len(), spec.batch_size, fm.options().mesh.dp.max(1))?;
+    let (mut from, mut skip, mut seen) = (batches.len(), 0, 0);
+    for (k, &(start, n)) in batches.iter().enumerate() {
+        let tokens: usize = rows[start..start + n].iter().map(|r| r.ids.len()).sum();
+        if seen + tokens > done {
+            from = k;
             skip = done - seen;
             break;
         }
-        seen += r.ids.len();
+        seen += tokens;
     }
     let hook = Arc::new(capture());
     let mut handles = Vec::new();
@@ -212,7 +218,7 @@ pub fn run(
         fm,
         spec,
         &names,
-        &rows[first..],
+        (&rows, &batches[from..]),
         skip,
         manifest,
         done,
@@ -224,14 +230,15 @@ pub fn run(
     result
 }
 
-/// The forwards from the row to continue at (its first `skip` tokens
-/// written already) to the end, shards written at global rank 0.
+/// The forwards of `batches` (`(first row, rows)` of `rows`; the first
+/// batch's first `skip` tokens written already), shards written at global
+/// rank 0.
 #[allow(clippy::too_many_arguments)]
 fn harvest_rows(
     fm: &mut FlexModel,
     spec: &Spec,
     names: &[String],
-    rows: &[data::Row],
+    (rows, batches): (&[data::Row], &[(usize, usize)]),
     mut skip: usize,
     manifest: Manifest,
     done: usize,
@@ -243,7 +250,8 @@ fn harvest_rows(
     let stop = names.last().cloned().unwrap_or_default();
     let mut shards = root.then(|| Shards::new(spec.out.clone(), manifest.clone(), names.to_vec()));
     let mut written = done;
-    for batch_rows in rows.chunks(spec.batch_size) {
+    for &(start, n) in batches {
+        let batch_rows = &rows[start..start + n];
         let ids: Vec<Vec<i64>> = batch_rows.iter().map(|r| r.ids.clone()).collect();
         let batch = Batch::pad(&ids, spec.padding, 0)?;
         let out = match fm.forward_until(&batch, &Groups::only(["harvest"]), &stop) {
