@@ -239,7 +239,30 @@ fn a_padded_backward_ignores_the_padding() {
         plus: 4,
         minus: 6,
     };
+    // Backward hooks learn the real tokens too.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let s2 = seen.clone();
+    let h = m
+        .register_backward(
+            std::sync::Arc::new(flexmodel::api::FnHook::read_only(
+                "spans",
+                move |ctx, _, _| {
+                    *s2.lock().unwrap() = ctx.tokens.clone();
+                    Ok(())
+                },
+            )),
+            "blocks.0.hook_resid_post",
+            &[],
+        )
+        .unwrap();
     let both = m.backward(&batch, &Groups::All, &loss).unwrap();
+    let t = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("tokens at a backward hook");
+    assert_eq!(t.real.as_deref(), Some(&[(0, 5), (0, 2)][..]));
+    assert!(m.remove(h));
     let mut sum = 0.0;
     let mut grads: Option<Tensor> = None;
     for p in &prompts {

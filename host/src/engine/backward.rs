@@ -79,6 +79,8 @@ struct Taped {
     stage_in: Option<Tensor>,
     cuts: Vec<Cut>,
     forward: HookResults,
+    /// This replica's real tokens per row, in a padded batch.
+    real: Option<std::sync::Arc<[(u32, u32)]>>,
 }
 
 #[derive(Default)]
@@ -214,6 +216,12 @@ impl Engine {
         let tape = Tape::default();
         let mut forward = Site::new(regs, groups, index, None, self.rank_info());
         forward.budget = RunBudget::new(self.limits);
+        // Hooks learn the real tokens of a padded batch, as in a forward.
+        let real = local
+            .valid
+            .and_then(|v| super::forward::real_spans(v, local.ids.size()[1]));
+        forward.token_dims = Some(&self.token_dims);
+        forward.real = real.clone();
         let mut site = GradSite {
             forward,
             backward_points: backward_points(regs, groups),
@@ -260,6 +268,7 @@ impl Engine {
         };
         let cuts = std::mem::take(&mut *tape.0.borrow_mut());
         Ok(Taped {
+            real,
             root,
             local_loss,
             logits,
@@ -288,6 +297,8 @@ impl Engine {
         accumulate(&[&taped.root], &inputs, &mut acc)?;
         let mut bsite = Site::with_direction(regs, groups, index, None, self.rank_info(), true);
         bsite.budget = RunBudget::new(self.limits);
+        bsite.token_dims = Some(&self.token_dims);
+        bsite.real = taped.real.clone();
         for j in (0..n).rev() {
             let cut = &cuts[j];
             let gj = acc[j]
