@@ -418,3 +418,49 @@ fn retrieve_drops_padding_unless_asked_and_hooks_see_the_real_tokens() {
         assert_eq!(t.real.as_deref(), Some(&want[..]), "{side:?}");
     }
 }
+
+/// Every hook point of a padded batch on TP2, TP2×PP2 and DP2 equals one
+/// rank at the real positions (the hooks see the logical activation).
+#[test]
+fn every_point_of_a_padded_batch_is_the_same_on_every_layout() {
+    use flexmodel::api::FnHook;
+    use std::sync::Arc;
+    let all = || {
+        Arc::new(FnHook::read_only("all", |_, t, out| {
+            out.push((String::new(), t.shallow_clone()));
+            Ok(())
+        }))
+    };
+    for name in ["gpt2-tiny", "llama-mesh"] {
+        let reference = Reference::open(name);
+        let batch = reference.batch("left");
+        let mask = batch.attention_mask.as_ref().unwrap();
+        let mut one = FlexModel::load(&model_dir(name), Kind::Float, Device::Cpu).unwrap();
+        let points: Vec<String> = one.points(1, 1).into_iter().map(|p| p.name).collect();
+        for p in &points {
+            one.register(all(), p, &[]).unwrap();
+        }
+        let want = one.forward(&batch, &Groups::All).unwrap().outputs;
+        assert_eq!(want.len(), points.len());
+        for (pp, dp, tp) in [(1, 1, 2), (2, 1, 2), (1, 2, 1)] {
+            let mut m = FlexModel::load_with(&model_dir(name), &opts(pp, dp, tp)).unwrap();
+            for p in &points {
+                m.register(all(), p, &[]).unwrap();
+            }
+            let got = m.forward(&batch, &Groups::All).unwrap().outputs;
+            for (point, w) in &want {
+                let g = &got[point];
+                if w.dim() < 2 || w.size()[0] != batch.ids.size()[0] {
+                    assert!(max_abs(g, w) <= TOL, "{name} {point} {:?}", (pp, dp, tp));
+                    continue;
+                }
+                for r in 0..mask.size()[0] {
+                    let sp = span(mask, r);
+                    let attn = is_attn(point);
+                    let d = max_abs(&real(g, r, sp, attn), &real(w, r, sp, attn));
+                    assert!(d <= TOL, "{name} {point} {:?} row {r}: {d}", (pp, dp, tp));
+                }
+            }
+        }
+    }
+}

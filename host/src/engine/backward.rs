@@ -512,6 +512,7 @@ impl Engine {
             coords: self.coords,
             batch: rows,
             tokens: 0,
+            padded: false,
             outputs,
             producers,
             logs,

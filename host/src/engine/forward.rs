@@ -56,6 +56,8 @@ struct Local {
     batch: i64,
     /// Real tokens of this replica's rows (all of them when unpadded).
     tokens: i64,
+    /// The batch is padded (anywhere).
+    padded: bool,
     outputs: BTreeMap<String, Tensor>,
     producers: BTreeMap<String, String>,
     logs: Vec<LogLine>,
@@ -180,6 +182,7 @@ impl Engine {
         local.tokens = rows * s;
         if pass.valid.and_then(|v| real_spans(v, s)).is_some() {
             let mine = local_valid.as_ref().map(|v| spans(v, s));
+            local.padded = true;
             local.tokens = mine
                 .as_ref()
                 .map_or(0, |m| m.iter().map(|r| i64::from(r.1)).sum());
@@ -328,6 +331,7 @@ impl Engine {
             coords: c,
             batch: local.batch,
             tokens: local.tokens,
+            padded: local.padded,
             outputs: local.outputs,
             producers: local.producers,
             logs: local.logs,

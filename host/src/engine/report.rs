@@ -62,6 +62,8 @@ struct Header {
     /// Real tokens in those rows (all of their positions when unpadded).
     #[serde(default)]
     tokens: i64,
+    #[serde(default)]
+    padded: bool,
     outputs: Vec<String>,
     producers: BTreeMap<String, String>,
     logs: Vec<(String, String, LogLevel, String)>,
@@ -76,6 +78,8 @@ pub(crate) struct RankReport {
     /// Real tokens in this replica's rows (all positions when unpadded):
     /// outputs of tokens (`[tokens, ...]`) concatenate too.
     pub tokens: i64,
+    /// The pass's batch was padded.
+    pub padded: bool,
     pub outputs: BTreeMap<String, Tensor>,
     pub producers: BTreeMap<String, String>,
     pub logs: Vec<(String, String, LogLevel, String)>,
@@ -108,6 +112,7 @@ impl RankReport {
             tp: self.coords.tp,
             batch: self.batch,
             tokens: self.tokens,
+            padded: self.padded,
             outputs: self.outputs.keys().cloned().collect(),
             producers: self.producers.clone(),
             logs: self.logs.clone(),
@@ -146,6 +151,7 @@ impl RankReport {
             },
             batch: header.batch,
             tokens: header.tokens,
+            padded: header.padded,
             outputs,
             producers: header.producers,
             logs: header.logs,
@@ -177,6 +183,9 @@ pub(crate) fn merge(reports: Vec<RankReport>, mesh: &Mesh, batched: &HashSet<Str
     // Per output key: (replica, (its rows, its tokens), tensor).
     type Part = (usize, (i64, i64), Tensor);
     let mut per_key: BTreeMap<String, Vec<Part>> = BTreeMap::new();
+    // In a padded batch even positional points are per row (positions
+    // come from each row's mask).
+    let mut padded = false;
     let mut logits: Vec<(usize, Tensor)> = Vec::new();
     let mut producers_in: BTreeMap<String, String> = BTreeMap::new();
     for r in reports {
@@ -190,6 +199,7 @@ pub(crate) fn merge(reports: Vec<RankReport>, mesh: &Mesh, batched: &HashSet<Str
         for (k, p) in r.producers {
             producers_in.entry(k).or_insert(p);
         }
+        padded |= r.padded;
         for (k, t) in r.outputs {
             per_key
                 .entry(k)
@@ -213,7 +223,7 @@ pub(crate) fn merge(reports: Vec<RankReport>, mesh: &Mesh, batched: &HashSet<Str
             continue;
         }
         let point = key.split(':').next().unwrap_or(&key);
-        let by_batch = batched.contains(point)
+        let by_batch = (batched.contains(point) || padded)
             && parts
                 .iter()
                 .all(|(_, (b, n), t)| t.dim() > 0 && (t.size()[0] == *b || t.size()[0] == *n))
