@@ -339,15 +339,16 @@ fn retrieve_drops_padding_unless_asked_and_hooks_see_the_real_tokens() {
     for p in &prompts {
         let mut c = Capture::default();
         let m = one.model().unwrap();
-        m.forward_stage(
-            &Tensor::from_slice(p).view([1, -1]),
-            None,
-            &mut c,
-            &SingleRank,
-            None,
-            None,
-        )
-        .unwrap();
+        let _logits = m
+            .forward_stage(
+                &Tensor::from_slice(p).view([1, -1]),
+                None,
+                &mut c,
+                &SingleRank,
+                None,
+                None,
+            )
+            .unwrap();
         alone.push(c.0[point].get(0));
     }
     let all_tokens = Tensor::cat(&alone, 0);
