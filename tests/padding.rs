@@ -465,3 +465,47 @@ fn every_point_of_a_padded_batch_is_the_same_on_every_layout() {
         }
     }
 }
+
+/// Masks and emits a caller controls: padding between real tokens and an
+/// empty row are refused with one line; `emit-real` past the per-call
+/// output cap is refused (charged before anything is copied).
+#[test]
+fn bad_masks_are_refused_and_emit_real_is_capped() {
+    let ids = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6]).view([2, 3]);
+    let holes = Tensor::from_slice(&[1i64, 0, 1, 1, 1, 1]).view([2, 3]);
+    let e = Batch::new(&ids, Some(&holes)).unwrap_err().to_string();
+    assert!(
+        e.contains("row 0") && e.contains("between real tokens"),
+        "{e}"
+    );
+    let empty = Tensor::from_slice(&[1i64, 1, 1, 0, 0, 0]).view([2, 3]);
+    let e = Batch::new(&ids, Some(&empty)).unwrap_err().to_string();
+    assert!(e.contains("row 1") && e.contains("no real token"), "{e}");
+    let wrong = Tensor::from_slice(&[1i64, 1]).view([1, 2]);
+    assert!(Batch::new(&ids, Some(&wrong)).is_err());
+
+    let rt = flexmodel_tests::runtime_with(|c| c.call_limits.max_output_bytes_per_call = 8192);
+    let retrieve = rt.load(&flexmodel_tests::wasm("retrieve")).unwrap();
+    let mut m = FlexModel::load(&model_dir("gpt2-tiny"), Kind::Float, Device::Cpu).unwrap();
+    m.register_wasm(&retrieve, "blocks.0.hook_resid_post", "{}", &[])
+        .unwrap();
+    // 50 real tokens x 64 f32 = 12800 bytes, over the cap.
+    let batch = Batch::pad(&[vec![5; 30], vec![3; 20]], Padding::Right, 0).unwrap();
+    match m.forward(&batch, &Groups::All) {
+        Err(flexmodel::api::FlexError::Hook { error, .. }) => {
+            assert!(error.to_string().contains("cap"), "{error}")
+        }
+        other => panic!("expected the per-call cap: {other:?}"),
+    }
+    // The last real token of each row fits.
+    let mut m = FlexModel::load(&model_dir("gpt2-tiny"), Kind::Float, Device::Cpu).unwrap();
+    m.register_wasm(
+        &retrieve,
+        "blocks.0.hook_resid_post",
+        r#"{"slice": [null, -1]}"#,
+        &[],
+    )
+    .unwrap();
+    let out = m.forward(&batch, &Groups::All).unwrap();
+    assert_eq!(out.outputs["transformer.h.0"].size(), [2, 64]);
+}

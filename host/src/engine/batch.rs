@@ -97,15 +97,27 @@ impl Batch {
                 attention_mask: None,
             });
         }
-        if m.size()[1] > 0
-            && m.sum_dim_intlist(1, false, Kind::Int64)
-                .min()
-                .int64_value(&[])
-                == 0
-        {
-            return Err(FlexError::Input(
-                "a row of the attention_mask has no real token".into(),
-            ));
+        let rows: Vec<Vec<i64>> = Vec::try_from(&m.to_device(tch::Device::Cpu))
+            .map_err(|e: tch::TchError| FlexError::Input(e.to_string()))?;
+        for (r, row) in rows.iter().enumerate() {
+            // One run of real tokens per row: padding left or right only.
+            let before = std::iter::once(&0).chain(row.iter());
+            let runs = row
+                .iter()
+                .zip(before)
+                .filter(|(v, p)| **v == 1 && **p == 0)
+                .count();
+            if runs == 0 {
+                return Err(FlexError::Input(format!(
+                    "row {r} of the attention_mask has no real token"
+                )));
+            }
+            if runs > 1 {
+                return Err(FlexError::Input(format!(
+                    "row {r} of the attention_mask has padding between real tokens: \
+                     pad on the left or the right only"
+                )));
+            }
         }
         Ok(Batch {
             ids,

@@ -53,7 +53,9 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn tokens_done(&self) -> usize {
-        self.shards.iter().map(|s| s.tokens).sum()
+        self.shards
+            .iter()
+            .fold(0, |a, s| a.saturating_add(s.tokens))
     }
 
     /// Read the manifest of `dir`, if there is one.
@@ -78,17 +80,40 @@ impl Manifest {
         std::fs::rename(&tmp, &p).map_err(|e| HarvestError::io(&p, e))
     }
 
-    /// Check every listed shard against its SHA-256.
+    /// Check every listed shard: named `shard-NNNNN.safetensors` in order,
+    /// its SHA-256, and the token count it holds (no more than the data has).
     pub fn verify(&self, dir: &Path) -> Result<(), HarvestError> {
-        for s in &self.shards {
+        let corrupt = |p: &Path, why: &str| {
+            HarvestError::Corrupt(format!(
+                "{}: {why} (the harvest is corrupt: remove the folder to start over)",
+                p.display()
+            ))
+        };
+        let mut total = 0usize;
+        for (i, s) in self.shards.iter().enumerate() {
             let p = dir.join(&s.file);
-            let got = sha256_file(&p)?;
-            if got != s.sha256 {
-                return Err(HarvestError::Corrupt(format!(
-                    "{} does not match its SHA-256 in the manifest (the shard is corrupt: remove the folder to start over)",
-                    p.display()
-                )));
+            if s.file != format!("shard-{i:05}.safetensors") {
+                let why = format!("shard {i} is listed as {:?}", s.file);
+                return Err(corrupt(&dir.join(FILE), &why));
             }
+            let bytes = std::fs::read(&p).map_err(|e| HarvestError::io(&p, e))?;
+            if hex::encode(Sha256::digest(&bytes)) != s.sha256 {
+                return Err(corrupt(&p, "does not match its SHA-256 in the manifest"));
+            }
+            let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+                .map_err(|e| corrupt(&p, &e.to_string()))?;
+            let held = meta.tensors().get("token_ids").map(|t| t.shape.clone());
+            if held != Some(vec![s.tokens]) {
+                let why = format!("holds token_ids {held:?}, listed as {} tokens", s.tokens);
+                return Err(corrupt(&p, &why));
+            }
+            total = total.saturating_add(s.tokens);
+        }
+        if total > self.total_tokens {
+            return Err(corrupt(
+                &dir.join(FILE),
+                "lists more tokens than the data holds",
+            ));
         }
         Ok(())
     }

@@ -17,12 +17,13 @@ mod shards;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
+use tch::Tensor;
 
-use crate::api::{Batch, FlexError, FlexModel, FnHook, Groups, Padding, batch_bounds};
+use crate::api::{Batch, FlexError, FlexModel, Groups, Padding, batch_bounds};
+use crate::hooks::{Access, CallContext, CallReport, EditMode, Emitted, Hook, HookError};
 use crate::models::PointPattern;
 pub use manifest::Manifest;
-use manifest::{FORMAT, Identity};
+use manifest::{FORMAT, Identity, sha256_file};
 use shards::{Shards, Tokens, real_rows};
 
 #[derive(Debug, thiserror::Error)]
@@ -106,11 +107,6 @@ fn dtype_name(k: tch::Kind) -> String {
     }
 }
 
-fn sha256(path: &Path) -> Result<String, HarvestError> {
-    let b = std::fs::read(path).map_err(|e| HarvestError::io(path, e))?;
-    Ok(hex::encode(Sha256::digest(&b)))
-}
-
 /// The manifest to continue in `out`: a new one, or the one there (same
 /// identity, shards verified). Nothing is written here.
 fn open(out: &Path, fresh: Manifest) -> Result<Manifest, HarvestError> {
@@ -166,10 +162,10 @@ pub fn run(
     let total: usize = rows.iter().map(|r| r.ids.len()).sum();
     let identity = Identity {
         format: FORMAT.into(),
-        model_config_sha256: sha256(&spec.model_dir.join("config.json"))?,
+        model_config_sha256: sha256_file(&spec.model_dir.join("config.json"))?,
         points: names.clone(),
         dtype: dtype_name(fm.options().kind),
-        data_sha256: sha256(&spec.data)?,
+        data_sha256: sha256_file(&spec.data)?,
         context: spec.context,
         shard_tokens: spec.shard_tokens,
     };
@@ -209,7 +205,7 @@ pub fn run(
         }
         seen += tokens;
     }
-    let hook = Arc::new(capture());
+    let hook: Arc<dyn Hook> = Arc::new(Capture);
     let mut handles = Vec::new();
     for n in &names {
         handles.push(fm.register(hook.clone(), n, &["harvest"])?);
@@ -315,9 +311,23 @@ fn split_front(t: Tokens, n: usize) -> Tokens {
 }
 
 /// The host hook: each row's real tokens of a `[batch, seq, ...]` point as
-/// `[tokens, width]`.
-fn capture() -> FnHook {
-    FnHook::read_only("harvest", |ctx, t, out| {
+/// `[tokens, width]`, emitted as gathered (one copy of the activation's
+/// real part, no further one).
+struct Capture;
+
+impl Hook for Capture {
+    fn name(&self) -> &str {
+        "harvest"
+    }
+
+    fn access(&self) -> Access {
+        Access {
+            mode: EditMode::ReadOnly,
+            reads: None,
+        }
+    }
+
+    fn call(&self, ctx: &CallContext, t: &mut Tensor) -> Result<CallReport, HookError> {
         let size = t.size();
         let spans: Vec<(i64, i64)> = match ctx.tokens.as_ref().and_then(|k| k.real.clone()) {
             Some(r) => r
@@ -326,9 +336,15 @@ fn capture() -> FnHook {
                 .collect(),
             None => vec![(0, size[1]); size[0] as usize],
         };
-        out.push((String::new(), real_rows(t, &spans)));
-        Ok(())
-    })
+        let rows = real_rows(&t.detach(), &spans).to_device(tch::Device::Cpu);
+        Ok(CallReport {
+            emitted: vec![Emitted {
+                key: ctx.hook_point.clone(),
+                tensor: rows,
+            }],
+            ..CallReport::default()
+        })
+    }
 }
 
 /// Shard files not in the manifest (a shard written when the run was

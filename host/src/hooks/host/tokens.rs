@@ -22,13 +22,14 @@ fn row_span(real: Option<&[(u32, u32)]>, r: usize, size: usize) -> (usize, usize
 }
 
 /// Each row's real part of `view` (`[batch, ...]`, tokens along `dim`)
-/// sliced by `s` as a batch of one, tokens first, stacked: `[tokens, ...]`.
-fn real_tokens(
+/// sliced by `s` as a batch of one, as views (nothing copied), each
+/// `[rows, tokens, ...]` (rows: 1, or 0 if the slice leaves the row out).
+fn row_views(
     view: &Tensor,
     dim: usize,
     real: Option<&[(u32, u32)]>,
     s: &[slice::DimRange],
-) -> Result<Tensor, HookError> {
+) -> Result<Vec<Tensor>, HookError> {
     let failed = |e: tch::TchError| HookError::Failed(e.to_string());
     let shape: Vec<usize> = view.size().iter().map(|&d| d as usize).collect();
     if dim == 0 || dim >= shape.len() {
@@ -60,15 +61,34 @@ fn real_tokens(
                 .f_slice(d as i64, start as i64, stop as i64, step as i64)
                 .map_err(failed)?;
         }
-        // Rows (a batch of one, or none if the slice left it out) and their
-        // tokens together, first: [rows * tokens, ...].
-        let v = v.f_movedim([dim as i64], [1]).map_err(failed)?;
-        let mut dims = v.size();
-        let n = dims[0] * dims[1];
-        dims.splice(0..2, [n]);
-        parts.push(v.f_reshape(&dims).map_err(failed)?);
+        parts.push(v.f_movedim([dim as i64], [1]).map_err(failed)?);
     }
-    Tensor::f_cat(&parts, 0).map_err(failed)
+    Ok(parts)
+}
+
+/// The rows' views stacked along their tokens, `[tokens, ...]`, copied once
+/// into fresh storage.
+fn stack(parts: &[Tensor], kind: tch::Kind) -> Result<Tensor, HookError> {
+    let failed = |e: tch::TchError| HookError::Failed(e.to_string());
+    let rest: Vec<i64> = parts
+        .first()
+        .map(|p| p.size()[2..].to_vec())
+        .unwrap_or_default();
+    let total: i64 = parts.iter().map(|p| p.size()[0] * p.size()[1]).sum();
+    let mut shape = vec![total];
+    shape.extend(&rest);
+    let out = Tensor::f_empty(&shape, (kind, tch::Device::Cpu)).map_err(failed)?;
+    let mut at = 0;
+    for p in parts {
+        let n = p.size()[0] * p.size()[1];
+        let mut dst = out
+            .f_narrow(0, at, n)
+            .and_then(|d| d.f_view(p.size().as_slice()))
+            .map_err(failed)?;
+        dst.f_copy_(p).map_err(failed)?;
+        at += n;
+    }
+    Ok(out)
 }
 
 impl Host for HostState {
@@ -109,15 +129,23 @@ impl Host for HostState {
             let b = self.table.get(&act)?;
             (b.cpu_view(), b.dtype())
         };
+        // The per-row work, whatever the call then emits.
+        self.charge(view.size().first().map_or(0, |&r| r.max(0) as u64 * 64));
         let r = (|| {
             super::output::check_name(&name)?;
-            let picked = real_tokens(
+            let parts = row_views(
                 &view,
                 tokens.dim,
                 tokens.real.as_deref(),
                 &from_wit_slice(&s),
             )?;
-            self.stage_copy(&name, &picked, dtype)?;
+            // Charged before anything is copied.
+            let numel: usize = parts.iter().map(|p| p.numel()).sum();
+            let bytes = (numel * dtype.size()) as u64;
+            self.reserve_output(&name, bytes)?;
+            self.charge(bytes);
+            let out = stack(&parts, dtype.kind())?;
+            self.stage(&name, out);
             Ok(())
         })();
         Ok(r)
