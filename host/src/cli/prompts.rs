@@ -1,64 +1,16 @@
 //! Prompts from the command line or a JSONL file, as token ids.
 
-use std::io::BufRead;
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use flexmodel::models::Tokenizer;
 
-pub enum Prompt {
-    Text(String),
-    Ids(Vec<i64>),
-}
+pub use flexmodel::harvest::Doc as Prompt;
 
+/// The prompts of a JSONL file (`flexmodel::harvest::read_docs`: a string,
+/// {"prompt": ...}, {"text": ...} or {"token_ids": [...]} per line).
 pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
-    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut v = Vec::new();
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let j: serde_json::Value = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-        v.push(match j {
-            serde_json::Value::String(s) => Prompt::Text(s),
-            serde_json::Value::Object(o) => {
-                if let Some(s) = o.get("prompt").and_then(|s| s.as_str()) {
-                    Prompt::Text(s.to_string())
-                } else if let Some(ids) = o.get("token_ids").and_then(|a| a.as_array()) {
-                    Prompt::Ids(
-                        ids.iter()
-                            .map(|x| {
-                                x.as_i64().ok_or_else(|| {
-                                    anyhow!(
-                                        "{}:{}: token ids must be integers",
-                                        path.display(),
-                                        i + 1
-                                    )
-                                })
-                            })
-                            .collect::<Result<_>>()?,
-                    )
-                } else {
-                    bail!(
-                        "{}:{}: expected {{\"prompt\": ...}} or {{\"token_ids\": [...]}}",
-                        path.display(),
-                        i + 1
-                    )
-                }
-            }
-            _ => bail!(
-                "{}:{}: expected a string or an object",
-                path.display(),
-                i + 1
-            ),
-        });
-    }
-    if v.is_empty() {
-        bail!("{} holds no prompts", path.display());
-    }
-    Ok(v)
+    Ok(flexmodel::harvest::read_docs(path)?)
 }
 
 pub fn token_ids(p: &Prompt, tok: Option<&Tokenizer>, vocab: i64) -> Result<Vec<i64>> {

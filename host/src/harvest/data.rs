@@ -16,13 +16,40 @@ pub struct Row {
     pub ids: Vec<i64>,
 }
 
-/// Documents of `path`: `.txt`, one per non-empty line; `.jsonl`, one per
-/// line: a string, `{"text": ...}`, `{"prompt": ...}` or `{"token_ids": [...]}`.
-pub fn read(
-    path: &Path,
-    tok: Option<&Tokenizer>,
-    vocab: i64,
-) -> Result<Vec<Vec<i64>>, HarvestError> {
+/// A document or prompt as a file gives it: text, or token ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Doc {
+    Text(String),
+    Ids(Vec<i64>),
+}
+
+/// One JSON line: a string, `{"text": ...}`, `{"prompt": ...}` or
+/// `{"token_ids": [...]}`; `at` names the line in errors.
+fn json_doc(line: &str, at: &str) -> Result<Doc, HarvestError> {
+    let bad = |m: &str| HarvestError::Input(format!("{at}: {m}"));
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| bad(&format!("not JSON: {e}")))?;
+    match &v {
+        serde_json::Value::String(s) => Ok(Doc::Text(s.clone())),
+        serde_json::Value::Object(o) => {
+            match (o.get("text").or(o.get("prompt")), o.get("token_ids")) {
+                (Some(serde_json::Value::String(s)), _) => Ok(Doc::Text(s.clone())),
+                (_, Some(serde_json::Value::Array(a))) => a
+                    .iter()
+                    .map(|x| x.as_i64().ok_or_else(|| bad("token ids must be integers")))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Doc::Ids),
+                _ => Err(bad("expected \"text\", \"prompt\" or \"token_ids\"")),
+            }
+        }
+        _ => Err(bad("expected a string or an object")),
+    }
+}
+
+/// The documents of `path`, in order: `.jsonl`, one JSON line each (see
+/// [`json_doc`]); any other file, one per non-empty line of text. An empty
+/// file is an error.
+pub fn read_docs(path: &Path) -> Result<Vec<Doc>, HarvestError> {
     let f = std::fs::File::open(path).map_err(|e| HarvestError::io(path, e))?;
     let jsonl = path.extension().is_some_and(|e| e == "jsonl");
     let mut docs = Vec::new();
@@ -31,64 +58,11 @@ pub fn read(
         if line.trim().is_empty() {
             continue;
         }
-        let at = || format!("{}:{}", path.display(), i + 1);
-        let text_or_ids = if jsonl {
-            let v: serde_json::Value = serde_json::from_str(&line)
-                .map_err(|e| HarvestError::Input(format!("{}: not JSON: {e}", at())))?;
-            match &v {
-                serde_json::Value::String(s) => Err(s.clone()),
-                serde_json::Value::Object(o) => {
-                    match (o.get("text").or(o.get("prompt")), o.get("token_ids")) {
-                        (Some(serde_json::Value::String(s)), _) => Err(s.clone()),
-                        (_, Some(serde_json::Value::Array(a))) => Ok(a
-                            .iter()
-                            .map(|x| {
-                                x.as_i64().ok_or_else(|| {
-                                    HarvestError::Input(format!(
-                                        "{}: token ids must be integers",
-                                        at()
-                                    ))
-                                })
-                            })
-                            .collect::<Result<Vec<_>, _>>()?),
-                        _ => {
-                            return Err(HarvestError::Input(format!(
-                                "{}: expected \"text\", \"prompt\" or \"token_ids\"",
-                                at()
-                            )));
-                        }
-                    }
-                }
-                _ => {
-                    return Err(HarvestError::Input(format!(
-                        "{}: expected a string or an object",
-                        at()
-                    )));
-                }
-            }
+        docs.push(if jsonl {
+            json_doc(&line, &format!("{}:{}", path.display(), i + 1))?
         } else {
-            Err(line)
-        };
-        let ids = match text_or_ids {
-            Ok(ids) => ids,
-            Err(text) => tok
-                .ok_or_else(|| {
-                    HarvestError::Input(
-                        "the model folder has no tokenizer.json: give token_ids".into(),
-                    )
-                })?
-                .encode(&text)
-                .map_err(|e| HarvestError::Input(format!("{}: {e}", at())))?,
-        };
-        if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= vocab) {
-            return Err(HarvestError::Input(format!(
-                "{}: token id {bad} is outside 0..{vocab}",
-                at()
-            )));
-        }
-        if !ids.is_empty() {
-            docs.push(ids);
-        }
+            Doc::Text(line)
+        });
     }
     if docs.is_empty() {
         return Err(HarvestError::Input(format!(
@@ -97,6 +71,44 @@ pub fn read(
         )));
     }
     Ok(docs)
+}
+
+/// The documents of `path` as token ids (checked against the vocabulary;
+/// a document that tokenises to nothing is skipped).
+pub fn read(
+    path: &Path,
+    tok: Option<&Tokenizer>,
+    vocab: i64,
+) -> Result<Vec<Vec<i64>>, HarvestError> {
+    let mut out = Vec::new();
+    for (i, d) in read_docs(path)?.into_iter().enumerate() {
+        let ids = match d {
+            Doc::Ids(ids) => ids,
+            Doc::Text(text) => tok
+                .ok_or_else(|| {
+                    HarvestError::Input(
+                        "the model folder has no tokenizer.json: give token_ids".into(),
+                    )
+                })?
+                .encode(&text)
+                .map_err(|e| HarvestError::Input(format!("document {i}: {e}")))?,
+        };
+        if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= vocab) {
+            return Err(HarvestError::Input(format!(
+                "document {i}: token id {bad} is outside 0..{vocab}"
+            )));
+        }
+        if !ids.is_empty() {
+            out.push(ids);
+        }
+    }
+    if out.is_empty() {
+        return Err(HarvestError::Input(format!(
+            "{} holds no documents",
+            path.display()
+        )));
+    }
+    Ok(out)
 }
 
 /// The rows of `docs` cut at `context` tokens.

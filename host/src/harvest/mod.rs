@@ -11,6 +11,7 @@
 //! only once whole on disk), so the shards hold every token exactly once.
 
 mod data;
+pub use data::{Doc, read_docs};
 pub mod manifest;
 mod shards;
 
