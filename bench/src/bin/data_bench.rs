@@ -34,6 +34,8 @@ struct Args {
     harvest_tokens: usize,
     out: Option<PathBuf>,
     rss_child: Option<usize>,
+    /// P8 only (no P9, nothing written).
+    p8_only: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -46,6 +48,7 @@ fn parse() -> Result<Args> {
         harvest_tokens: 8192,
         out: None,
         rss_child: None,
+        p8_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -57,6 +60,7 @@ fn parse() -> Result<Args> {
             "--harvest-tokens" => a.harvest_tokens = v()?.parse()?,
             "--out" => a.out = Some(v()?.into()),
             "--rss-child" => a.rss_child = Some(v()?.parse()?),
+            "--p8-only" => a.p8_only = true,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -101,7 +105,11 @@ fn rows(fm: &FlexModel, tokens: usize) -> Result<Vec<Vec<i64>>> {
     Ok(out)
 }
 
-fn p8(a: &Args, fm: &mut FlexModel, py: &mut Worker, dir: &Path) -> Result<(f64, f64, f64, f64)> {
+/// P8's medians: vs transformers, vs one prompt at a time, our and their
+/// tokens/s, and the ceiling (one unpadded sequence vs one at a time).
+type P8 = (f64, f64, f64, f64, f64);
+
+fn p8(a: &Args, fm: &mut FlexModel, py: &mut Worker, dir: &Path) -> Result<P8> {
     let all = rows(fm, 20_000)?;
     // 8 prompts of 16, 32, ..., 128 tokens.
     let prompts: Vec<Vec<i64>> = (1..=8)
@@ -122,8 +130,11 @@ fn p8(a: &Args, fm: &mut FlexModel, py: &mut Worker, dir: &Path) -> Result<(f64,
         serde_json::json!({"ids": ids, "mask": mask}).to_string(),
     )?;
     let cmd = format!("padded {}", file.display());
-    let (mut vs_torch, mut vs_alone, mut ours_tps, mut theirs_tps) =
-        (vec![], vec![], vec![], vec![]);
+    let (mut vs_torch, mut vs_alone, mut ours_tps, mut theirs_tps, mut ceiling) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    // The same tokens as one unpadded sequence: what batching could reach
+    // at best, with no padding and one GEMM per layer for all of them.
+    let flat = Tensor::from_slice(&prompts.concat());
     for rep in 0..=a.reps {
         let t = Instant::now();
         fm.forward(&batch, &Groups::All)?;
@@ -134,7 +145,11 @@ fn p8(a: &Args, fm: &mut FlexModel, py: &mut Worker, dir: &Path) -> Result<(f64,
             fm.forward(&Tensor::from_slice(p), &Groups::All)?;
         }
         let alone = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        fm.forward(&flat, &Groups::All)?;
+        let one = t.elapsed().as_secs_f64();
         if rep > 0 {
+            ceiling.push(alone / one);
             vs_torch.push(theirs / ours);
             vs_alone.push(alone / ours);
             ours_tps.push(tokens as f64 / ours);
@@ -146,6 +161,7 @@ fn p8(a: &Args, fm: &mut FlexModel, py: &mut Worker, dir: &Path) -> Result<(f64,
         median(vs_alone),
         median(ours_tps),
         median(theirs_tps),
+        median(ceiling),
     ))
 }
 
@@ -256,11 +272,20 @@ fn main() -> Result<()> {
     flexmodel::tune_allocator();
     let dir = std::env::temp_dir().join(format!("fm-data-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    eprintln!("P8...");
-    let mut fm = FlexModel::load(&a.model_dir, Kind::Float, Device::Cpu)?;
-    let mut py = worker(&a, "f32")?;
-    let (p8_torch, p8_alone, p8_ours, p8_theirs) = p8(&a, &mut fm, &mut py, &dir)?;
-    drop((fm, py));
+    let mut p8s = Vec::new();
+    for (kind, name) in [(Kind::Float, "f32"), (Kind::BFloat16, "bf16")] {
+        eprintln!("P8 {name}...");
+        let mut fm = FlexModel::load(&a.model_dir, kind, Device::Cpu)?;
+        let mut py = worker(&a, name)?;
+        let r = p8(&a, &mut fm, &mut py, &dir)?;
+        eprintln!("P8 {name}: {r:?} (vs torch, vs alone, ours tok/s, theirs tok/s, ceiling)");
+        p8s.push(r);
+    }
+    if a.p8_only {
+        return Ok(());
+    }
+    let (p8_torch, p8_alone, p8_ours, p8_theirs, p8_ceiling) = p8s[0];
+    let (b8_torch, b8_alone, b8_ours, b8_theirs, b8_ceiling) = p8s[1];
     eprintln!("P9 f32...");
     let f32r = p9(&a, Kind::Float, "f32", &dir)?;
     eprintln!("P9 bf16...");
@@ -278,6 +303,9 @@ fn main() -> Result<()> {
          | measurement | FlexModel-rs | baseline | ratio | target |\n|---|---|---|---|---|\n\
          | P8 padded batch of 8 prompts (16..128 tokens), tokens/s vs transformers eager on the same padded batch | {:.0} | {:.0} | {:.2}× | ≥ 1.1× |\n\
          | P8 the same batch vs our one prompt at a time | {:.0} | — | {:.2}× | ≥ 2× |\n\
+         | P8 in bf16, vs transformers eager in bf16 | {:.0} | {:.0} | {:.2}× | ≥ 1.1× |\n\
+         | P8 in bf16, vs our one prompt at a time in bf16 | {:.0} | — | {:.2}× | ≥ 2× |\n\
+         | P8 ceiling: the same 576 tokens as one unpadded sequence vs one prompt at a time (f32, bf16) | — | — | {:.2}×, {:.2}× | (reference) |\n\
          | P9 harvest of blocks.{LAYER}.hook_resid_post to disk, f32, {} tokens, tokens/s vs transformers + forward hook stopping there + safetensors | {:.0} | {:.0} | {:.2}× | ≥ 1.2× |\n\
          | P9 the same in bf16 | {:.0} | {:.0} | {:.2}× | ≥ 1.2× |\n\
          | P9 our bf16 vs our f32 | {:.0} | {:.0} | {:.2}× | ≥ 3× (AMX) |\n\
@@ -291,6 +319,13 @@ fn main() -> Result<()> {
         p8_torch,
         p8_ours,
         p8_alone,
+        b8_ours,
+        b8_theirs,
+        b8_torch,
+        b8_ours,
+        b8_alone,
+        p8_ceiling,
+        b8_ceiling,
         a.harvest_tokens,
         f32r.1,
         f32r.2,

@@ -18,6 +18,7 @@ use super::hook_site::{HookSite, fire};
 use super::layers::{Conv1D, CorePoints, Par, Params, attention};
 use super::loader::Loader;
 use super::norm::{Norm, NormPoints};
+use super::pack::{Pack, PackedSite};
 use super::points::{Dims, PointInfo, hook_points};
 use super::shard::{Shard, TpComm, embed};
 use super::stage::{
@@ -152,7 +153,8 @@ impl Attention {
     ) -> Result<Tensor, ModelError> {
         let (b, s, nh, hd) = (st.b, st.s, self.heads, self.head_dim);
         let h = st.tp.copy_to_parallel(h)?;
-        let qkv = fire(st.hooks, &n.c_attn, self.c_attn.forward(&h))?;
+        let qkv = st.unpack(self.c_attn.forward(&h));
+        let qkv = fire(st.hooks, &n.c_attn, qkv)?;
         let parts = qkv.split(nh * hd, 2);
         let q = fire(st.hooks, &n.q, parts[0].view([b, s, nh, hd]))?;
         let k = fire(st.hooks, &n.k, parts[1].view([b, s, nh, hd]))?;
@@ -176,7 +178,7 @@ impl Attention {
         let z = fire(st.hooks, &n.z, z.transpose(1, 2).contiguous())?;
         let out = self
             .c_proj
-            .forward_tp(&z.reshape([b, s, nh * hd]), Par::Row, st.tp)?;
+            .forward_tp(&st.pack(z.reshape([b, s, nh * hd])), Par::Row, st.tp)?;
         let out = fire(st.hooks, &n.attn_c_proj, out)?;
         fire(st.hooks, &n.resid_dropout, out)
     }
@@ -489,8 +491,10 @@ impl Gpt2 {
             Some(c.n_positions),
         )?;
         let (mask, positions, explicit) = masks(valid, (b, s, start), None, self.device)?;
+        let pack = Pack::of(valid, (b, s, start), self.device);
+        let mut site = PackedSite::new(hooks, pack.as_ref());
         let mut st = Step {
-            hooks,
+            hooks: &mut site,
             tp,
             cache,
             b,
@@ -499,11 +503,13 @@ impl Gpt2 {
             positions,
             explicit,
             rope: None,
+            pack,
         };
-        let mut x = match hidden {
+        let x = match hidden {
             Some(h) => h,
             None => self.embed(input_ids, &mut st)?,
         };
+        let mut x = st.pack(x);
         for (li, blk) in self.blocks.iter().enumerate() {
             x = blk.forward(x, &mut st, li)?;
         }

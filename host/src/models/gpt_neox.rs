@@ -18,6 +18,7 @@ use super::hook_site::{HookSite, fire};
 use super::layers::{CorePoints, Linear, Par, Params, attention};
 use super::loader::Loader;
 use super::norm::{Norm, NormPoints};
+use super::pack::{Pack, PackedSite};
 use super::points::{Dims, PointInfo, hook_points};
 use super::rope::{rope_tables, rotate_half};
 use super::shard::{Shard, TpComm, embed};
@@ -181,7 +182,8 @@ impl Attention {
     ) -> Result<Tensor, ModelError> {
         let (b, s, nh, hd) = (st.b, st.s, self.heads, self.head_dim);
         let h = st.tp.copy_to_parallel(h)?;
-        let qkv = fire(st.hooks, &n.qkv, self.qkv.forward(&h))?;
+        let qkv = st.unpack(self.qkv.forward(&h));
+        let qkv = fire(st.hooks, &n.qkv, qkv)?;
         // Per-head fused layout: [b, s, h, 3 * hd] -> q | k | v.
         let parts = qkv.view([b, s, nh, 3 * hd]).chunk(3, -1);
         let q = fire(st.hooks, &n.q, parts[0].contiguous())?.transpose(1, 2);
@@ -201,7 +203,7 @@ impl Attention {
         let z = fire(st.hooks, &n.z, z.transpose(1, 2).contiguous())?;
         let o = self
             .dense
-            .forward_tp(&z.reshape([b, s, nh * hd]), Par::Row, st.tp)?;
+            .forward_tp(&st.pack(z.reshape([b, s, nh * hd])), Par::Row, st.tp)?;
         fire(st.hooks, &n.dense, o)
     }
 }
@@ -514,8 +516,10 @@ impl GptNeoX {
         };
         let (mask, positions, explicit) = masks(valid, (b, s, start), None, self.device)?;
         let rope = rope_tables(&self.inv_freq, &positions, self.kind);
+        let pack = Pack::of(valid, (b, s, start), self.device);
+        let mut site = PackedSite::new(hooks, pack.as_ref());
         let mut st = Step {
-            hooks,
+            hooks: &mut site,
             tp,
             cache,
             b,
@@ -524,7 +528,9 @@ impl GptNeoX {
             positions,
             explicit,
             rope: Some(rope),
+            pack,
         };
+        x = st.pack(x);
         for (li, l) in self.layers.iter().enumerate() {
             x = l.forward(x, &mut st, li)?;
         }

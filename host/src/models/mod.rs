@@ -12,6 +12,7 @@ pub mod llama;
 mod loader;
 mod norm;
 mod onednn;
+mod pack;
 pub mod points;
 mod rope;
 pub mod shard;

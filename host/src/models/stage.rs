@@ -11,6 +11,7 @@ use super::error::ModelError;
 use super::hook_site::{HookSite, fire};
 use super::layers::Params;
 use super::norm::{Norm, NormPoints};
+use super::pack::{Pack, pack, unpack};
 use super::shard::{Shard, TpComm, stage_input};
 use super::weight::Weight;
 
@@ -35,6 +36,21 @@ pub(crate) struct Step<'a> {
     pub explicit: bool,
     /// Rotary `(cos, sin)` tables of these positions (rotary models).
     pub rope: Option<(Tensor, Tensor)>,
+    /// The step's real tokens when its new positions hold padding: the
+    /// position-wise layers then run on them only (see `pack.rs`).
+    pub pack: Option<Pack>,
+}
+
+impl Step<'_> {
+    /// `[b, s, ...]` → the stage's layout (`[tokens, ...]` when packed).
+    pub fn pack(&self, x: Tensor) -> Tensor {
+        pack(self.pack.as_ref(), x)
+    }
+
+    /// The stage's layout → `[b, s, ...]` (the attention core's).
+    pub fn unpack(&self, x: Tensor) -> Tensor {
+        unpack(self.pack.as_ref(), x)
+    }
 }
 
 /// The mask and positions of a step of `s` tokens after `start` cached
@@ -178,7 +194,8 @@ impl Head {
 }
 
 /// The end of a stage after its blocks: the step recorded in the cache, then
-/// the LM head on the last stage (elsewhere `x` goes on to the next stage).
+/// the LM head on the last stage (elsewhere `x` goes on to the next stage),
+/// back in the padded layout.
 pub(crate) fn finish(
     x: Tensor,
     st: Step<'_>,
@@ -188,10 +205,11 @@ pub(crate) fn finish(
     if let Some(c) = st.cache {
         c.advance(st.s);
     }
-    match head {
-        Some(h) => h.forward(&x, st.hooks, st.tp, points),
-        None => Ok(x),
-    }
+    let out = match head {
+        Some(h) => h.forward(&x, st.hooks, st.tp, points)?,
+        None => x,
+    };
+    Ok(unpack(st.pack.as_ref(), out))
 }
 
 /// The points of a pre-norm block (GPT-2, LLaMA): residual in, first norm,

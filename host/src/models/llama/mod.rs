@@ -16,6 +16,7 @@ use crate::models::hook_site::{HookSite, fire};
 use crate::models::layers::{CorePoints, Linear, Par, Params, attention};
 use crate::models::loader::Loader;
 use crate::models::norm::{Norm, NormPoints};
+use crate::models::pack::{Pack, PackedSite};
 use crate::models::points::{Dims, PointInfo, hook_points};
 use crate::models::rope::{inv_freq, rope_tables, rotate_half};
 use crate::models::shard::{Shard, TpComm, embed};
@@ -121,9 +122,12 @@ impl Attention {
     ) -> Result<Tensor, ModelError> {
         let (b, s, nh, nkv, hd) = (st.b, st.s, self.heads, self.kv_heads, self.head_dim);
         let h = st.tp.copy_to_parallel(h)?;
-        let q = fire(st.hooks, &n.q_proj, self.q.forward(&h))?;
-        let k = fire(st.hooks, &n.k_proj, self.k.forward(&h))?;
-        let v = fire(st.hooks, &n.v_proj, self.v.forward(&h))?;
+        let q = st.unpack(self.q.forward(&h));
+        let q = fire(st.hooks, &n.q_proj, q)?;
+        let k = st.unpack(self.k.forward(&h));
+        let k = fire(st.hooks, &n.k_proj, k)?;
+        let v = st.unpack(self.v.forward(&h));
+        let v = fire(st.hooks, &n.v_proj, v)?;
         let q = fire(st.hooks, &n.q, q.view([b, s, nh, hd]))?.transpose(1, 2);
         let k = fire(st.hooks, &n.k, k.view([b, s, nkv, hd]))?.transpose(1, 2);
         let v = fire(st.hooks, &n.v, v.view([b, s, nkv, hd]))?.transpose(1, 2);
@@ -154,7 +158,7 @@ impl Attention {
         let z = fire(st.hooks, &n.z, z.transpose(1, 2).contiguous())?;
         let o = self
             .o
-            .forward_tp(&z.reshape([b, s, nh * hd]), Par::Row, st.tp)?;
+            .forward_tp(&st.pack(z.reshape([b, s, nh * hd])), Par::Row, st.tp)?;
         fire(st.hooks, &n.o_proj, o)
     }
 }
@@ -465,8 +469,10 @@ impl Llama {
         // Rotary tables as LlamaRotaryEmbedding; causal (and sliding-window) mask.
         let (mask, positions, explicit) = masks(valid, (b, s, start), c.window(), self.device)?;
         let rope = rope_tables(&self.inv_freq, &positions, self.kind);
+        let pack = Pack::of(valid, (b, s, start), self.device);
+        let mut site = PackedSite::new(hooks, pack.as_ref());
         let mut st = Step {
-            hooks,
+            hooks: &mut site,
             tp,
             cache,
             b,
@@ -475,7 +481,9 @@ impl Llama {
             positions,
             explicit,
             rope: Some(rope),
+            pack,
         };
+        x = st.pack(x);
         for (li, l) in self.layers.iter().enumerate() {
             x = l.forward(x, &mut st, li)?;
         }
