@@ -1,6 +1,6 @@
 //! FlexModel-rs host library.
 //!
-//! Dependencies flow one way: models → distributed → hooks → engine → API →
+//! Dependencies flow one way: models → distributed → hooks → package → engine → API →
 //! CLI.
 //! - [`models`]: Hugging Face checkpoints run with tch, with named hook
 //!   points, whole or as one rank's shard;
@@ -8,6 +8,8 @@
 //!   one of a single rank), the mesh, and the layout of hook points over
 //!   tensor-parallel ranks;
 //! - [`hooks`]: the sandboxed WebAssembly hook runtime;
+//! - [`package`]: plugins as shareable artifacts: manifest, signatures,
+//!   trust, OCI registries, the lockfile;
 //! - [`engine`]: one implementation of forward, generation and backward
 //!   passes with hooks, for one rank of any mesh;
 //! - [`api`]: the public surface: [`api::FlexModel`] on one rank or a mesh.
@@ -18,6 +20,7 @@ pub mod engine;
 pub mod harvest;
 pub mod hooks;
 pub mod models;
+pub mod package;
 
 /// Tune glibc's allocator for tensor workloads: serve large blocks from the
 /// heap (mmap threshold 256 MiB) and keep freed memory (trim threshold

@@ -5,9 +5,11 @@
 //! flexmodel inspect --model DIR [--seq-len N] [--batch B] [--json]
 //! flexmodel run --model DIR (--prompt TEXT | --prompts FILE.jsonl | --token-ids 1,2,3)
 //!               [--hook PLUGIN.wasm@PATTERN[=CONFIG_JSON]]... [--save OUT.safetensors]
+//!               [--hook namespace:name@VERSION@PATTERN[=CONFIG_JSON]] [--trust trust.toml] [--locked]
 //!               [--stop-at POINT] [--tp N] [--pp N] [--dp N]
 //! flexmodel generate --model DIR --prompt TEXT [--max-new-tokens N] [--hook ...]
 //! flexmodel demo --model DIR --plugins DIR
+//! flexmodel plugin pack|inspect|keygen|sign|verify|publish|pull|lock ...
 //! ```
 //! Any error ends the process with exit code 1 and a one-line reason on stderr.
 
@@ -41,6 +43,10 @@ enum Cmd {
     /// Activations of a dataset to disk (safetensors shards of real tokens,
     /// a manifest; resumable), for SAE training and probing.
     Harvest(cli::harvest::HarvestArgs),
+    /// Share hook plugins: pack, inspect, keygen, sign, verify, publish,
+    /// pull, lock.
+    #[command(subcommand)]
+    Plugin(cli::plugin::PluginCmd),
 }
 
 fn main() {
@@ -55,6 +61,7 @@ fn main() {
         Cmd::Generate(a) => cli::generate::generate(a),
         Cmd::Demo(a) => cli::demo::demo(a),
         Cmd::Harvest(a) => cli::harvest::harvest(a),
+        Cmd::Plugin(c) => cli::plugin::plugin(c),
     };
     if let Err(e) = r {
         let msg = format!("{e:#}").replace('\n', " ");

@@ -29,7 +29,7 @@ pub use crate::engine::{
 };
 pub use facade::FlexModel;
 pub use native::FnHook;
-pub use save::{producer_key, save_safetensors};
+pub use save::{producer_key, save_safetensors, save_safetensors_with};
 
 /// One rank's result of a forward: the merged output at global rank 0,
 /// `None` at the others, or the rank's error.

@@ -90,6 +90,17 @@ pub fn save_safetensors(
     tensors: &BTreeMap<String, Tensor>,
     producers: &BTreeMap<String, String>,
 ) -> Result<(), FlexError> {
+    save_safetensors_with(path, tensors, producers, &BTreeMap::new())
+}
+
+/// [`save_safetensors`] with `extra` metadata entries besides the
+/// producers (e.g. `flexmodel.plugins`: every plugin that ran).
+pub fn save_safetensors_with(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    producers: &BTreeMap<String, String>,
+    extra: &BTreeMap<String, String>,
+) -> Result<(), FlexError> {
     let mut cpu = Vec::with_capacity(tensors.len());
     for (k, t) in tensors {
         cpu.push((k.clone(), to_cpu(k, t)?));
@@ -98,6 +109,7 @@ pub fn save_safetensors(
         .iter()
         .filter(|(k, _)| tensors.contains_key(*k))
         .map(|(k, p)| (producer_key(k), p.clone()))
+        .chain(extra.iter().map(|(k, v)| (k.clone(), v.clone())))
         .collect();
     let data = cpu.iter().map(|(k, c)| (k.as_str(), c));
     safetensors::serialize_to_file(data, (!meta.is_empty()).then_some(meta), path)

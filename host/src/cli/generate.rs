@@ -44,9 +44,12 @@ pub struct GenerateArgs {
     /// Generate `--max-new-tokens` whatever tokens come.
     #[arg(long, conflicts_with = "eos")]
     pub ignore_eos: bool,
-    /// PLUGIN.wasm@PATTERN[=CONFIG_JSON], repeatable.
+    /// PLUGIN.wasm@PATTERN[=CONFIG_JSON] or
+    /// namespace:name@VERSION@PATTERN[=CONFIG_JSON], repeatable.
     #[arg(long = "hook")]
     pub hooks: Vec<String>,
+    #[command(flatten)]
+    pub plugins: super::PluginArgs,
     /// Save `tokens` and the hooks' tensors (`step{k}/<point>`).
     #[arg(long)]
     pub save: Option<PathBuf>,
@@ -89,7 +92,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         Sampling::Sample { seed, .. } => seed,
         Sampling::Greedy => 0,
     };
-    super::register_hooks(&mut fm, &a.hooks, a.fuel, seed)?;
+    let prov = super::register_hooks(&mut fm, &a.hooks, a.fuel, seed, &a.plugins)?;
     let tok = fm.tokenizer().cloned();
     let rows = prompts
         .iter()
@@ -151,7 +154,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
     if let Some(path) = &a.save {
         let mut saved = g.outputs;
         saved.insert("tokens".into(), g.tokens);
-        save(path, &saved, &g.producers)?;
+        save(path, &saved, &g.producers, &prov.metadata())?;
         println!("saved {} tensors to {}", saved.len(), path.display());
     }
     Ok(())

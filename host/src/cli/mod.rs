@@ -7,6 +7,7 @@ pub mod harvest;
 pub mod inspect;
 pub mod lens;
 pub mod plot;
+pub mod plugin;
 pub mod prompts;
 pub mod run;
 pub mod show;
@@ -18,6 +19,12 @@ use flexmodel::api::{FlexModel, Launch, Options};
 use flexmodel::distributed::rank_from_env;
 use flexmodel::hooks::{CpuLimit, Runtime, RuntimeConfig};
 use flexmodel::models::parse_dtype;
+use flexmodel::package::TrustPolicy;
+use flexmodel::package::lock::Lockfile;
+use flexmodel::package::reference::HookSpec;
+use flexmodel::package::registry::Registries;
+use flexmodel::package::resolve::Resolver;
+use flexmodel::package::store::Store;
 use tch::Device;
 
 #[derive(clap::Args, Clone)]
@@ -112,40 +119,112 @@ pub fn load(model: &ModelArgs, mesh: MeshArgs) -> Result<FlexModel> {
         .with_context(|| format!("loading {}", model.model.display()))
 }
 
-/// `PLUGIN.wasm@PATTERN[=CONFIG]`.
-pub fn parse_hook(spec: &str) -> Result<(PathBuf, String, String)> {
-    let at = spec
-        .find(".wasm@")
-        .ok_or_else(|| anyhow!("--hook {spec:?}: expected PLUGIN.wasm@PATTERN[=CONFIG_JSON]"))?;
-    let path = PathBuf::from(&spec[..at + 5]);
-    let rest = &spec[at + 6..];
-    let (pattern, config) = match rest.split_once('=') {
-        Some((p, c)) => (p.to_string(), c.to_string()),
-        None => (rest.to_string(), "{}".to_string()),
-    };
-    if pattern.is_empty() {
-        bail!("--hook {spec:?}: empty hook-point pattern");
-    }
-    Ok((path, pattern, config))
+/// Where plugins come from and whom to trust: shared by every command that
+/// takes `--hook`.
+#[derive(clap::Args, Clone, Default)]
+pub struct PluginArgs {
+    /// Trust policy (trust.toml): which keys are trusted for which
+    /// namespace, and whether unsigned plugins run. Without it: unsigned
+    /// plugins run.
+    #[arg(long)]
+    pub trust: Option<PathBuf>,
+    /// Registry of package references (HOST:PORT[/PREFIX]) when no mapping
+    /// file names one (also FLEXMODEL_REGISTRY).
+    #[arg(long)]
+    pub registry: Option<String>,
+    /// Namespace → registry mapping file (registries.toml).
+    #[arg(long)]
+    pub registries: Option<PathBuf>,
+    /// Plain HTTP to a non-loopback registry.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Lockfile pinning package references to digests.
+    #[arg(long, default_value = flexmodel::package::lock::FILE)]
+    pub lock: PathBuf,
+    /// Refuse anything the lockfile does not pin.
+    #[arg(long)]
+    pub locked: bool,
 }
 
-/// Load each `--hook` spec's plugin (fuel per call, hooks' seed) and
-/// register it on `fm`.
-pub fn register_hooks(fm: &mut FlexModel, specs: &[String], fuel: u64, seed: u64) -> Result<()> {
+impl PluginArgs {
+    pub fn resolver(&self) -> Result<Resolver> {
+        let lock = Lockfile::read(&self.lock)?;
+        if self.locked && lock.is_none() {
+            bail!("--locked: {} does not exist", self.lock.display());
+        }
+        Ok(Resolver {
+            trust: TrustPolicy::from_arg(self.trust.as_deref())?,
+            registries: Registries::new(
+                self.registries.as_deref(),
+                self.registry.as_deref(),
+                self.insecure,
+            )?,
+            store: Store::default_location(),
+            lock,
+            locked: self.locked,
+            max_bytes: RuntimeConfig::default().compile.max_component_bytes,
+        })
+    }
+}
+
+/// The plugins a run registered: `flexmodel.plugins` in its output file,
+/// a JSON list of `{name, version, digest, source}`.
+#[derive(Default)]
+pub struct Provenance(Vec<serde_json::Value>);
+
+impl Provenance {
+    pub fn metadata(&self) -> std::collections::BTreeMap<String, String> {
+        let mut m = std::collections::BTreeMap::new();
+        if !self.0.is_empty() {
+            m.insert(
+                "flexmodel.plugins".to_string(),
+                serde_json::Value::Array(self.0.clone()).to_string(),
+            );
+        }
+        m
+    }
+}
+
+/// Resolve each `--hook` spec's plugin (a file or a package reference,
+/// checked against the trust policy and the lockfile), load it (fuel per
+/// call, hooks' seed) and register it on `fm`.
+pub fn register_hooks(
+    fm: &mut FlexModel,
+    specs: &[String],
+    fuel: u64,
+    seed: u64,
+    plugins: &PluginArgs,
+) -> Result<Provenance> {
+    let mut prov = Provenance::default();
+    if specs.is_empty() {
+        return Ok(prov);
+    }
+    let resolver = plugins.resolver()?;
     let rt = Runtime::new(RuntimeConfig {
         cpu: CpuLimit::Fuel(fuel),
         seed,
         ..RuntimeConfig::default()
     })?;
     for spec in specs {
-        let (path, pattern, config) = parse_hook(spec)?;
+        let h = HookSpec::parse(spec)?;
+        let r = resolver
+            .resolve(&h.source)
+            .with_context(|| format!("--hook {spec}"))?;
         let plugin = rt
-            .load_file(&path)
+            .load(&r.bytes)
             .with_context(|| format!("--hook {spec}"))?;
-        fm.register_wasm(&plugin, &pattern, &config, &[])
+        fm.register_wasm(&plugin, &h.pattern, &h.config, &[])
             .with_context(|| format!("--hook {spec}"))?;
+        let (name, version) = plugin.package();
+        prov.0.push(serde_json::json!({
+            "name": name,
+            "version": version,
+            "digest": r.digest,
+            "source": r.label,
+            "signed_by": r.verdict.signed_by.map(|p| p.display().to_string()),
+        }));
     }
-    Ok(())
+    Ok(prov)
 }
 
 /// The vocabulary size (the logits' last dimension).

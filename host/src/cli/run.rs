@@ -31,9 +31,12 @@ pub struct RunArgs {
     /// Where a shorter prompt's padding goes (results are the same).
     #[arg(long, default_value = "right")]
     pub padding: Padding,
-    /// PLUGIN.wasm@PATTERN[=CONFIG_JSON], repeatable.
+    /// PLUGIN.wasm@PATTERN[=CONFIG_JSON] or
+    /// namespace:name@VERSION@PATTERN[=CONFIG_JSON], repeatable.
     #[arg(long = "hook")]
     pub hooks: Vec<String>,
+    #[command(flatten)]
+    pub plugins: super::PluginArgs,
     /// Save logits and retrieved tensors to a safetensors file.
     #[arg(long)]
     pub save: Option<PathBuf>,
@@ -277,7 +280,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let mut fm = super::load(&a.model, a.mesh)?;
     let root = fm.is_root();
     let vocab = super::vocab(&fm);
-    super::register_hooks(&mut fm, &a.hooks, a.fuel, a.seed)?;
+    let prov = super::register_hooks(&mut fm, &a.hooks, a.fuel, a.seed, &a.plugins)?;
     let dims = seq_dims(&fm);
     let many = prompts.len() > 1;
     let progress = Progress::new(prompts.len(), root);
@@ -312,7 +315,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         b.finish_and_clear();
     }
     if let (Some(path), true) = (&a.save, root) {
-        save(path, &saved.tensors, &saved.producers)?;
+        save(path, &saved.tensors, &saved.producers, &prov.metadata())?;
         println!(
             "saved {} tensors to {}",
             saved.tensors.len(),

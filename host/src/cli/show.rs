@@ -37,7 +37,8 @@ pub fn save(
     path: &Path,
     tensors: &BTreeMap<String, Tensor>,
     producers: &BTreeMap<String, String>,
+    extra: &BTreeMap<String, String>,
 ) -> Result<()> {
-    flexmodel::api::save_safetensors(path, tensors, producers)
+    flexmodel::api::save_safetensors_with(path, tensors, producers, extra)
         .with_context(|| format!("writing {}", path.display()))
 }

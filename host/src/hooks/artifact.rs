@@ -30,6 +30,14 @@ pub struct Plugin {
     pub info: PluginInfo,
     /// `flexmodel:hook` version the component was built against.
     pub wit_version: String,
+    /// Its `flexmodel-manifest` section, checked against the component
+    /// (`None`: an unpacked plugin).
+    pub manifest: Option<super::manifest::Manifest>,
+    /// What one call may use, after the manifest's asks (never more than
+    /// the runtime allows): fuel, when the runtime meters fuel, and bytes of
+    /// linear memory.
+    pub(crate) fuel_per_call: Option<u64>,
+    pub(crate) max_memory_bytes: usize,
     pub(crate) pre: HookPluginPre<super::store::HostState>,
     pub(crate) core: Arc<Core>,
 }
@@ -46,7 +54,7 @@ impl std::fmt::Debug for Plugin {
 }
 
 /// Refuse what is not a component before handing bytes to the compiler.
-pub(crate) fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err(LoadError::NotWasm(format!(
             "{} bytes without the `\\0asm` magic number",
@@ -132,9 +140,63 @@ impl Plugin {
                 edits: false,
             },
             wit_version: wit_version.unwrap_or_default(),
+            manifest: None,
+            fuel_per_call: None,
+            max_memory_bytes: core.config.max_memory_bytes,
             pre,
             core: core.clone(),
         })
+    }
+
+    /// Take `manifest` (read from the component's bytes): checked against
+    /// the component, its resource asks against what the runtime allows.
+    pub(crate) fn with_manifest(
+        mut self,
+        manifest: super::manifest::Manifest,
+    ) -> Result<Plugin, LoadError> {
+        manifest.check(&self.wit_version, &self.info)?;
+        let r = &manifest.resources;
+        let host_memory = self.core.config.max_memory_bytes as u64;
+        if let Some(m) = r.memory_bytes {
+            if m > host_memory {
+                return Err(LoadError::Manifest(format!(
+                    "{} asks for {m} bytes of memory; this host allows {host_memory}",
+                    manifest.name
+                )));
+            }
+            self.max_memory_bytes = m as usize;
+        }
+        if let Some(f) = r.fuel_per_call {
+            if let super::config::CpuLimit::Fuel(host) = self.core.config.cpu
+                && f > host
+            {
+                return Err(LoadError::Manifest(format!(
+                    "{} asks for {f} fuel per call; this host allows {host}",
+                    manifest.name
+                )));
+            }
+            self.fuel_per_call = Some(f);
+        }
+        self.manifest = Some(manifest);
+        Ok(self)
+    }
+
+    /// The CPU limit of one call: the runtime's, lowered to the fuel the
+    /// manifest asked for.
+    pub(crate) fn cpu(&self) -> super::config::CpuLimit {
+        match (self.core.config.cpu, self.fuel_per_call) {
+            (super::config::CpuLimit::Fuel(n), Some(f)) => super::config::CpuLimit::Fuel(n.min(f)),
+            (c, _) => c,
+        }
+    }
+
+    /// The package name (`namespace:name` from the manifest, else the
+    /// plugin's own name) and version.
+    pub fn package(&self) -> (String, String) {
+        match &self.manifest {
+            Some(m) => (m.name.clone(), m.version.clone()),
+            None => (self.info.name.clone(), self.info.version.clone()),
+        }
     }
 
     /// Short identity for logs: `name@version (sha256:abcd1234…)`.

@@ -134,6 +134,10 @@ pub enum LoadError {
     UnsupportedImport(String),
     #[error("plugin metadata is invalid: {0}")]
     BadMetadata(String),
+    /// The `flexmodel-manifest` section is invalid, disagrees with the
+    /// component, or asks for more than this host allows.
+    #[error("plugin manifest: {0}")]
+    Manifest(String),
     #[error("plugin `{plugin}` rejected its configuration: {error}")]
     Init { plugin: String, error: String },
     #[error("plugin `{plugin}` could not be instantiated: {error}")]

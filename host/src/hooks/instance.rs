@@ -75,7 +75,7 @@ impl PluginInstance {
             wasi,
             table: wasmtime::component::ResourceTable::new(),
             limiter: Limiter {
-                max_memory_bytes: rt.config.max_memory_bytes,
+                max_memory_bytes: plugin.max_memory_bytes,
                 max_table_elements: rt.config.max_table_elements,
                 memory_hit: false,
                 table_hit: false,
@@ -98,7 +98,7 @@ impl PluginInstance {
         } else {
             plugin.info.name.clone()
         };
-        let cpu = rt.config.cpu;
+        let cpu = plugin.cpu();
         let deadline_ticks = rt.deadline_ticks();
         arm(&mut store, cpu, deadline_ticks);
         // Instantiation runs guest code (start functions): limits are already armed.

@@ -5,6 +5,7 @@
 //! - [`engine`]: the configured wasmtime engine and linker plugins run on.
 //! - [`config`]: everything configurable about the runtime.
 //! - [`artifact`]: a validated, compiled plugin and its self-description.
+//! - [`manifest`]: the `flexmodel-manifest` section of a packed plugin.
 //! - [`plugin`]: a plugin registered with a configuration, one instance per rank.
 //! - [`instance`]: one live instance and the transaction around each call.
 //! - [`activation`]: host-side ranged access to a tensor, with an undo journal.
@@ -31,6 +32,7 @@ mod host;
 pub mod instance;
 mod journal;
 pub mod limits;
+pub mod manifest;
 pub mod plugin;
 pub mod runtime;
 pub mod sandbox;
@@ -46,6 +48,7 @@ pub use hook::{
     Access, CallContext, CallReport, Emitted, GenStep, Hook, LogLevel, RankInfo, Tokens,
 };
 pub use limits::{CacheLimits, CompileLimits, ForwardLimits, HostLimits};
+pub use manifest::Manifest;
 pub use plugin::WasmHook;
 pub use runtime::Runtime;
 pub use sandbox::Grants;

@@ -52,6 +52,9 @@ impl WasmHook {
         } else {
             config.to_string()
         };
+        if let Some(m) = &plugin.manifest {
+            m.validate_config(&plugin.info.name, &config)?;
+        }
         let state = StateMap::default();
         let mut inst =
             PluginInstance::new(&plugin, "<init>".into(), 0, state.clone()).map_err(|e| {

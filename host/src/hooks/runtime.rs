@@ -115,11 +115,12 @@ impl Runtime {
         }
         super::artifact::check_header(bytes)?;
         let component = self.compile(bytes, &hash, label)?;
-        let plugin = Arc::new(describe(Plugin::from_component(
-            &self.core,
-            component,
-            hash.clone(),
-        )?)?);
+        let plugin = describe(Plugin::from_component(&self.core, component, hash.clone())?)?;
+        let plugin = match super::manifest::read(bytes)? {
+            Some(m) => plugin.with_manifest(m)?,
+            None => plugin,
+        };
+        let plugin = Arc::new(plugin);
         self.loaded.lock().insert(hash, plugin.clone());
         Ok(plugin)
     }
