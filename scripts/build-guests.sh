@@ -3,7 +3,9 @@
 #   plugins/*            (Rust, wasm32-wasip2)  -> <name>.wasm
 #   plugins/scale-py     (Python, componentize-py) -> scale-py.wasm
 #   tests/guests/*       (hostile, bench, fuzz, other-world, old-version, v010, v011) -> <name>.wasm
-# Needs: rustup target wasm32-wasip2; the venv with componentize-py (scripts/setup.sh).
+# Example plugins are then packed with their plugin.toml (flexmodel plugin pack).
+# Needs: rustup target wasm32-wasip2; the venv with componentize-py (scripts/setup.sh);
+# the host binary (packing).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -33,12 +35,25 @@ py=$COMPONENTIZE_PY
 if [ -x "$py" ]; then
   stamp="$out/scale-py.inputs"
   sum=$(cat wit/hook.wit plugins/scale-py/*.py | sha256sum | cut -d' ' -f1)
-  if [ ! -f "$out/scale-py.wasm" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
-    "$py" -d wit -w hook-plugin componentize -p plugins/scale-py app -o "$out/scale-py.wasm"
+  # The unpacked component is kept (scale-py.component): packing starts
+  # from it every time, so the packed bytes do not depend on earlier runs.
+  if [ ! -f "$out/scale-py.component" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
+    "$py" -d wit -w hook-plugin componentize -p plugins/scale-py app -o "$out/scale-py.component"
     echo "$sum" > "$stamp"
   fi
+  cp "$out/scale-py.component" "$out/scale-py.wasm"
 else
   echo "build-guests: $py not found; run scripts/setup.sh (Python plugin not built)" >&2
   exit 1
 fi
+# Every example plugin ships packed: its plugins/<name>/plugin.toml (identity,
+# config schema) written into the component by `flexmodel plugin pack`
+# (deterministic: the same bytes every build). Needs the host binary.
+fm="$CARGO_TARGET_DIR/release/flexmodel"
+[ -x "$fm" ] || { echo "build-guests: $fm not built (cargo build --release -p flexmodel)" >&2; exit 1; }
+for toml in plugins/*/plugin.toml; do
+  name=$(basename "$(dirname "$toml")")
+  "$fm" plugin pack "$out/$name.wasm" --manifest "$toml" -o "$out/$name.wasm.packed" >/dev/null
+  mv "$out/$name.wasm.packed" "$out/$name.wasm"
+done
 ls -1 "$out"/*.wasm

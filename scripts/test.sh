@@ -8,11 +8,12 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 source scripts/env.sh
-scripts/build-guests.sh >/dev/null
-scripts/make-models.sh
 # tests/cli.rs runs the `flexmodel` binary and every test compiles plugins with
 # the `flexmodel-compile` worker: `cargo test` alone does not rebuild them.
+# The binary also packs the example plugins (build-guests.sh).
 cargo build --release --quiet -p flexmodel -p flexmodel-compile --bins --features "flexmodel/$FLEXMODEL_FEATURES"
+scripts/build-guests.sh >/dev/null
+scripts/make-models.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -182,7 +182,13 @@ fn pack_inspect_sign_verify_and_every_refusal() {
     // Unsigned.
     assert!(refused(&plugin, &t).contains("unsigned"));
     // Not packed: no namespace.
-    assert!(refused(&artifacts_dir().join("scale.wasm"), &t).contains("no manifest"));
+    let bare = dir.join("bare.wasm");
+    std::fs::write(
+        &bare,
+        flexmodel::package::pack::strip(&bytes, &["flexmodel-manifest"]).unwrap(),
+    )
+    .unwrap();
+    assert!(refused(&bare, &t).contains("no manifest"));
     // Signed by a key trusted for another namespace.
     let by_other = dir.join("by-other.wasm");
     ok(&fm(
@@ -516,6 +522,49 @@ fn publish_pull_run_lock_through_a_real_registry() {
     args.extend(registry_arg);
     ok(&fm(&other_cache, &args));
     assert!(other_cache.join("blobs/sha256").join(hex).exists());
+    // Credentials from Docker's config.json, the registry from a mapping file.
+    let docker = dir.join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        serde_json::json!({"auths": {reg.addr.clone(): {"auth": "YWNtZTpzM2NyZXQ="}}}).to_string(),
+    )
+    .unwrap();
+    let mapping = dir.join("registries.toml");
+    std::fs::write(&mapping, format!("[namespace]\nacme = \"{}\"\n", reg.addr)).unwrap();
+    let o = Command::new(bin())
+        .args([
+            "plugin",
+            "pull",
+            "acme:scale@0.1.0",
+            "--registries",
+            s(&mapping),
+            "--trust",
+            s(&t),
+        ])
+        .env("FLEXMODEL_PLUGIN_CACHE", dir.join("cache-docker"))
+        .env("DOCKER_CONFIG", &docker)
+        .env_remove("FLEXMODEL_REGISTRY_USER")
+        .env_remove("FLEXMODEL_REGISTRY_PASSWORD")
+        .env_remove("FLEXMODEL_REGISTRY")
+        .output()
+        .unwrap();
+    ok(&o);
+    // Wrong credentials: the registry's refusal, in one line.
+    let o = Command::new(bin())
+        .args([
+            "plugin",
+            "pull",
+            "acme:scale@0.1.0",
+            "--registries",
+            s(&mapping),
+        ])
+        .env("FLEXMODEL_PLUGIN_CACHE", dir.join("cache-wrong"))
+        .env("FLEXMODEL_REGISTRY_USER", "acme")
+        .env("FLEXMODEL_REGISTRY_PASSWORD", "wrong")
+        .output()
+        .unwrap();
+    err(&o);
     // A pulled plugin the policy refuses never enters the cache.
     let strict = dir.join("strict");
     std::fs::create_dir_all(&strict).unwrap();
@@ -646,4 +695,80 @@ fn safetensors_metadata(p: &Path) -> std::collections::HashMap<String, String> {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     serde_json::from_value(header["__metadata__"].clone()).unwrap()
+}
+
+/// The README's "Sharing a hook with another team" commands, run as
+/// written (`flexmodel` on the PATH, `REGISTRY` the test registry, `cargo`
+/// at the repository root with the guest build's flags).
+#[test]
+fn the_readme_sharing_walkthrough_runs_as_written() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap();
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let section = readme
+        .split("## Sharing a hook with another team")
+        .nth(1)
+        .expect("README section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("a sh block");
+    let dir = tmp("readme");
+    let cache = dir.join("cache");
+    let reg_dir = dir.join("registry-data");
+    std::fs::create_dir_all(&reg_dir).unwrap();
+    let reg = registry(&reg_dir);
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::os::unix::fs::symlink(repo.join("artifacts"), work.join("artifacts")).unwrap();
+    let cargo_home = std::env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap()));
+    let script = format!("cargo() {{ (cd {repo:?} && command cargo \"$@\"); }}\n{block}\n");
+    let bin_dir = bin().parent().unwrap().to_path_buf();
+    let o = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(&work)
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("REGISTRY", &reg.addr)
+        .env("FLEXMODEL_PLUGIN_CACHE", &cache)
+        .env("FLEXMODEL_REGISTRY_USER", "acme")
+        .env("FLEXMODEL_REGISTRY_PASSWORD", "s3cret")
+        .env("DOCKER_CONFIG", dir.join("no-docker"))
+        .env(
+            "CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS",
+            format!(
+                "--remap-path-prefix={}=/flexmodel --remap-path-prefix={cargo_home}=/cargo",
+                repo.display()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "README commands failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = saved(&work.join("out.safetensors"));
+    assert!(out.contains_key("logits"));
+    let meta = safetensors_metadata(&work.join("out.safetensors"));
+    let plugins: serde_json::Value = serde_json::from_str(&meta["flexmodel.plugins"]).unwrap();
+    assert_eq!(plugins[0]["name"], "acme:scale");
+    assert!(
+        plugins[0]["signed_by"]
+            .as_str()
+            .unwrap()
+            .ends_with("acme.pub")
+    );
+    assert!(
+        std::fs::read_to_string(work.join("flexmodel.lock"))
+            .unwrap()
+            .contains("acme:scale")
+    );
 }

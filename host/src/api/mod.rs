@@ -18,6 +18,7 @@
 
 mod facade;
 mod native;
+mod packages;
 mod passes;
 mod save;
 mod threads;
@@ -29,6 +30,7 @@ pub use crate::engine::{
 };
 pub use facade::FlexModel;
 pub use native::FnHook;
+pub use packages::PluginRecord;
 pub use save::{producer_key, save_safetensors, save_safetensors_with};
 
 /// One rank's result of a forward: the merged output at global rank 0,

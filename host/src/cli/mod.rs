@@ -15,13 +15,12 @@ pub mod show;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
-use flexmodel::api::{FlexModel, Launch, Options};
+use flexmodel::api::{FlexModel, Launch, Options, PluginRecord};
 use flexmodel::distributed::rank_from_env;
 use flexmodel::hooks::{CpuLimit, Runtime, RuntimeConfig};
 use flexmodel::models::parse_dtype;
 use flexmodel::package::TrustPolicy;
 use flexmodel::package::lock::Lockfile;
-use flexmodel::package::reference::HookSpec;
 use flexmodel::package::registry::Registries;
 use flexmodel::package::resolve::Resolver;
 use flexmodel::package::store::Store;
@@ -168,9 +167,9 @@ impl PluginArgs {
 }
 
 /// The plugins a run registered: `flexmodel.plugins` in its output file,
-/// a JSON list of `{name, version, digest, source}`.
+/// a JSON list of `{name, version, digest, source, signed_by}`.
 #[derive(Default)]
-pub struct Provenance(Vec<serde_json::Value>);
+pub struct Provenance(Vec<PluginRecord>);
 
 impl Provenance {
     pub fn metadata(&self) -> std::collections::BTreeMap<String, String> {
@@ -178,16 +177,15 @@ impl Provenance {
         if !self.0.is_empty() {
             m.insert(
                 "flexmodel.plugins".to_string(),
-                serde_json::Value::Array(self.0.clone()).to_string(),
+                serde_json::to_string(&self.0).unwrap_or_default(),
             );
         }
         m
     }
 }
 
-/// Resolve each `--hook` spec's plugin (a file or a package reference,
-/// checked against the trust policy and the lockfile), load it (fuel per
-/// call, hooks' seed) and register it on `fm`.
+/// Register each `--hook` spec (a file or a package reference, checked
+/// against the trust policy and the lockfile; fuel per call, hooks' seed).
 pub fn register_hooks(
     fm: &mut FlexModel,
     specs: &[String],
@@ -206,23 +204,10 @@ pub fn register_hooks(
         ..RuntimeConfig::default()
     })?;
     for spec in specs {
-        let h = HookSpec::parse(spec)?;
-        let r = resolver
-            .resolve(&h.source)
+        let record = fm
+            .register_spec(&rt, &resolver, spec, &[])
             .with_context(|| format!("--hook {spec}"))?;
-        let plugin = rt
-            .load(&r.bytes)
-            .with_context(|| format!("--hook {spec}"))?;
-        fm.register_wasm(&plugin, &h.pattern, &h.config, &[])
-            .with_context(|| format!("--hook {spec}"))?;
-        let (name, version) = plugin.package();
-        prov.0.push(serde_json::json!({
-            "name": name,
-            "version": version,
-            "digest": r.digest,
-            "source": r.label,
-            "signed_by": r.verdict.signed_by.map(|p| p.display().to_string()),
-        }));
+        prov.0.push(record);
     }
     Ok(prov)
 }

@@ -38,6 +38,9 @@ pub enum FlexError {
     /// rank of a launched job (use the `*_each` form there).
     #[error("rank {rank} of a launched job has no merged result (it is at global rank 0)")]
     NotRoot { rank: usize },
+    /// Resolving a shared plugin failed, or its trust policy refused it.
+    #[error(transparent)]
+    Package(#[from] crate::package::PackageError),
 }
 
 /// A model error as the API reports it: a hook's error with what had been

@@ -154,7 +154,7 @@ impl Plugin {
         mut self,
         manifest: super::manifest::Manifest,
     ) -> Result<Plugin, LoadError> {
-        manifest.check(&self.wit_version, &self.info)?;
+        manifest.check(&self.wit_version, &self.said())?;
         let r = &manifest.resources;
         let host_memory = self.core.config.max_memory_bytes as u64;
         if let Some(m) = r.memory_bytes {
@@ -179,6 +179,16 @@ impl Plugin {
         }
         self.manifest = Some(manifest);
         Ok(self)
+    }
+
+    /// What the plugin says of itself, as a manifest is checked against it.
+    pub fn said(&self) -> super::manifest::Said<'_> {
+        super::manifest::Said {
+            name: &self.info.name,
+            version: &self.info.version,
+            hook_points: &self.info.hook_points,
+            edits: self.info.edits,
+        }
     }
 
     /// The CPU limit of one call: the runtime's, lowered to the fuel the

@@ -50,6 +50,15 @@ pub enum ManifestEdit {
     Edits,
 }
 
+/// What a plugin says of itself (its WIT `plugin-info`), as the manifest
+/// is checked against it.
+pub struct Said<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub hook_points: &'a [String],
+    pub edits: bool,
+}
+
 /// The `flexmodel-manifest` section (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,11 +157,7 @@ impl Manifest {
     /// Refuse a manifest that says something the component does not:
     /// `wit_version` is the version of its `flexmodel:hook` imports and
     /// exports, `info` what the plugin says of itself.
-    pub fn check(
-        &self,
-        wit_version: &str,
-        info: &super::artifact::PluginInfo,
-    ) -> Result<(), LoadError> {
+    pub fn check(&self, wit_version: &str, info: &Said<'_>) -> Result<(), LoadError> {
         let mismatch = |what: &str, manifest: String, component: String| {
             Err(bad(format!(
                 "the manifest says {what} {manifest}, the component {component}"
@@ -207,7 +212,7 @@ impl Manifest {
         let value: serde_json::Value =
             serde_json::from_str(config).map_err(|e| LoadError::Init {
                 plugin: plugin.into(),
-                error: format!("configuration is not JSON: {e}"),
+                error: format!("invalid config: not JSON: {e}"),
             })?;
         let validator = jsonschema::validator_for(schema)
             .map_err(|e| bad(format!("config_schema is not a valid JSON Schema: {e}")))?;
@@ -220,7 +225,7 @@ impl Manifest {
             };
             return Err(LoadError::Init {
                 plugin: plugin.into(),
-                error: format!("{field}: {e} (config_schema of the manifest)"),
+                error: format!("invalid config: {field}: {e} (the manifest's config_schema)"),
             });
         }
         Ok(())

@@ -151,7 +151,7 @@ pub fn pack(
     };
     // The manifest on its own, then against the component.
     let m = Manifest::parse(m.to_json().as_bytes())?;
-    m.check(&plugin.wit_version, info)?;
+    m.check(&plugin.wit_version, &plugin.said())?;
     let description = toml
         .description
         .clone()
