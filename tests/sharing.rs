@@ -282,6 +282,16 @@ fn pack_inspect_sign_verify_and_every_refusal() {
         )
     };
     assert!(err(&run(&plugin, r#"{"factor":2}"#)).contains("unsigned"));
+    // So does `generate`.
+    let e = err(&fm(
+        &cache,
+        &[
+            "generate", "--model", s(&model), "--token-ids", "1,2,3", "--max-new-tokens", "2",
+            "--hook", &format!("{}@transformer.h.0={{\"factor\":2}}", s(&plugin)),
+            "--trust", s(&t),
+        ],
+    ));
+    assert!(e.contains("unsigned"), "{e}");
     ok(&run(&signed, r#"{"factor":2}"#));
     // The manifest's config schema is checked before init, naming the field.
     let e = err(&run(&signed, r#"{"factor":"two"}"#));
