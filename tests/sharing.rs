@@ -286,9 +286,17 @@ fn pack_inspect_sign_verify_and_every_refusal() {
     let e = err(&fm(
         &cache,
         &[
-            "generate", "--model", s(&model), "--token-ids", "1,2,3", "--max-new-tokens", "2",
-            "--hook", &format!("{}@transformer.h.0={{\"factor\":2}}", s(&plugin)),
-            "--trust", s(&t),
+            "generate",
+            "--model",
+            s(&model),
+            "--token-ids",
+            "1,2,3",
+            "--max-new-tokens",
+            "2",
+            "--hook",
+            &format!("{}@transformer.h.0={{\"factor\":2}}", s(&plugin)),
+            "--trust",
+            s(&t),
         ],
     ));
     assert!(e.contains("unsigned"), "{e}");
@@ -532,6 +540,29 @@ fn publish_pull_run_lock_through_a_real_registry() {
     args.extend(registry_arg);
     ok(&fm(&other_cache, &args));
     assert!(other_cache.join("blobs/sha256").join(hex).exists());
+    // A registry prefix: published under it, pulled with it.
+    ok(&fm(
+        &cache,
+        &[
+            "plugin",
+            "publish",
+            s(&plugin),
+            &format!("{}/teams/x/acme/scale:0.1.0", reg.addr),
+        ],
+    ));
+    let prefixed = format!("{}/teams/x", reg.addr);
+    ok(&fm(
+        &dir.join("cache-prefix"),
+        &[
+            "plugin",
+            "pull",
+            "acme:scale@0.1.0",
+            "--registry",
+            &prefixed,
+            "--trust",
+            s(&t),
+        ],
+    ));
     // Credentials from Docker's config.json, the registry from a mapping file.
     let docker = dir.join("docker");
     std::fs::create_dir_all(&docker).unwrap();

@@ -148,7 +148,7 @@ pub fn signature(bytes: &[u8]) -> Result<Signature, PackageError> {
     let mut key_ids = Vec::new();
     let mut covered = false;
     for set in &data.signed_hashes_set {
-        covered |= set.hashes.iter().any(|h| *h == content);
+        covered |= set.hashes.contains(&content);
         for s in &set.signatures {
             if let Some(id) = &s.key_id {
                 key_ids.push(hex::encode(id));
