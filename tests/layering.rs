@@ -58,6 +58,7 @@ fn layers_depend_one_way() {
         "engine",
         "api",
         "harvest",
+        "service",
     ];
     for (i, layer) in order.iter().enumerate() {
         for f in rust_files(&src().join(layer)) {

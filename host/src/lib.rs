@@ -12,6 +12,7 @@
 //!   trust, OCI registries, the lockfile;
 //! - [`engine`]: one implementation of forward, generation and backward
 //!   passes with hooks, for one rank of any mesh;
+//! - [`service`]: `flexmodel serve`, the multi-tenant hook service;
 //! - [`api`]: the public surface: [`api::FlexModel`] on one rank or a mesh.
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod harvest;
 pub mod hooks;
 pub mod models;
 pub mod package;
+pub mod service;
 
 /// Tune glibc's allocator for tensor workloads: serve large blocks from the
 /// heap (mmap threshold 256 MiB) and keep freed memory (trim threshold

@@ -47,6 +47,9 @@ enum Cmd {
     /// pull, lock.
     #[command(subcommand)]
     Plugin(cli::plugin::PluginCmd),
+    /// Serve the model to many tenants: an HTTP/JSON API of jobs with
+    /// sandboxed hooks (`serve keys add|list|revoke` manages API keys).
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() {
@@ -62,6 +65,7 @@ fn main() {
         Cmd::Demo(a) => cli::demo::demo(a),
         Cmd::Harvest(a) => cli::harvest::harvest(a),
         Cmd::Plugin(c) => cli::plugin::plugin(c),
+        Cmd::Serve(a) => cli::serve::serve(a),
     };
     if let Err(e) = r {
         let msg = format!("{e:#}").replace('\n', " ");

@@ -10,6 +10,7 @@ pub mod plot;
 pub mod plugin;
 pub mod prompts;
 pub mod run;
+pub mod serve;
 pub mod show;
 
 use std::path::PathBuf;

@@ -1,0 +1,91 @@
+//! What a job asks for (the body of `POST /v1/jobs`; field names fixed):
+//! `token_ids` (a list of id lists) or `prompts` (a list of strings),
+//! optional `hooks: [{"plugin": REF, "digest": "sha256:…", "at": PATTERN,
+//! "config": {…}}]`, optional `max_new_tokens` (greedy generation, stopping
+//! at the model's EOS), optional `retries` (re-queued after an interrupted
+//! run). Checked whole before the job is accepted.
+
+use serde::Deserialize;
+
+use super::ServiceError;
+use crate::package::reference::{PackageRef, valid_digest};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookRequest {
+    /// `namespace:name@version` (a package the server's policy allows).
+    pub plugin: String,
+    /// The component's digest it must have.
+    pub digest: Option<String>,
+    pub at: String,
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    pub token_ids: Option<Vec<Vec<i64>>>,
+    pub prompts: Option<Vec<String>>,
+    #[serde(default)]
+    pub hooks: Vec<HookRequest>,
+    pub max_new_tokens: Option<usize>,
+    #[serde(default)]
+    pub retries: u32,
+}
+
+fn bad(m: impl Into<String>) -> ServiceError {
+    ServiceError::Input(m.into())
+}
+
+/// The largest job accepted: prompts per job, tokens per prompt, hooks.
+pub const MAX_PROMPTS: usize = 256;
+pub const MAX_TOKENS: usize = 8192;
+pub const MAX_HOOKS: usize = 64;
+
+impl JobRequest {
+    pub fn parse(body: &str) -> Result<JobRequest, ServiceError> {
+        let j: JobRequest =
+            serde_json::from_str(body).map_err(|e| bad(format!("invalid job: {e}")))?;
+        let n = match (&j.token_ids, &j.prompts) {
+            (Some(t), None) => {
+                if t.iter().any(|r| r.is_empty() || r.len() > MAX_TOKENS) {
+                    return Err(bad(format!(
+                        "every token_ids row must hold 1..={MAX_TOKENS} ids"
+                    )));
+                }
+                t.len()
+            }
+            (None, Some(p)) => {
+                if p.iter().any(String::is_empty) {
+                    return Err(bad("prompts must not be empty strings"));
+                }
+                p.len()
+            }
+            _ => return Err(bad("give exactly one of token_ids or prompts")),
+        };
+        if n == 0 || n > MAX_PROMPTS {
+            return Err(bad(format!("a job holds 1..={MAX_PROMPTS} prompts")));
+        }
+        if j.hooks.len() > MAX_HOOKS {
+            return Err(bad(format!("at most {MAX_HOOKS} hooks per job")));
+        }
+        for h in &j.hooks {
+            PackageRef::parse(&h.plugin).map_err(|e| bad(format!("hooks: {e}")))?;
+            if let Some(d) = &h.digest
+                && !valid_digest(d)
+            {
+                return Err(bad(format!(
+                    "hooks: digest {d:?} is not sha256:<64 hex digits>"
+                )));
+            }
+            if h.at.is_empty() {
+                return Err(bad("hooks: empty `at` pattern"));
+            }
+        }
+        if j.max_new_tokens.is_some_and(|m| m == 0 || m > MAX_TOKENS) {
+            return Err(bad(format!("max_new_tokens must be 1..={MAX_TOKENS}")));
+        }
+        Ok(j)
+    }
+}
