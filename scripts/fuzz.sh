@@ -48,6 +48,6 @@ for t in manifest signature component; do
   start=$(date +%s)
   cargo +nightly fuzz run --sanitizer none --fuzz-dir fuzz "$t" "$corpus" -- \
     -runs="$runs" -max_len="$max_len" -rss_limit_mb=4096 -print_final_stats=1 2>&1 \
-    | grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb|==|SUMMARY|INFO: Running)|panicked|crash-" || true
+    | grep -vE "^\s*(Compiling|Downloaded|Downloading)|^#[0-9]+\s+(NEW|REDUCE|pulse)" | tail -25 || true
   echo "$t: $(( $(date +%s) - start )) s"
 done
