@@ -231,6 +231,43 @@ fn tenants_keys_jobs_and_results() {
     ]);
     assert_eq!(code, 404);
     assert_eq!(status(&srv, &kb, "nonexistent").0, 404);
+    // The client: `flexmodel remote run`, same result; one-line errors.
+    let remote = dir.join("remote.safetensors");
+    ok(&Command::new(bin())
+        .args([
+            "remote",
+            "run",
+            "--server",
+            &srv.url,
+            "--key",
+            &ka,
+            "--token-ids",
+            "5,9,2,77",
+            "--save",
+            s(&remote),
+        ])
+        .output()
+        .unwrap());
+    let want = saved(&dir.join("want0.safetensors"));
+    assert!(saved(&remote)["logits"].equal(&want["logits"]));
+    let o = Command::new(bin())
+        .args([
+            "remote",
+            "run",
+            "--server",
+            &srv.url,
+            "--key",
+            &forged,
+            "--token-ids",
+            "1",
+            "--save",
+            s(&remote),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("401") && e.trim().lines().count() == 1, "{e}");
     // Revocation takes effect on the next request.
     ok(&Command::new(bin())
         .args(["serve", "keys", "revoke", "--state", s(&state), &ka])

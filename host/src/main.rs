@@ -50,6 +50,9 @@ enum Cmd {
     /// Serve the model to many tenants: an HTTP/JSON API of jobs with
     /// sandboxed hooks (`serve keys add|list|revoke` manages API keys).
     Serve(cli::serve::ServeArgs),
+    /// Run a job on a `flexmodel serve` server and save its result.
+    #[command(subcommand)]
+    Remote(cli::remote::RemoteCmd),
 }
 
 fn main() {
@@ -66,6 +69,7 @@ fn main() {
         Cmd::Harvest(a) => cli::harvest::harvest(a),
         Cmd::Plugin(c) => cli::plugin::plugin(c),
         Cmd::Serve(a) => cli::serve::serve(a),
+        Cmd::Remote(c) => cli::remote::remote(c),
     };
     if let Err(e) = r {
         let msg = format!("{e:#}").replace('\n', " ");

@@ -9,6 +9,7 @@ pub mod lens;
 pub mod plot;
 pub mod plugin;
 pub mod prompts;
+pub mod remote;
 pub mod run;
 pub mod serve;
 pub mod show;
