@@ -17,6 +17,8 @@ max_len=${2:-8192}
 fm="$CARGO_TARGET_DIR/release/flexmodel"
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 export CARGO_TARGET_DIR="$FLEXMODEL_CACHE/fuzz-target"
+# The targets link the host library, hence libtorch (no rpath in fuzz builds).
+export LD_LIBRARY_PATH="$LIBTORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 seeds=$(mktemp -d)
 trap 'rm -rf "$seeds"' EXIT
 # Seeds: the manifest of a packed example; a bare component with it as a

@@ -63,8 +63,10 @@ impl PluginToml {
 /// Strip the sections packing and signing write (`flexmodel-manifest`,
 /// `signature`) from a component.
 pub fn strip(bytes: &[u8], names: &[&str]) -> Result<Vec<u8>, PackageError> {
+    // The walker checks the header first: `bytes` is at least 8 bytes after.
+    let sections = manifest::sections(bytes)?;
     let mut out = bytes[..8].to_vec();
-    for s in manifest::sections(bytes)? {
+    for s in sections {
         match s {
             Section::Custom { name, .. } if names.contains(&name) => {}
             Section::Custom { name, payload } => push_custom(&mut out, name, payload),
@@ -185,4 +187,24 @@ pub fn pack(
     // What a colleague's host will do with it.
     rt.load(&out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_refuses_what_is_not_a_binary() {
+        // Found by the `manifest` fuzz target: the empty input panicked.
+        for b in [&b""[..], b"\0as", b"\0asm\x0d\0\x01"] {
+            assert!(strip(b, &["x"]).is_err());
+        }
+        let mut c = b"\0asm\x0d\0\x01\0".to_vec();
+        push_custom(&mut c, "keep", b"1");
+        push_custom(&mut c, "drop", b"2");
+        let s = strip(&c, &["drop"]).unwrap();
+        let mut want = b"\0asm\x0d\0\x01\0".to_vec();
+        push_custom(&mut want, "keep", b"1");
+        assert_eq!(s, want);
+    }
 }
