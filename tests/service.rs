@@ -442,3 +442,26 @@ fn kill9(child: &mut Child) {
         .status();
     let _ = child.wait();
 }
+
+/// Every route the server answers is in `docs/openapi.yaml`, and the
+/// document names no route the server lacks.
+#[test]
+fn the_openapi_document_lists_the_routes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let code = std::fs::read_to_string(root.join("host/src/service/http.rs")).unwrap();
+    let doc = std::fs::read_to_string(root.join("docs/openapi.yaml")).unwrap();
+    let routes: Vec<&str> = code
+        .split(".route(\"")
+        .skip(1)
+        .map(|r| r.split('"').next().unwrap())
+        .collect();
+    assert!(routes.len() >= 5);
+    for r in &routes {
+        assert!(
+            doc.contains(&format!("  {r}:\n")),
+            "{r} missing from docs/openapi.yaml"
+        );
+    }
+    let documented = doc.lines().filter(|l| l.starts_with("  /")).count();
+    assert_eq!(documented, routes.len(), "documented paths vs routes");
+}
