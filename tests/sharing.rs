@@ -250,6 +250,37 @@ fn pack_inspect_sign_verify_and_every_refusal() {
     let f = dir.join("edited.wasm");
     std::fs::write(&f, &edited).unwrap();
     assert!(refused(&f, &t).contains("changed after signing"));
+    // OpenSSH ed25519 keys work too: signed with the private key, trusted
+    // through the `.pub` line.
+    let ssh = dir.join("ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    let kg = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f", s(&ssh.join("id"))])
+        .status()
+        .expect("ssh-keygen (openssh-client; scripts/setup.sh installs it)");
+    assert!(kg.success());
+    let by_ssh = ssh.join("signed.wasm");
+    ok(&fm(
+        &cache,
+        &[
+            "plugin",
+            "sign",
+            s(&plugin),
+            "--key",
+            s(&ssh.join("id")),
+            "-o",
+            s(&by_ssh),
+        ],
+    ));
+    let ssh_trust = trust(
+        &ssh,
+        "default = \"require-signed\"\n[namespace.acme]\nkeys = [\"id.pub\"]\n",
+    );
+    ok(&fm(
+        &cache,
+        &["plugin", "verify", s(&by_ssh), "--trust", s(&ssh_trust)],
+    ));
+    assert!(refused(&by_ssh, &t).contains("not trusted"));
     // Under allow-unsigned an unsigned plugin passes, a broken signature never.
     let open = trust(&dir, "default = \"allow-unsigned\"\n");
     ok(&fm(
