@@ -137,23 +137,33 @@ fn status_json(app: &App, job: &super::store::Job) -> Result<serde_json::Value, 
     Ok(v)
 }
 
-async fn status(
-    AxState(app): AxState<Shared>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+/// A job looked up for the request's tenant (`find`), answered with its
+/// status: 401 without a valid key, 404 when it is not the tenant's.
+fn answer_status(
+    app: &App,
+    headers: &HeaderMap,
+    find: impl FnOnce(&Store, &str) -> Result<Option<super::store::Job>, super::ServiceError>,
 ) -> Response {
-    let t = match tenant(&app, &headers) {
+    let t = match tenant(app, headers) {
         Ok(t) => t,
         Err(r) => return r,
     };
-    match app.store.job(&t, &id) {
-        Ok(Some(job)) => match status_json(&app, &job) {
+    match find(&app.store, &t) {
+        Ok(Some(job)) => match status_json(app, &job) {
             Ok(v) => Json(v).into_response(),
             Err(r) => r,
         },
         Ok(None) => not_found(),
         Err(e) => internal(e),
     }
+}
+
+async fn status(
+    AxState(app): AxState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    answer_status(&app, &headers, |store, t| store.job(t, &id))
 }
 
 async fn result(
@@ -191,18 +201,7 @@ async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let t = match tenant(&app, &headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    match app.store.cancel(&t, &id) {
-        Ok(Some(job)) => match status_json(&app, &job) {
-            Ok(v) => Json(v).into_response(),
-            Err(r) => r,
-        },
-        Ok(None) => not_found(),
-        Err(e) => internal(e),
-    }
+    answer_status(&app, &headers, |store, t| store.cancel(t, &id))
 }
 
 async fn model(AxState(app): AxState<Shared>, headers: HeaderMap) -> Response {
