@@ -100,8 +100,14 @@ async fn submit(AxState(app): AxState<Shared>, headers: HeaderMap, body: Bytes) 
     if let Err(e) = JobRequest::parse(text) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
-    match app.store.active(&t) {
-        Ok(n) if n >= app.quotas.max_active_jobs => {
+    let mut raw = [0u8; 12];
+    if let Err(e) = getrandom::fill(&mut raw) {
+        return internal(e);
+    }
+    let id = hex::encode(raw);
+    match app.store.add_job(&id, &t, text, app.quotas.max_active_jobs) {
+        Ok(Ok(())) => {}
+        Ok(Err(n)) => {
             return error(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
@@ -110,16 +116,7 @@ async fn submit(AxState(app): AxState<Shared>, headers: HeaderMap, body: Bytes) 
                 ),
             );
         }
-        Ok(_) => {}
         Err(e) => return internal(e),
-    }
-    let mut raw = [0u8; 12];
-    if let Err(e) = getrandom::fill(&mut raw) {
-        return internal(e);
-    }
-    let id = hex::encode(raw);
-    if let Err(e) = app.store.add_job(&id, &t, text) {
-        return internal(e);
     }
     app.bell.ring();
     (StatusCode::ACCEPTED, Json(json!({"id": id}))).into_response()

@@ -160,14 +160,37 @@ impl Store {
         Ok(n > 0)
     }
 
-    pub fn add_job(&self, id: &str, tenant: &str, body: &str) -> Result<(), ServiceError> {
-        self.conn()
+    /// Queue a job unless the tenant already has `max_active` queued or
+    /// running (checked and inserted in one statement, so concurrent
+    /// requests cannot pass the quota together); `Err(n)` with their count.
+    pub fn add_job(
+        &self,
+        id: &str,
+        tenant: &str,
+        body: &str,
+        max_active: i64,
+    ) -> Result<Result<(), i64>, ServiceError> {
+        let c = self.conn();
+        let n = c
             .execute(
-                "INSERT INTO jobs (id, tenant, state, body, created) VALUES (?1, ?2, 'queued', ?3, ?4)",
-                params![id, tenant, body, now()],
+                "INSERT INTO jobs (id, tenant, state, body, created)
+                 SELECT ?1, ?2, 'queued', ?3, ?4
+                 WHERE (SELECT COUNT(*) FROM jobs WHERE tenant = ?2
+                        AND state IN ('queued', 'running')) < ?5",
+                params![id, tenant, body, now(), max_active],
             )
             .map_err(db)?;
-        Ok(())
+        if n == 1 {
+            return Ok(Ok(()));
+        }
+        let active = c
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE tenant = ?1 AND state IN ('queued', 'running')",
+                params![tenant],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        Ok(Err(active))
     }
 
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
@@ -283,16 +306,5 @@ impl Store {
             )
             .map_err(db)?;
         Ok(requeued + failed)
-    }
-
-    /// Jobs a tenant has queued or running.
-    pub fn active(&self, tenant: &str) -> Result<i64, ServiceError> {
-        self.conn()
-            .query_row(
-                "SELECT COUNT(*) FROM jobs WHERE tenant = ?1 AND state IN ('queued', 'running')",
-                params![tenant],
-                |r| r.get(0),
-            )
-            .map_err(db)
     }
 }
