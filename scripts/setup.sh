@@ -22,8 +22,8 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Rust target wasm32-wasip2"
 rustup target add wasm32-wasip2 >/dev/null
 
-step "Open MPI and libclang (MPI backend); an OCI registry, htpasswd and curl (plugin sharing tests)"
-mpi_pkgs="libopenmpi-dev openmpi-bin libclang-dev docker-registry apache2-utils curl openssh-client"
+step "Open MPI and libclang (MPI backend); an OCI registry, htpasswd and curl (plugin sharing tests); openssl and prlimit (service tests: TLS, a full disk)"
+mpi_pkgs="libopenmpi-dev openmpi-bin libclang-dev docker-registry apache2-utils curl openssh-client openssl util-linux"
 if ! dpkg -s $mpi_pkgs >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq

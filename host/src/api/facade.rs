@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::threads::Pool;
 use crate::distributed::Communicator;
 use crate::engine::{
-    Engine, FlexError, HookHandle, HookListing, HookSet, Launch, Options, registry,
+    Engine, FlexError, HookHandle, HookListing, HookSet, Lane, Launch, Options, registry,
 };
 use crate::hooks::{ForwardLimits, Hook, Plugin};
 use crate::models::{Model, PointInfo, Tokenizer};
@@ -148,6 +148,25 @@ impl FlexModel {
         }
     }
 
+    /// Whether this process is one rank of a launched job (`mpirun`) of
+    /// several: the other ranks run in other processes.
+    pub fn launched(&self) -> bool {
+        matches!(&self.ranks, Ranks::Here { engine, .. } if !engine.alone())
+    }
+
+    /// `message` from global rank 0 to every process of a launched job
+    /// (collective: every rank calls it; only rank 0's `message` counts).
+    /// In one process it is handed back.
+    pub fn broadcast_from_root(&self, message: Option<Vec<u8>>) -> Result<Vec<u8>, FlexError> {
+        match &self.ranks {
+            Ranks::Here { engine, .. } if !engine.alone() => engine
+                .broadcast_from_root(message.map(bytes::Bytes::from))
+                .map(|b| b.to_vec())
+                .map_err(|e| FlexError::Input(format!("broadcast: {e}"))),
+            _ => Ok(message.unwrap_or_default()),
+        }
+    }
+
     /// Whether this process gets the merged results (global rank 0).
     pub fn is_root(&self) -> bool {
         self.global_rank() == 0
@@ -244,6 +263,12 @@ impl FlexModel {
     ) -> Result<HookHandle, FlexError> {
         let hook = registry::wasm_hook(plugin, pattern, config, &self.points)?;
         self.register_backward(hook, pattern, groups)
+    }
+
+    /// Confine hook `h` to a [`Lane`] (its rows of the batch, a key prefix,
+    /// a deadline), or free it with `None`; `false` if it is not registered.
+    pub fn set_lane(&mut self, h: HookHandle, lane: Option<Lane>) -> bool {
+        self.registry.set_lane(h, lane)
     }
 
     /// Remove a hook; `false` if the handle was already removed.

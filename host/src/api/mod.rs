@@ -20,17 +20,18 @@ mod facade;
 mod native;
 mod packages;
 mod passes;
+pub mod rows;
 mod save;
 mod threads;
 
 pub use crate::engine::{
     BackwardOutput, Batch, FlexError, ForwardOutput, GenerateOptions, GenerateOutput, Groups,
-    HookHandle, HookListing, HookSet, Input, Launch, LogLine, Loss, Options, Padding, RankBackward,
-    Registration, Sampling, StoppedOutput, batch_bounds,
+    HookHandle, HookListing, HookSet, Input, Lane, Launch, LogLine, Loss, Options, Padding,
+    RankBackward, Registration, Sampling, StoppedOutput, batch_bounds,
 };
 pub use facade::FlexModel;
 pub use native::FnHook;
-pub use packages::PluginRecord;
+pub use packages::{Limits, PluginRecord};
 pub use save::{producer_key, save_safetensors, save_safetensors_with};
 
 /// One rank's result of a forward: the merged output at global rank 0,

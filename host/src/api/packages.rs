@@ -9,7 +9,15 @@ use super::facade::FlexModel;
 use crate::engine::{FlexError, HookHandle};
 use crate::hooks::Runtime;
 use crate::package::reference::HookSpec;
-use crate::package::resolve::Resolver;
+use crate::package::resolve::{Resolved, Resolver};
+
+/// What one call of a plugin may use, below the runtime's limits (`None`:
+/// the runtime's, or the plugin manifest's ask).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub fuel_per_call: Option<u64>,
+    pub memory_bytes: Option<usize>,
+}
 
 /// What was registered: the package, the component's digest, where it
 /// came from and who signed it (`flexmodel.plugins` in a saved result).
@@ -37,8 +45,26 @@ impl FlexModel {
     ) -> Result<PluginRecord, FlexError> {
         let h = HookSpec::parse(spec)?;
         let r = resolver.resolve(&h.source)?;
-        let plugin = rt.load(&r.bytes)?;
-        let handle = self.register_wasm(&plugin, &h.pattern, &h.config, groups)?;
+        self.register_resolved(rt, r, &h.pattern, &h.config, groups, Limits::default())
+    }
+
+    /// Register a plugin a [`Resolver`] accepted (a package, a file or
+    /// uploaded bytes) on `pattern` with `config`, what one call may use
+    /// lowered to `limits`.
+    pub fn register_resolved(
+        &mut self,
+        rt: &Arc<Runtime>,
+        r: Resolved,
+        pattern: &str,
+        config: &str,
+        groups: &[&str],
+        limits: Limits,
+    ) -> Result<PluginRecord, FlexError> {
+        let mut plugin = rt.load(&r.bytes)?;
+        if limits != Limits::default() {
+            plugin = Arc::new(plugin.limited(limits.fuel_per_call, limits.memory_bytes));
+        }
+        let handle = self.register_wasm(&plugin, pattern, config, groups)?;
         let (name, version) = plugin.package();
         Ok(PluginRecord {
             name,

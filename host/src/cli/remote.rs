@@ -28,13 +28,25 @@ pub struct RemoteRunArgs {
     /// A prompt (repeatable).
     #[arg(long)]
     pub prompt: Vec<String>,
+    /// JSONL file: each line a string, {"prompt": "..."} or {"token_ids": [..]}.
+    #[arg(long, conflicts_with_all = ["prompt", "token_ids"])]
+    pub prompts: Option<PathBuf>,
     /// Comma-separated token ids (one prompt).
     #[arg(long, value_delimiter = ',')]
     pub token_ids: Option<Vec<i64>>,
-    /// namespace:name@VERSION@PATTERN[=CONFIG_JSON], repeatable (pinned to
-    /// the lockfile's digest when it lists the reference).
+    /// namespace:name@VERSION@PATTERN[=CONFIG_JSON] (pinned to the
+    /// lockfile's digest when it lists the reference) or
+    /// PLUGIN.wasm@PATTERN[=CONFIG_JSON] (the component is uploaded, and
+    /// must pass the server's trust policy), repeatable.
     #[arg(long = "hook")]
     pub hooks: Vec<String>,
+    /// Run again this many times if the server is interrupted.
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
+    /// Trust this CA certificate (PEM) for an https server, e.g. a
+    /// self-signed one.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
     /// Greedy generation of this many tokens.
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
@@ -53,25 +65,66 @@ fn body(a: &RemoteRunArgs) -> Result<serde_json::Value> {
     let mut hooks = Vec::new();
     for spec in &a.hooks {
         let h = HookSpec::parse(spec)?;
-        let PluginSource::Package(r) = &h.source else {
-            bail!(
-                "--hook {spec}: a server runs published plugins only (namespace:name@VERSION@PATTERN)"
-            );
-        };
         let config: serde_json::Value = serde_json::from_str(&h.config)
             .with_context(|| format!("--hook {spec}: config is not JSON"))?;
-        let mut v = serde_json::json!({"plugin": r.to_string(), "at": h.pattern, "config": config});
-        if let Some(pin) = lock.as_ref().and_then(|l| l.find(r)) {
-            v["digest"] = pin.digest.clone().into();
-        }
+        let v = match &h.source {
+            PluginSource::Package(r) => {
+                let mut v =
+                    serde_json::json!({"plugin": r.to_string(), "at": h.pattern, "config": config});
+                if let Some(pin) = lock.as_ref().and_then(|l| l.find(r)) {
+                    v["digest"] = pin.digest.clone().into();
+                }
+                v
+            }
+            PluginSource::File(p) => {
+                use base64::Engine;
+                let bytes =
+                    std::fs::read(p).with_context(|| format!("--hook {spec}: {}", p.display()))?;
+                serde_json::json!({
+                    "component": base64::engine::general_purpose::STANDARD.encode(&bytes),
+                    "digest": flexmodel::package::digest(&bytes),
+                    "at": h.pattern,
+                    "config": config,
+                })
+            }
+        };
         hooks.push(v);
     }
-    let mut b = match (&a.token_ids, a.prompt.is_empty()) {
-        (Some(t), true) => serde_json::json!({"token_ids": [t]}),
-        (None, false) => serde_json::json!({"prompts": a.prompt}),
-        _ => bail!("give --token-ids or --prompt (one or more)"),
+    let mut b = match (&a.token_ids, a.prompt.is_empty(), &a.prompts) {
+        (Some(t), true, None) => serde_json::json!({"token_ids": [t]}),
+        (None, false, None) => serde_json::json!({"prompts": a.prompt}),
+        (None, true, Some(file)) => {
+            use super::prompts::Prompt;
+            let all = super::prompts::read_prompts(file)?;
+            let texts: Option<Vec<String>> = all
+                .iter()
+                .map(|p| match p {
+                    Prompt::Text(t) => Some(t.clone()),
+                    Prompt::Ids(_) => None,
+                })
+                .collect();
+            let ids: Option<Vec<Vec<i64>>> = all
+                .iter()
+                .map(|p| match p {
+                    Prompt::Ids(i) => Some(i.clone()),
+                    Prompt::Text(_) => None,
+                })
+                .collect();
+            match (texts, ids) {
+                (Some(t), _) => serde_json::json!({"prompts": t}),
+                (_, Some(i)) => serde_json::json!({"token_ids": i}),
+                _ => bail!(
+                    "{}: a job holds either texts or token ids, not both",
+                    file.display()
+                ),
+            }
+        }
+        _ => bail!("give --token-ids, --prompt (one or more) or --prompts FILE"),
     };
     b["hooks"] = hooks.into();
+    if a.retries > 0 {
+        b["retries"] = a.retries.into();
+    }
     if let Some(n) = a.max_new_tokens {
         b["max_new_tokens"] = n.into();
     }
@@ -90,9 +143,14 @@ fn refused(status: reqwest::StatusCode, text: &str) -> anyhow::Error {
 pub fn remote(cmd: &RemoteCmd) -> Result<()> {
     let RemoteCmd::Run(a) = cmd;
     let base = a.server.trim_end_matches('/');
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()?;
+    let mut builder = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60));
+    if let Some(ca) = &a.ca_cert {
+        let pem = std::fs::read(ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("--ca-cert {}: not a PEM certificate", ca.display()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let client = builder.build()?;
     let key = a
         .key
         .clone()
@@ -115,6 +173,7 @@ pub fn remote(cmd: &RemoteCmd) -> Result<()> {
         .map(str::to_string)
         .ok_or_else(|| anyhow!("the server gave no job id"))?;
     let start = std::time::Instant::now();
+    let mut shown = false;
     loop {
         let r = client
             .get(format!("{base}/v1/jobs/{id}"))
@@ -126,12 +185,21 @@ pub fn remote(cmd: &RemoteCmd) -> Result<()> {
             return Err(refused(status, &text));
         }
         let v: serde_json::Value = serde_json::from_str(&text)?;
-        match v["state"].as_str() {
+        let state = v["state"].as_str();
+        if matches!(state, Some("done" | "failed" | "cancelled")) && shown {
+            eprintln!();
+        }
+        match state {
             Some("done") => break,
             Some("failed") => bail!(
                 "job {id} failed ({}): {}",
                 v["error"]["reason"].as_str().unwrap_or("?"),
-                v["error"]["message"].as_str().unwrap_or("")
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
             ),
             Some("cancelled") => bail!("job {id} was cancelled"),
             Some(s) => {
@@ -140,6 +208,7 @@ pub fn remote(cmd: &RemoteCmd) -> Result<()> {
                     .map(|p| format!(", {p} ahead"))
                     .unwrap_or_default();
                 eprint!("\rjob {id}: {s}{pos}   ");
+                shown = true;
             }
             None => bail!("unexpected status: {text}"),
         }
@@ -159,7 +228,6 @@ pub fn remote(cmd: &RemoteCmd) -> Result<()> {
     }
     let bytes = r.bytes()?;
     std::fs::write(&a.save, &bytes).with_context(|| format!("writing {}", a.save.display()))?;
-    eprintln!();
     println!(
         "job {id} done: saved {} ({} bytes)",
         a.save.display(),

@@ -1,10 +1,11 @@
 //! `flexmodel run`: forwards with hooks over prompts; next-token
 //! predictions printed, outputs saved.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
+use flexmodel::api::rows::{Rows, seq_dims};
 use flexmodel::api::{Batch, FlexError, FlexModel, Groups, LogLine, Padding, batch_bounds};
 use tch::{Device, Tensor};
 
@@ -144,86 +145,11 @@ struct Seen<'r> {
     first: usize,
     /// Whether the run has several prompts (keys get an `i/` prefix).
     many: bool,
-    rows: &'r [Vec<i64>],
-    batch: &'r Batch,
-    padding: Padding,
-    /// Hook point -> its layout.
-    dims: &'r HashMap<String, SeqDims>,
-}
-
-/// A hook point's number of dimensions and those that grow with the
-/// sequence (the token dimension first).
-struct SeqDims {
-    rank: usize,
-    seq: Vec<usize>,
-}
-
-fn seq_dims(fm: &FlexModel) -> HashMap<String, SeqDims> {
-    let longer = fm.points(1, 2);
-    fm.points(1, 1)
-        .into_iter()
-        .zip(longer)
-        .map(|(a, b)| {
-            let seq = (0..a.shape.len())
-                .filter(|&i| a.shape.get(i) != b.shape.get(i))
-                .collect();
-            (
-                a.name,
-                SeqDims {
-                    rank: a.shape.len(),
-                    seq,
-                },
-            )
-        })
-        .collect()
+    ids: &'r [Vec<i64>],
+    rows: Rows<'r>,
 }
 
 impl Seen<'_> {
-    /// Row `j`'s real tokens `(start, len)` in the padded batch.
-    fn span(&self, j: usize) -> (i64, i64) {
-        let len = self.rows[j].len() as i64;
-        match self.padding {
-            Padding::Left => (self.batch.ids.size()[1] - len, len),
-            Padding::Right => (0, len),
-        }
-    }
-
-    /// Prompt `j`'s part of an output, in the form a batch of that prompt
-    /// alone gives: its row of a batched output, or, from a padded batch's
-    /// real-tokens-only output (one dimension fewer: `[tokens, ...]`, as
-    /// `retrieve` saves by default), its tokens put back in the point's
-    /// layout (`[1, ...]`, token dimension in place, other sequence
-    /// dimensions such as attention keys cut to its real positions).
-    fn part(&self, key: &str, t: &Tensor, j: usize, dims: &HashMap<String, SeqDims>) -> Tensor {
-        let n = self.rows.len() as i64;
-        let point = key.split(':').next().unwrap_or(key);
-        let form = dims.get(point);
-        if let Some(d) = form
-            .filter(|d| self.batch.attention_mask.is_some() && t.dim() + 1 == d.rank && t.dim() > 0)
-        {
-            let lens: Vec<i64> = self.rows.iter().map(|r| r.len() as i64).collect();
-            let total: i64 = lens.iter().sum();
-            let (offset, len) = match t.size()[0] {
-                m if m == total => (lens[..j].iter().sum(), lens[j]),
-                m if m == n => (j as i64, 1),
-                _ => return t.shallow_clone(),
-            };
-            let mut x = t.narrow(0, offset, len).unsqueeze(0);
-            if let Some((&tok, rest)) = d.seq.split_first() {
-                x = x.movedim([1], [tok as i64]);
-                let (start, len) = self.span(j);
-                for &k in rest {
-                    x = x.narrow(k as i64, start, len);
-                }
-            }
-            return x;
-        }
-        if t.dim() > 0 && t.size()[0] == n {
-            return t.narrow(0, j as i64, 1);
-        }
-        t.shallow_clone()
-    }
-
     /// Print each prompt's line and keep its rows of the logits and outputs.
     fn record(
         &self,
@@ -233,13 +159,9 @@ impl Seen<'_> {
         progress: &Progress,
         saved: &mut Saved,
     ) {
-        for (j, ids) in self.rows.iter().enumerate() {
+        for (j, ids) in self.ids.iter().enumerate() {
             let i = self.first + j;
-            let (start, len) = self.span(j);
-            let logits = pass
-                .logits
-                .as_ref()
-                .map(|l| l.narrow(0, j as i64, 1).narrow(1, start, len));
+            let logits = pass.logits.as_ref().map(|l| self.rows.logits(l, j));
             progress.say(match &logits {
                 Some(l) => format!(
                     "prompt {i}: {} tokens; next token: {}",
@@ -266,7 +188,7 @@ impl Seen<'_> {
             for (key, v) in &pass.outputs {
                 saved
                     .tensors
-                    .insert(format!("{prefix}{key}"), self.part(key, v, j, self.dims));
+                    .insert(format!("{prefix}{key}"), self.rows.part(key, v, j));
                 if let Some(p) = pass.producers.get(key) {
                     saved.producers.insert(format!("{prefix}{key}"), p.clone());
                 }
@@ -304,10 +226,14 @@ pub fn run(a: &RunArgs) -> Result<()> {
         let seen = Seen {
             first,
             many,
-            rows: &rows,
-            batch: &batch,
-            padding: a.padding,
-            dims: &dims,
+            ids: &rows,
+            rows: Rows {
+                lens: rows.iter().map(|r| r.len() as i64).collect(),
+                seq_len: batch.ids.size()[1],
+                padding: a.padding,
+                padded: batch.attention_mask.is_some(),
+                dims: &dims,
+            },
         };
         seen.record(a, &pass, &fm, &progress, &mut saved);
     }

@@ -176,6 +176,7 @@ impl Engine {
         site.generation = pass.step;
         site.budget = std::mem::take(pass.budget);
         site.token_dims = Some(&self.token_dims);
+        site.row_offset = start;
         // Spans for this replica's rows whenever the batch's tokens of this
         // pass are padded anywhere (every replica then emits alike).
         let s = ids.size()[1];

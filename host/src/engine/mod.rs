@@ -13,6 +13,7 @@
 //!
 //! - [`registry`]: registered hooks, groups, handles;
 //! - [`site`]: calling the hooks of a point, collecting what they emit;
+//!   [`lane`]: a hook confined to its job's rows of a shared batch;
 //! - [`tp_site`]: a point's logical view over the TP group, agreement;
 //! - [`forward`], [`stage`]: the forward pass and pipeline messages;
 //! - [`generate`], [`sampling`]: generation with a key/value cache;
@@ -26,6 +27,7 @@ mod deferred;
 mod error;
 pub mod forward;
 pub mod generate;
+mod lane;
 pub mod load;
 pub mod loss;
 mod options;
@@ -50,6 +52,7 @@ pub use backward::{BackwardOutput, RankBackward};
 pub use batch::{Batch, Input, Padding, batch_bounds};
 pub use error::FlexError;
 pub(crate) use error::{failure, model_error};
+pub use lane::Lane;
 pub use loss::Loss;
 pub use options::{Launch, Options};
 pub use output::{ForwardOutput, LogLine, StoppedOutput};
@@ -164,6 +167,14 @@ impl Engine {
 
     pub fn global_rank(&self) -> usize {
         self.groups.world.rank()
+    }
+
+    /// `b` from global rank 0 to every rank of the world (collective).
+    pub(crate) fn broadcast_from_root(
+        &self,
+        b: Option<bytes::Bytes>,
+    ) -> Result<bytes::Bytes, distributed::CommError> {
+        self.groups.world.broadcast_bytes(b, 0)
     }
 
     /// Whether this is the only rank (the fast path).

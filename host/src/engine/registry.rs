@@ -64,6 +64,8 @@ pub struct Registration {
     pub(crate) groups: BTreeSet<String>,
     /// Called on the gradient in a backward pass instead of in the forward.
     pub(crate) backward: bool,
+    /// The rows, key prefix and deadline it is confined to (`None`: free).
+    pub(crate) lane: Option<Arc<super::Lane>>,
 }
 
 /// One entry of [`HookSet::list`]: handle, hook name, pattern, bound points, groups.
@@ -111,8 +113,21 @@ impl HookSet {
             points: bound,
             groups: tags,
             backward,
+            lane: None,
         });
         Ok(handle)
+    }
+
+    /// Confine hook `h` to `lane` (`None`: free again); `false` if it is
+    /// not registered.
+    pub fn set_lane(&mut self, h: HookHandle, lane: Option<super::Lane>) -> bool {
+        let lane = lane.map(Arc::new);
+        let mut found = false;
+        for r in self.regs.iter_mut().filter(|r| r.handle == h) {
+            r.lane = lane.clone();
+            found = true;
+        }
+        found
     }
 
     /// Remove a hook; `false` if it was not registered.

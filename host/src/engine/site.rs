@@ -62,6 +62,8 @@ pub(crate) struct Site<'a> {
     pub token_dims: Option<&'a HashMap<String, usize>>,
     /// This pass's real tokens per row `(start, len)` in a padded batch.
     pub real: Option<Arc<[(u32, u32)]>>,
+    /// The batch row of this rank's row 0 (a data-parallel replica's first).
+    pub row_offset: i64,
 }
 
 impl<'a> Site<'a> {
@@ -110,6 +112,7 @@ impl<'a> Site<'a> {
             order: Order::default(),
             token_dims: None,
             real: None,
+            row_offset: 0,
         }
     }
 }
@@ -202,13 +205,41 @@ impl<'a> Site<'a> {
         t: &mut Tensor,
     ) -> Result<bool, HookError> {
         let point = ctx.hook_point.as_str();
-        let report = r.hook.call(ctx, t)?;
         let fail = |kind| HookError {
             plugin: r.hook.name().to_string(),
             hook_point: point.to_string(),
             rank: self.rank.global_rank,
             kind,
         };
+        let mut report = match r.lane.as_deref() {
+            None => r.hook.call(ctx, t)?,
+            Some(lane) => {
+                lane.check(r.hook.name(), point, self.rank.global_rank)?;
+                let Some(mut view) = lane.view(t, self.row_offset) else {
+                    return Ok(false); // none of its rows on this rank
+                };
+                let at = view.data_ptr();
+                let mut own = ctx.clone();
+                own.tokens = lane.tokens(t, self.row_offset, own.tokens);
+                let report = r.hook.call(&own, &mut view)?;
+                if report.edited && view.data_ptr() != at {
+                    // A replacement: copy it into the lane's rows.
+                    if let Some(mut rows) = lane.view(t, self.row_offset) {
+                        rows.f_copy_(&view).map_err(|e| {
+                            fail(HookErrorKind::ForwardLimit {
+                                message: e.to_string(),
+                            })
+                        })?;
+                    }
+                }
+                report
+            }
+        };
+        if let Some(lane) = r.lane.as_deref().filter(|l| !l.key_prefix.is_empty()) {
+            for e in &mut report.emitted {
+                e.key = format!("{}{}", lane.key_prefix, e.key);
+            }
+        }
         // Check the whole report before taking any of it.
         let lim = self.budget.limits;
         let mut bytes = 0u64;

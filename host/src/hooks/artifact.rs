@@ -181,6 +181,27 @@ impl Plugin {
         Ok(self)
     }
 
+    /// This plugin with what one call may use lowered to `fuel_per_call`
+    /// (when the runtime meters fuel) and `memory_bytes` (never raised):
+    /// the limits of one tenant of a shared server.
+    pub fn limited(&self, fuel_per_call: Option<u64>, memory_bytes: Option<usize>) -> Plugin {
+        let fuel = match (self.fuel_per_call, fuel_per_call) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Plugin {
+            hash: self.hash.clone(),
+            info: self.info.clone(),
+            wit_version: self.wit_version.clone(),
+            manifest: self.manifest.clone(),
+            fuel_per_call: fuel,
+            max_memory_bytes: memory_bytes
+                .map_or(self.max_memory_bytes, |m| m.min(self.max_memory_bytes)),
+            pre: self.pre.clone(),
+            core: self.core.clone(),
+        }
+    }
+
     /// What the plugin says of itself, as a manifest is checked against it.
     pub fn said(&self) -> super::manifest::Said<'_> {
         super::manifest::Said {

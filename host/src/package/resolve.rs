@@ -82,6 +82,31 @@ impl Resolver {
         })
     }
 
+    /// Component bytes sent by a client (a service job's uploaded plugin),
+    /// under the same policy as a file: size limit, trust.
+    pub fn uploaded(&self, bytes: Vec<u8>, label: &str) -> Result<Resolved, PackageError> {
+        if bytes.len() > self.max_bytes {
+            return Err(PackageError::Input(format!(
+                "{label} is {} bytes, over the limit of {}",
+                bytes.len(),
+                self.max_bytes
+            )));
+        }
+        if self.locked {
+            return Err(PackageError::Locked(format!(
+                "{label}: --locked runs only packages pinned in {}",
+                super::lock::FILE
+            )));
+        }
+        let verdict = self.trust.check(&bytes, label)?;
+        Ok(Resolved {
+            digest: digest(&bytes),
+            bytes,
+            verdict,
+            label: label.to_string(),
+        })
+    }
+
     fn accept(&self, bytes: Vec<u8>, label: String) -> Result<Resolved, PackageError> {
         let verdict = self.trust.check(&bytes, &label)?;
         self.store.put(&bytes)?;

@@ -2,8 +2,10 @@
 //!
 //! - `POST /v1/jobs` → `202 {"id": …}`; `GET /v1/jobs/{id}` → `{"id",
 //!   "state", "position" (queued), "error" (failed)}`; `GET
-//!   /v1/jobs/{id}/result` → the safetensors file; `DELETE /v1/jobs/{id}`
-//!   cancels; `GET /v1/model`; `GET /healthz`.
+//!   /v1/jobs/{id}/result` → the safetensors file; `GET
+//!   /v1/jobs/{id}/events` → server-sent events; `DELETE /v1/jobs/{id}`
+//!   cancels (a running job stops at its hooks' next call); `GET
+//!   /v1/model`; `GET /healthz`.
 //! - Every `/v1` request carries `Authorization: Bearer fm_<id>_<secret>`:
 //!   missing or wrong → 401. Another tenant's job → 404, the same answer as
 //!   a job that does not exist. Over a quota → 429 naming it.
@@ -20,23 +22,21 @@ use serde_json::json;
 
 use super::job::JobRequest;
 use super::keys;
+use super::quota::Quota;
 use super::store::{State, Store};
-use super::worker::Bell;
+use super::worker::{Bell, Changes, Running};
 
-/// Limits per tenant.
+/// Limits of a request.
 #[derive(Debug, Clone)]
 pub struct Quotas {
-    /// Jobs queued or running at once.
-    pub max_active_jobs: i64,
-    /// Bytes of a request body.
+    /// Bytes of a request body (an uploaded component travels in it).
     pub max_body_bytes: usize,
 }
 
 impl Default for Quotas {
     fn default() -> Quotas {
         Quotas {
-            max_active_jobs: 16,
-            max_body_bytes: 1 << 20,
+            max_body_bytes: 32 << 20,
         }
     }
 }
@@ -44,8 +44,13 @@ impl Default for Quotas {
 pub struct App {
     pub store: Arc<Store>,
     pub bell: Arc<Bell>,
+    pub running: Arc<Running>,
+    /// Bumped at every change of a job's state (wakes event streams).
+    pub changes: Arc<Changes>,
     pub model: serde_json::Value,
     pub quotas: Quotas,
+    /// The server's limits per tenant.
+    pub limits: Quota,
 }
 
 type Shared = Arc<App>;
@@ -54,7 +59,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!("{e}");
     error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
@@ -62,7 +67,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 /// The tenant of the request's key, or the 401 to answer (the answer's
 /// size does not matter on this path).
 #[allow(clippy::result_large_err)]
-fn tenant(app: &App, headers: &HeaderMap) -> Result<String, Response> {
+pub(crate) fn tenant(app: &App, headers: &HeaderMap) -> Result<String, Response> {
     let unauthorized = || error(StatusCode::UNAUTHORIZED, "missing or invalid API key");
     let key = headers
         .get(header::AUTHORIZATION)
@@ -76,7 +81,7 @@ fn tenant(app: &App, headers: &HeaderMap) -> Result<String, Response> {
     }
 }
 
-fn not_found() -> Response {
+pub(crate) fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such job")
 }
 
@@ -105,31 +110,48 @@ async fn submit(AxState(app): AxState<Shared>, headers: HeaderMap, body: Bytes) 
         return internal(e);
     }
     let id = hex::encode(raw);
-    match app.store.add_job(&id, &t, text, app.quotas.max_active_jobs) {
+    let max_active = match app.store.quota(&t) {
+        Ok(q) => q.under(&app.limits).active_jobs.unwrap_or(i64::MAX),
+        Err(e) => return internal(e),
+    };
+    match app.store.add_job(&id, &t, text, max_active) {
         Ok(Ok(())) => {}
         Ok(Err(n)) => {
             return error(
                 StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "quota active_jobs: {n} jobs queued or running (at most {})",
-                    app.quotas.max_active_jobs
-                ),
+                format!("quota active_jobs: {n} jobs queued or running (at most {max_active})"),
             );
         }
         Err(e) => return internal(e),
     }
     app.bell.ring();
+    app.changes.send_modify(|n| *n += 1);
     (StatusCode::ACCEPTED, Json(json!({"id": id}))).into_response()
 }
 
 #[allow(clippy::result_large_err)]
-fn status_json(app: &App, job: &super::store::Job) -> Result<serde_json::Value, Response> {
+pub(crate) fn status_json(
+    app: &App,
+    job: &super::store::Job,
+) -> Result<serde_json::Value, Response> {
     let mut v = json!({"id": job.id, "state": job.state});
     if job.state == State::Queued {
         v["position"] = app.store.position(&job.id).map_err(internal)?.into();
     }
     if let Some(e) = &job.error {
         v["error"] = serde_json::from_str(e).unwrap_or_else(|_| json!({"message": e}));
+    }
+    if job.attempts > 1 {
+        v["attempts"] = job.attempts.into();
+    }
+    if let Some(b) = job.batch {
+        v["batch_jobs"] = b.into();
+    }
+    if let (Some(c), Some(s)) = (job.created_ms, job.started_ms) {
+        v["queued_ms"] = (s - c).max(0).into();
+    }
+    if let (Some(s), Some(f)) = (job.started_ms, job.finished_ms) {
+        v["run_ms"] = (f - s).max(0).into();
     }
     Ok(v)
 }
@@ -163,32 +185,44 @@ async fn status(
     answer_status(&app, &headers, |store, t| store.job(t, &id))
 }
 
+/// The request's tenant's job `id`: 401 without a valid key, 404 when it
+/// is not the tenant's.
+#[allow(clippy::result_large_err)]
+pub(crate) fn own_job(
+    app: &App,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<super::store::Job, Response> {
+    let t = tenant(app, headers)?;
+    match app.store.job(&t, id) {
+        Ok(Some(job)) => Ok(job),
+        Ok(None) => Err(not_found()),
+        Err(e) => Err(internal(e)),
+    }
+}
+
 async fn result(
     AxState(app): AxState<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let t = match tenant(&app, &headers) {
-        Ok(t) => t,
+    let job = match own_job(&app, &headers, &id) {
+        Ok(j) => j,
         Err(r) => return r,
     };
-    match app.store.job(&t, &id) {
-        Ok(Some(job)) if job.state == State::Done => {
-            match tokio::fs::read(app.store.result_path(&job.id)).await {
-                Ok(bytes) => (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/octet-stream")],
-                    bytes,
-                )
-                    .into_response(),
-                Err(e) => internal(e),
-            }
-        }
-        Ok(Some(job)) => error(
+    if job.state != State::Done {
+        return error(
             StatusCode::CONFLICT,
             format!("job {} is {:?}: no result", job.id, job.state).to_lowercase(),
-        ),
-        Ok(None) => not_found(),
+        );
+    }
+    match tokio::fs::read(app.store.result_path(&job.id)).await {
+        Ok(bytes) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            bytes,
+        )
+            .into_response(),
         Err(e) => internal(e),
     }
 }
@@ -198,7 +232,18 @@ async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    answer_status(&app, &headers, |store, t| store.cancel(t, &id))
+    let running = app.running.clone();
+    answer_status(&app, &headers, |store, t| {
+        let job = store.cancel(t, &id)?;
+        if let Some(stop) = job
+            .as_ref()
+            .and_then(|j| running.lock().ok()?.get(&j.id).cloned())
+        {
+            // A running job stops at its hooks' next call.
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(job)
+    })
 }
 
 async fn model(AxState(app): AxState<Shared>, headers: HeaderMap) -> Response {
@@ -209,11 +254,15 @@ async fn model(AxState(app): AxState<Shared>, headers: HeaderMap) -> Response {
 }
 
 pub fn router(app: Shared) -> Router {
+    // Past axum's default of 2 MiB: an uploaded component travels in a body.
+    let limit = axum::extract::DefaultBodyLimit::max(app.quotas.max_body_bytes + 1);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/model", get(model))
         .route("/v1/jobs", post(submit))
         .route("/v1/jobs/{id}", get(status).delete(cancel))
         .route("/v1/jobs/{id}/result", get(result))
+        .route("/v1/jobs/{id}/events", get(super::events::events))
+        .layer(limit)
         .with_state(app)
 }

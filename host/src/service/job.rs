@@ -3,7 +3,9 @@
 //! optional `hooks: [{"plugin": REF, "digest": "sha256:…", "at": PATTERN,
 //! "config": {…}}]`, optional `max_new_tokens` (greedy generation, stopping
 //! at the model's EOS), optional `retries` (re-queued after an interrupted
-//! run). Checked whole before the job is accepted.
+//! run), optional `return_logits` (default true). A hook names a package
+//! (`plugin`) or uploads its component (`component`, base64). Checked
+//! whole before the job is accepted.
 
 use serde::Deserialize;
 
@@ -14,7 +16,10 @@ use crate::package::reference::{PackageRef, valid_digest};
 #[serde(deny_unknown_fields)]
 pub struct HookRequest {
     /// `namespace:name@version` (a package the server's policy allows).
-    pub plugin: String,
+    pub plugin: Option<String>,
+    /// Or the component itself, base64 (under the same trust policy: a
+    /// signed one unless the policy allows unsigned).
+    pub component: Option<String>,
     /// The component's digest it must have.
     pub digest: Option<String>,
     pub at: String,
@@ -32,6 +37,37 @@ pub struct JobRequest {
     pub max_new_tokens: Option<usize>,
     #[serde(default)]
     pub retries: u32,
+    /// Put the logits in the result (default true; false: outputs only).
+    #[serde(default = "yes")]
+    pub return_logits: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl HookRequest {
+    /// How the hook is named in messages.
+    pub fn label(&self) -> String {
+        match (&self.plugin, &self.digest) {
+            (Some(p), _) => p.clone(),
+            (None, Some(d)) => format!("uploaded component {d}"),
+            (None, None) => "uploaded component".into(),
+        }
+    }
+
+    /// The uploaded component's bytes.
+    pub fn component_bytes(&self) -> Result<Option<Vec<u8>>, ServiceError> {
+        use base64::Engine;
+        self.component
+            .as_deref()
+            .map(|c| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(c.trim())
+                    .map_err(|e| bad(format!("hooks: component is not base64: {e}")))
+            })
+            .transpose()
+    }
 }
 
 fn bad(m: impl Into<String>) -> ServiceError {
@@ -44,6 +80,12 @@ pub const MAX_TOKENS: usize = 8192;
 pub const MAX_HOOKS: usize = 64;
 
 impl JobRequest {
+    /// Whether the job can share a padded batch with others (a forward;
+    /// generation runs alone).
+    pub fn batchable(&self) -> bool {
+        self.max_new_tokens.is_none()
+    }
+
     pub fn parse(body: &str) -> Result<JobRequest, ServiceError> {
         let j: JobRequest =
             serde_json::from_str(body).map_err(|e| bad(format!("invalid job: {e}")))?;
@@ -71,7 +113,15 @@ impl JobRequest {
             return Err(bad(format!("at most {MAX_HOOKS} hooks per job")));
         }
         for h in &j.hooks {
-            PackageRef::parse(&h.plugin).map_err(|e| bad(format!("hooks: {e}")))?;
+            match (&h.plugin, &h.component) {
+                (Some(p), None) => {
+                    PackageRef::parse(p).map_err(|e| bad(format!("hooks: {e}")))?;
+                }
+                (None, Some(_)) => {
+                    h.component_bytes()?;
+                }
+                _ => return Err(bad("hooks: give exactly one of plugin or component")),
+            }
             if let Some(d) = &h.digest
                 && !valid_digest(d)
             {

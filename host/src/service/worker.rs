@@ -1,19 +1,21 @@
 //! The worker: one thread owning the loaded model, taking queued jobs in
-//! order. Each job registers its own hooks (fresh plugin instances and
-//! state: nothing is shared between jobs or tenants), runs each prompt,
-//! writes its result atomically, and removes its hooks. A failing hook, a
-//! trap, a fuel or memory limit fails that job with a typed reason; the
-//! worker goes on with the next.
+//! order, compatible ones together (co-tenancy batching, see
+//! [`super::runner`]). A failing hook, a trap, a fuel, memory, wall-time
+//! or output limit fails that job with a typed reason (a shared batch that
+//! fails runs its jobs again alone, so only the culprit fails); results
+//! are written atomically; the worker goes on with the next.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use tch::Tensor;
-
-use super::job::JobRequest;
+use super::follow::Plan;
+use super::quota::Quota;
+use super::runner::{Failure, Outcome, Runner, Task, prepare, result_bytes, run_batch};
 use super::store::{State, Store};
-use crate::api::{FlexModel, GenerateOptions, Groups, Sampling, save_safetensors_with};
-use crate::engine::FlexError;
+use crate::api::rows::{SeqDims, seq_dims};
+use crate::api::{FlexModel, save_safetensors_with};
 use crate::hooks::Runtime;
 use crate::package::resolve::Resolver;
 
@@ -31,11 +33,16 @@ impl Bell {
     }
 
     fn wait(&self) {
+        self.wait_for(Duration::from_millis(500));
+    }
+
+    /// Wait until rung or `d` passed.
+    fn wait_for(&self, d: Duration) {
         let mut r = self.rung.lock().unwrap_or_else(|p| p.into_inner());
         if !*r {
             r = self
                 .cv
-                .wait_timeout(r, std::time::Duration::from_millis(500))
+                .wait_timeout(r, d)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
@@ -43,17 +50,11 @@ impl Bell {
     }
 }
 
-/// Why a job failed, as its status reports it.
-fn reason(e: &FlexError) -> &'static str {
-    match e {
-        FlexError::Hook { .. } => "hook",
-        FlexError::Load(_) => "plugin",
-        FlexError::Package(_) => "untrusted",
-        FlexError::Input(_) | FlexError::Pattern(_) => "input",
-        FlexError::Model(crate::models::error::ModelError::Input(_)) => "input",
-        _ => "internal",
-    }
-}
+/// A counter bumped at every change of a job's state.
+pub type Changes = tokio::sync::watch::Sender<u64>;
+
+/// The stop flags of the running jobs (`DELETE` sets one).
+pub type Running = Mutex<HashMap<String, Arc<AtomicBool>>>;
 
 pub struct Worker {
     pub fm: FlexModel,
@@ -61,159 +62,222 @@ pub struct Worker {
     pub resolver: Resolver,
     pub store: Arc<Store>,
     pub bell: Arc<Bell>,
+    pub running: Arc<Running>,
+    pub changes: Arc<Changes>,
+    /// The server's limits (a tenant's own apply under them).
+    pub limits: Quota,
+    /// Most jobs in one batch (1: no co-tenancy batching).
+    pub batch_jobs: usize,
+    /// Most prompts in one batch.
+    pub batch_rows: usize,
+    /// How long a forward job waits for others to share its batch (0: it
+    /// takes those already queued).
+    pub batch_wait: Duration,
 }
 
 impl Worker {
     /// Serve jobs until the process ends.
     pub fn run(mut self) {
+        let dims = seq_dims(&self.fm);
+        let launched = self.fm.launched();
         loop {
-            match self.store.next() {
-                Ok(Some(job)) => {
-                    let outcome = self.job(&job.id, &job.body);
-                    let (state, error) = match outcome {
-                        Ok(()) => (State::Done, None),
-                        Err((reason, message)) => (
-                            State::Failed,
-                            Some(
-                                serde_json::json!({"reason": reason, "message": message})
-                                    .to_string(),
-                            ),
-                        ),
-                    };
-                    if let Err(e) = self.store.finish(&job.id, state, error.as_deref()) {
-                        tracing::error!("job {}: {e}", job.id);
-                    }
-                }
-                Ok(None) => self.bell.wait(),
+            let tasks = match self.batch() {
+                Ok(tasks) => tasks,
                 Err(e) => {
                     tracing::error!("job store: {e}");
-                    self.bell.wait();
+                    Vec::new()
                 }
+            };
+            if tasks.is_empty() {
+                self.bell.wait();
+            }
+            // Under `mpirun`: every rank runs the same batch (an empty plan
+            // keeps the others waiting within their collectives' deadline).
+            if launched && let Err(e) = Plan::of(&tasks).send(&self.fm) {
+                tracing::error!("the other ranks are gone: {e}");
+                for t in &tasks {
+                    self.end(&t.id, Err(("internal", e.to_string())), 1);
+                }
+                return;
+            }
+            if !tasks.is_empty() {
+                self.run_tasks(tasks, &dims);
             }
         }
     }
 
-    /// Run one job; `Err((reason, message))` on failure.
-    fn job(&mut self, id: &str, body: &str) -> Result<(), (&'static str, String)> {
-        let req = JobRequest::parse(body).map_err(|e| ("input", e.to_string()))?;
-        let mut handles = Vec::new();
-        let result = self.run_hooked(id, &req, &mut handles);
-        for h in handles {
-            self.fm.remove(h);
+    /// The next batch: the jobs queued now, and those that arrive within
+    /// the batch window while there is room.
+    fn batch(&mut self) -> Result<Vec<Task>, super::ServiceError> {
+        let (mut tasks, mut rows) = (Vec::new(), 0);
+        self.take(&mut tasks, &mut rows)?;
+        if !self.batch_wait.is_zero() && tasks.first().is_some_and(|t| t.req.batchable()) {
+            let until = Instant::now() + self.batch_wait;
+            while tasks.len() < self.batch_jobs && rows < self.batch_rows {
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                self.bell.wait_for(until - now);
+                self.take(&mut tasks, &mut rows)?;
+            }
         }
-        result
+        // Running from now (queued until then, also through the window);
+        // one cancelled meanwhile is left out.
+        let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        let started = self.store.start_all(&ids)?;
+        let tasks: Vec<Task> = tasks
+            .into_iter()
+            .zip(started)
+            .filter_map(|(t, ok)| ok.then_some(t))
+            .collect();
+        if !tasks.is_empty() {
+            self.changes.send_modify(|n| *n += 1);
+        }
+        Ok(tasks)
     }
 
-    fn run_hooked(
-        &mut self,
-        id: &str,
-        req: &JobRequest,
-        handles: &mut Vec<crate::engine::HookHandle>,
-    ) -> Result<(), (&'static str, String)> {
-        let group = format!("job-{id}");
-        let mut plugins = Vec::new();
-        for h in &req.hooks {
-            let config = h
-                .config
-                .as_ref()
-                .map_or_else(|| "{}".to_string(), serde_json::Value::to_string);
-            let spec = format!("{}@{}={config}", h.plugin, h.at);
-            let rec = self
-                .fm
-                .register_spec(&self.rt, &self.resolver, &spec, &[group.as_str()])
-                .map_err(|e| (reason(&e), format!("{}: {e}", h.plugin)))?;
-            handles.push(rec.handle);
-            if let Some(d) = &h.digest
-                && *d != rec.digest
-            {
-                return Err((
-                    "untrusted",
-                    format!(
-                        "{}: the digest is {}, the job asked for {d}",
-                        h.plugin, rec.digest
-                    ),
-                ));
+    /// Add the next jobs to run to `tasks`: the oldest queued one, with
+    /// (when it is a forward) the queued forward jobs after it, up to the
+    /// batch's limits. One that fails its checks ends here.
+    fn take(&mut self, tasks: &mut Vec<Task>, rows: &mut usize) -> Result<(), super::ServiceError> {
+        let mut taken: Vec<Task> = Vec::new();
+        let mut failed = Vec::new();
+        let mut n = *rows;
+        for job in self.store.queued(self.batch_jobs.max(1) * 4)? {
+            if tasks.iter().any(|t| t.id == job.id) {
+                continue; // taken already (in the batch window)
             }
-            plugins.push(rec);
+            if tasks.len() + taken.len() >= self.batch_jobs.max(1) {
+                break;
+            }
+            let quota = self.store.quota(&job.tenant)?.under(&self.limits);
+            let task = match prepare(&self.fm, &job.id, &job.body, quota) {
+                Ok(t) => t,
+                Err(f) => {
+                    failed.push((job.id, f));
+                    continue;
+                }
+            };
+            let fits = match tasks.first().or(taken.first()) {
+                None => true,
+                Some(first) => {
+                    first.req.batchable()
+                        && task.req.batchable()
+                        && n + task.rows.len() <= self.batch_rows
+                }
+            };
+            if !fits {
+                break;
+            }
+            n += task.rows.len();
+            taken.push(task);
         }
-        let groups = Groups::only([group.as_str()]);
-        let rows: Vec<Vec<i64>> = match (&req.token_ids, &req.prompts) {
-            (Some(t), _) => t.clone(),
-            (None, Some(p)) => {
-                let tok = self.fm.tokenizer().ok_or((
-                    "input",
-                    "the model has no tokenizer: send token_ids".to_string(),
-                ))?;
-                p.iter()
-                    .map(|text| tok.encode(text))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| ("input", e.to_string()))?
+        // A job that fails its checks ends here.
+        for (id, f) in failed {
+            if self.store.start(&id)? {
+                self.end(&id, Err(f), 1);
             }
-            _ => return Err(("input", "no prompts".into())),
+        }
+        tasks.extend(taken);
+        *rows = n;
+        Ok(())
+    }
+
+    fn run_tasks(&mut self, tasks: Vec<Task>, dims: &HashMap<String, SeqDims>) {
+        {
+            let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            for t in &tasks {
+                r.insert(t.id.clone(), t.stop.clone());
+            }
+        }
+        let mut runner = Runner {
+            fm: &mut self.fm,
+            rt: &self.rt,
+            resolver: &self.resolver,
+            dims,
         };
-        let vocab = self.fm.vocab_size();
-        if rows.iter().flatten().any(|&t| t < 0 || t >= vocab) {
-            return Err(("input", format!("token ids must be in 0..{vocab}")));
+        let results = run_batch(&mut runner, &tasks);
+        let shared = tasks.len() as i64;
+        let ends: Vec<(&str, Result<(), Failure>)> = tasks
+            .iter()
+            .zip(results)
+            .map(|(t, r)| (t.id.as_str(), r.and_then(|o| self.write(t, o))))
+            .collect();
+        self.end_all(&ends, shared);
+        let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        for t in &tasks {
+            r.remove(&t.id);
         }
-        let many = rows.len() > 1;
-        let mut tensors = BTreeMap::new();
-        let mut producers = BTreeMap::new();
-        for (i, row) in rows.iter().enumerate() {
-            let prefix = if many { format!("{i}/") } else { String::new() };
-            let ids = Tensor::from_slice(row);
-            match req.max_new_tokens {
-                None => {
-                    let out = self
-                        .fm
-                        .forward(&ids, &groups)
-                        .map_err(|e| (reason(&e), e.to_string()))?;
-                    tensors.insert(
-                        format!("{prefix}logits"),
-                        out.logits.to_device(tch::Device::Cpu),
-                    );
-                    for (k, t) in out.outputs {
-                        if let Some(p) = out.producers.get(&k) {
-                            producers.insert(format!("{prefix}{k}"), p.clone());
-                        }
-                        tensors.insert(format!("{prefix}{k}"), t);
-                    }
-                }
-                Some(n) => {
-                    let opts = GenerateOptions {
-                        max_new_tokens: n,
-                        sampling: Sampling::Greedy,
-                        eos: self.fm.eos_tokens().to_vec(),
-                    };
-                    let out = self
-                        .fm
-                        .generate(&ids, &groups, &opts, |_, _| {})
-                        .map_err(|e| (reason(&e), e.to_string()))?;
-                    tensors.insert(format!("{prefix}tokens"), out.tokens);
-                    for (k, t) in out.outputs {
-                        if let Some(p) = out.producers.get(&k) {
-                            producers.insert(format!("{prefix}{k}"), p.clone());
-                        }
-                        tensors.insert(format!("{prefix}{k}"), t);
-                    }
-                }
-            }
-        }
-        let mut meta = BTreeMap::new();
-        if !plugins.is_empty() {
-            meta.insert(
-                "flexmodel.plugins".to_string(),
-                serde_json::to_string(&plugins).unwrap_or_default(),
+    }
+
+    /// Record how job `id` ended (in a batch of `batch` jobs).
+    fn end(&self, id: &str, r: Result<(), Failure>, batch: i64) {
+        self.end_all(&[(id, r)], batch);
+    }
+
+    /// Record how the jobs of one batch ended, in one transaction.
+    fn end_all(&self, ends: &[(&str, Result<(), Failure>)], batch: i64) {
+        let errors: Vec<Option<String>> = ends
+            .iter()
+            .map(|(_, r)| {
+                r.as_ref().err().map(|(reason, message)| {
+                    serde_json::json!({"reason": reason, "message": message}).to_string()
+                })
+            })
+            .collect();
+        let rows: Vec<(&str, State, Option<&str>)> = ends
+            .iter()
+            .zip(&errors)
+            .map(|((id, r), e)| {
+                let state = if r.is_ok() {
+                    State::Done
+                } else {
+                    State::Failed
+                };
+                (*id, state, e.as_deref())
+            })
+            .collect();
+        if let Err(e) = self.store.finish_all(&rows, batch) {
+            tracing::error!(
+                "jobs {:?}: {e}",
+                ends.iter().map(|e| e.0).collect::<Vec<_>>()
             );
         }
-        meta.insert("flexmodel.job".to_string(), id.to_string());
-        // Written whole or not at all: a temporary file renamed into place.
-        let path = self.store.result_path(id);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Write a job's result, whole or not at all (a temporary file renamed
+    /// into place), within its output quota.
+    fn write(&self, t: &Task, o: Outcome) -> Result<(), Failure> {
+        let bytes = result_bytes(&o);
+        if let Some(max) = t.quota.output_bytes
+            && bytes > max
+        {
+            return Err((
+                "quota",
+                format!("quota output_bytes: the result is {bytes} bytes, over {max}"),
+            ));
+        }
+        let mut meta = BTreeMap::new();
+        if !o.plugins.is_empty() {
+            meta.insert(
+                "flexmodel.plugins".to_string(),
+                serde_json::to_string(&o.plugins).unwrap_or_default(),
+            );
+        }
+        meta.insert("flexmodel.job".to_string(), t.id.clone());
+        let path = self.store.result_path(&t.id);
         let tmp = path.with_extension("partial");
-        save_safetensors_with(&tmp, &tensors, &producers, &meta)
-            .map_err(|e| ("storage", e.to_string()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| {
+        let written = save_safetensors_with(&tmp, &o.tensors, &o.producers, &meta)
+            .map_err(|e| ("storage", e.to_string()))
+            .and_then(|()| {
+                std::fs::rename(&tmp, &path)
+                    .map_err(|e| ("storage", format!("{}: {e}", path.display())))
+            });
+        if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
-            ("storage", format!("{}: {e}", path.display()))
-        })
+        }
+        written
     }
 }

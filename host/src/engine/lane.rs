@@ -1,0 +1,95 @@
+//! A lane: what a registered hook is confined to when several independent
+//! jobs share one batch (the service's co-tenancy batching). A hook in a
+//! lane sees only its rows of every activation (a view of them: its edits
+//! land in those rows and nowhere else), the real-token spans of those rows
+//! only, and emits under the lane's key prefix, so that two jobs' outputs
+//! never meet. A lane also carries its job's wall-clock deadline and a stop
+//! flag (cancellation): past either, the hook's next call fails instead of
+//! running.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tch::Tensor;
+
+use crate::hooks::{HookError, HookErrorKind, Tokens};
+
+/// Where a hook may act (see the module documentation).
+#[derive(Debug, Clone, Default)]
+pub struct Lane {
+    /// The batch rows `start..start + len` the hook sees (`None`: all).
+    pub rows: Option<(i64, i64)>,
+    /// Put before every key the hook emits (`""`: none).
+    pub key_prefix: String,
+    /// The job's deadline and its wall-time limit (for the message).
+    pub deadline: Option<(Instant, Duration)>,
+    /// Set to stop the job (cancelled).
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl Lane {
+    /// Refuse a call past the deadline or after the stop flag was set.
+    pub(crate) fn check(&self, plugin: &str, point: &str, rank: u32) -> Result<(), HookError> {
+        let fail = |message: String| HookError {
+            plugin: plugin.to_string(),
+            hook_point: point.to_string(),
+            rank,
+            kind: HookErrorKind::ForwardLimit { message },
+        };
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
+            return Err(fail("the job was cancelled".into()));
+        }
+        if let Some((at, limit)) = self.deadline
+            && Instant::now() >= at
+        {
+            return Err(fail(format!(
+                "quota wall_time: the job ran past its {} ms",
+                limit.as_millis()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The lane's rows among a rank's `t`, whose row 0 is the batch's row
+    /// `offset` (a data-parallel replica holds some rows only), in `t`'s
+    /// own indices; `None` when none of them are here.
+    fn local(&self, t: &Tensor, offset: i64) -> Option<(i64, i64)> {
+        let here = t.size().first().copied().unwrap_or(0);
+        let (start, len) = self.rows.unwrap_or((offset, here));
+        let from = start.max(offset);
+        let to = (start + len).min(offset + here);
+        (to > from).then_some((from - offset, to - from))
+    }
+
+    /// The lane's view of `t` (its rows, see [`Self::local`]; `t` itself
+    /// without a row range), `None` when it has no rows here.
+    pub(crate) fn view(&self, t: &Tensor, offset: i64) -> Option<Tensor> {
+        if self.rows.is_none() {
+            return Some(t.shallow_clone());
+        }
+        if t.dim() == 0 {
+            return None;
+        }
+        self.local(t, offset).map(|(s, n)| t.narrow(0, s, n))
+    }
+
+    /// `tokens` of the lane's rows of `t`.
+    pub(crate) fn tokens(&self, t: &Tensor, offset: i64, tokens: Option<Tokens>) -> Option<Tokens> {
+        let (Some((s, n)), Some(tk)) = (self.local(t, offset), &tokens) else {
+            return tokens;
+        };
+        if self.rows.is_none() {
+            return tokens;
+        }
+        let real = tk.real.as_ref().map(|r| {
+            let (s, n) = (s as usize, n as usize);
+            Arc::from(r.get(s..s + n).unwrap_or_default())
+        });
+        Some(Tokens { dim: tk.dim, real })
+    }
+}

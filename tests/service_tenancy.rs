@@ -1,0 +1,346 @@
+//! The service's tenants sharing one model: co-tenancy batching (forward
+//! jobs of several tenants in one padded batch, each equal to the job run
+//! alone; a tenant whose plugins write and read everything they can sees
+//! and changes nothing of another's rows), hostile plugins failing their
+//! own job with a typed reason in a shared batch, per-tenant quotas (429
+//! and failed jobs naming them), uploaded components under the trust
+//! policy, server-sent events, cancelling a running job.
+
+mod cli_common;
+mod registry_common;
+mod service_common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use flexmodel_tests::artifacts_dir;
+use service_common::*;
+
+/// A hook uploading `plugin` (a built example) with `config` at `at`.
+fn upload(plugin: &str, at: &str, config: serde_json::Value) -> serde_json::Value {
+    let bytes = std::fs::read(artifacts_dir().join(plugin)).unwrap();
+    serde_json::json!({
+        "component": base64::engine::general_purpose::STANDARD.encode(bytes),
+        "at": at,
+        "config": config,
+    })
+}
+
+/// Submit `jobs` (tenant key, body) at once, from one thread each, to a
+/// server with a batch window: the worker takes them together. Their ids.
+fn together(srv: &Server, jobs: &[(&str, serde_json::Value)]) -> Vec<String> {
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = jobs
+            .iter()
+            .map(|(k, body)| sc.spawn(move || submit_ok(srv, k, body)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn co_tenancy_batches_give_each_job_its_own_result_and_rows() {
+    let dir = tmp("cotenancy");
+    let state = dir.join("state");
+    let (ka, kb, kc) = (
+        key(&state, "alice"),
+        key(&state, "bob"),
+        key(&state, "carol"),
+    );
+    let srv = serve(
+        &state,
+        &["--batch-jobs", "3", "--batch-wait-ms", "5000"],
+        &[],
+    );
+    // Alice writes every element of every activation she can reach (scale
+    // by 0 everywhere) and reads everything (retrieve everywhere).
+    let alice = serde_json::json!({"token_ids": [[5, 9, 2, 77, 3, 8]], "hooks": [
+        upload("scale.wasm", "**", serde_json::json!({"factor": 0.5})),
+        upload("retrieve.wasm", "**", serde_json::json!({"padding": "keep"})),
+    ]});
+    // Bob: two prompts of different lengths, his residual stream retrieved
+    // (real tokens only) and each prompt's last token at block 1.
+    let bob = serde_json::json!({"token_ids": [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13]], "hooks": [
+        upload("retrieve.wasm", "blocks.0.hook_resid_post", serde_json::json!({})),
+        upload("retrieve.wasm", "blocks.1.hook_resid_post", serde_json::json!({"slice": [null, -1], "name": "last"})),
+    ]});
+    let carol = serde_json::json!({"token_ids": [[7, 7, 7, 7]]});
+    let jobs = [
+        (ka.as_str(), alice.clone()),
+        (kb.as_str(), bob.clone()),
+        (kc.as_str(), carol.clone()),
+    ];
+    let shared = together(&srv, &jobs);
+    let mut together = Vec::new();
+    for ((k, _), id) in jobs.iter().zip(&shared) {
+        let end = wait(&srv, k, id);
+        assert_eq!(end["state"], "done", "{end}");
+        assert_eq!(
+            end["batch_jobs"], 3,
+            "the three jobs ran in one batch: {end}"
+        );
+        together.push(result(&srv, k, id, &dir));
+    }
+    // Each job again, alone.
+    for (i, (k, body)) in jobs.iter().enumerate() {
+        let id = submit_ok(&srv, k, body);
+        let end = wait(&srv, k, &id);
+        assert_eq!(end["batch_jobs"], 1, "{end}");
+        let alone = result(&srv, k, &id, &dir);
+        let shared = &together[i];
+        let mut a: Vec<_> = alone.keys().collect();
+        let mut b: Vec<_> = shared.keys().collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "job {i}: the same tensors");
+        for (name, t) in &alone {
+            let d = max_diff(t, &shared[name]);
+            assert!(d <= 1e-4, "job {i} {name}: {d}");
+        }
+    }
+    // Alice's hooks saw her own batch (one row), never the others' rows.
+    let alice = &together[0];
+    assert!(
+        alice.len() > 10,
+        "alice retrieved every point: {}",
+        alice.len()
+    );
+    for (name, t) in alice {
+        if name != "logits" {
+            assert_eq!(t.size()[0], 1, "{name}: {:?}", t.size());
+        }
+    }
+    // Bob's tensors are real tokens of his prompts in his own layout (keys
+    // are canonical point names: `transformer.h.0` for GPT-2's block 0).
+    let bob = &together[1];
+    let shape = |k: &str| {
+        bob.get(k)
+            .map(|t| t.size())
+            .unwrap_or_else(|| panic!("{k} in {:?}", bob.keys()))
+    };
+    assert_eq!(shape("0/transformer.h.0")[..2], [1, 3]);
+    assert_eq!(shape("1/transformer.h.0")[..2], [1, 10]);
+    assert_eq!(shape("1/transformer.h.1:last")[0], 1);
+}
+
+#[test]
+fn hostile_plugins_fail_their_own_jobs_in_a_shared_batch() {
+    let dir = tmp("hostile");
+    let state = dir.join("state");
+    let (ka, kb) = (key(&state, "mallory"), key(&state, "bob"));
+    let srv = serve(
+        &state,
+        &[
+            "--batch-jobs",
+            "5",
+            "--batch-wait-ms",
+            "5000",
+            "--fuel",
+            "200000000",
+            "--max-memory-bytes",
+            "134217728",
+            "--max-output-bytes",
+            "16777216",
+        ],
+        &[],
+    );
+    let hostile = |mode: &str| {
+        serde_json::json!({"token_ids": [[1, 2, 3, 4]], "hooks": [
+            upload("hostile.wasm", "blocks.0.hook_resid_post", serde_json::json!({"mode": mode, "bytes": 32 << 20})),
+        ]})
+    };
+    let bob = serde_json::json!({"token_ids": [[9, 8, 7], [6, 5]], "hooks": [
+        upload("retrieve.wasm", "blocks.1.hook_resid_post", serde_json::json!({})),
+    ]});
+    let modes = [
+        ("loop", "fuel"),
+        ("memory", "memory"),
+        ("panic", "trap"),
+        ("big-output", "quota"),
+    ];
+    let mut jobs: Vec<(&str, serde_json::Value)> = modes
+        .iter()
+        .map(|(m, _)| (ka.as_str(), hostile(m)))
+        .collect();
+    jobs.push((kb.as_str(), bob.clone()));
+    let ids = together(&srv, &jobs);
+    for ((mode, reason), id) in modes.iter().zip(&ids) {
+        let end = wait(&srv, &ka, id);
+        assert_eq!(end["state"], "failed", "{mode}: {end}");
+        assert_eq!(end["error"]["reason"], *reason, "{mode}: {end}");
+    }
+    let end = wait(&srv, &kb, &ids[4]);
+    assert_eq!(end["state"], "done", "{end}");
+    let shared = result(&srv, &kb, &ids[4], &dir);
+    let id = submit_ok(&srv, &kb, &bob);
+    assert_eq!(wait(&srv, &kb, &id)["state"], "done");
+    let alone = result(&srv, &kb, &id, &dir);
+    for (name, t) in &alone {
+        assert!(max_diff(t, &shared[name]) <= 1e-4, "{name}");
+    }
+}
+
+#[test]
+fn tenant_quotas_name_the_quota_they_stop() {
+    let dir = tmp("quotas");
+    let state = dir.join("state");
+    let small = key_with(&state, "small", &["output_bytes=1000", "active_jobs=1"]);
+    let slow = key_with(&state, "slow", &["wall_ms=1"]);
+    let frugal = key_with(&state, "frugal", &["fuel_per_call=1000"]);
+    let free = key(&state, "free");
+    let o = Command::new(cli_common::bin())
+        .args([
+            "serve",
+            "keys",
+            "add",
+            "--state",
+            s(&state),
+            "--tenant",
+            "x",
+            "--quota",
+            "cpu=1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown quota"));
+    let srv = serve(&state, &[], &[]);
+    // output_bytes: logits of 4 tokens are more than 1000 bytes.
+    let id = submit_ok(
+        &srv,
+        &small,
+        &serde_json::json!({"token_ids": [[1, 2, 3, 4]]}),
+    );
+    let end = wait(&srv, &small, &id);
+    assert_eq!(end["error"]["reason"], "quota", "{end}");
+    assert!(
+        end["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("output_bytes"),
+        "{end}"
+    );
+    // active_jobs: one at a time.
+    let b = submit_ok(&srv, &small, &blocker());
+    let (code, v) = submit(&srv, &small, &serde_json::json!({"token_ids": [[1]]}));
+    assert_eq!(code, 429, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("quota active_jobs"),
+        "{v}"
+    );
+    wait(&srv, &small, &b);
+    // wall_ms: past 1 ms, the job's next hook call fails.
+    let every = serde_json::json!({"token_ids": [[1, 2, 3]], "hooks": [
+        upload("retrieve.wasm", "**", serde_json::json!({})),
+    ]});
+    let id = submit_ok(&srv, &slow, &every);
+    let end = wait(&srv, &slow, &id);
+    assert_eq!(end["error"]["reason"], "quota", "{end}");
+    assert!(
+        end["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wall_time"),
+        "{end}"
+    );
+    // fuel_per_call: lowered for this tenant's plugins only.
+    let scale = serde_json::json!({"token_ids": [[1, 2, 3]], "hooks": [
+        upload("scale.wasm", "blocks.0.hook_resid_post", serde_json::json!({"factor": 2.0})),
+    ]});
+    let id = submit_ok(&srv, &frugal, &scale);
+    let end = wait(&srv, &frugal, &id);
+    assert_eq!(end["error"]["reason"], "fuel", "{end}");
+    let id = submit_ok(&srv, &free, &scale);
+    let end = wait(&srv, &free, &id);
+    assert_eq!(end["state"], "done", "{end}");
+}
+
+#[test]
+fn uploads_follow_the_trust_policy_and_events_stream_the_states() {
+    let dir = tmp("upload");
+    let state = dir.join("state");
+    let k = key(&state, "alice");
+    std::fs::write(dir.join("trust.toml"), "default = \"require-signed\"\n").unwrap();
+    let trust = dir.join("trust.toml");
+    let srv = serve(
+        &state,
+        &["--trust", s(&trust), "--batch-wait-ms", "1000"],
+        &[],
+    );
+    let job = serde_json::json!({"token_ids": [[1, 2, 3]], "hooks": [
+        upload("scale.wasm", "blocks.0.hook_resid_post", serde_json::json!({"factor": 2.0})),
+    ]});
+    let id = submit_ok(&srv, &k, &job);
+    let end = wait(&srv, &k, &id);
+    assert_eq!(
+        end["error"]["reason"], "untrusted",
+        "an unsigned upload: {end}"
+    );
+    // Events: the job waits out the batch window (running), then is done;
+    // the stream ends.
+    let id = submit_ok(&srv, &k, &serde_json::json!({"token_ids": [[4, 5]]}));
+    let o = Command::new("curl")
+        .args(["-sN", "--max-time", "60", "-H", &auth(&k)])
+        .arg(format!("{}/v1/jobs/{id}/events", srv.url))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "the stream ended by itself");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let states: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| {
+            serde_json::from_str::<serde_json::Value>(d).unwrap()["state"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(states.len() >= 2, "{text}");
+    assert!(matches!(states[0].as_str(), "queued" | "running"), "{text}");
+    assert_eq!(states.last().map(String::as_str), Some("done"), "{text}");
+    assert!(text.contains("event: status"), "{text}");
+    // Another tenant's events: 404.
+    let other = key(&state, "bob");
+    let (code, _) = registry_common::curl(&[
+        "-H",
+        &auth(&other),
+        &format!("{}/v1/jobs/{id}/events", srv.url),
+    ]);
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn a_cancelled_running_job_stops_and_the_server_goes_on() {
+    let dir = tmp("cancel");
+    let state = dir.join("state");
+    let k = key(&state, "alice");
+    // A long job: many rows, every activation retrieved.
+    let srv = serve(&state, &[], &[]);
+    let rows: Vec<Vec<i64>> = (0..64)
+        .map(|i| (0..32).map(|j| (i * 3 + j) % 90).collect())
+        .collect();
+    let spin = serde_json::json!({"token_ids": rows, "hooks": [
+        upload("retrieve.wasm", "**", serde_json::json!({"padding": "keep"})),
+    ]});
+    let id = submit_ok(&srv, &k, &spin);
+    wait_running(&srv, &k, &id);
+    let t = Instant::now();
+    let (code, v) = registry_common::curl(&[
+        "-X",
+        "DELETE",
+        "-H",
+        &auth(&k),
+        &format!("{}/v1/jobs/{id}", srv.url),
+    ]);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(status(&srv, &k, &id).1["state"], "cancelled");
+    let next = submit_ok(&srv, &k, &serde_json::json!({"token_ids": [[1]]}));
+    assert_eq!(wait(&srv, &k, &next)["state"], "done");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert_eq!(status(&srv, &k, &id).1["state"], "cancelled");
+    let (code, _) =
+        registry_common::curl(&["-H", &auth(&k), &format!("{}/v1/jobs/{id}/result", srv.url)]);
+    assert_eq!(code, 409, "a cancelled job has no result");
+}
