@@ -342,3 +342,51 @@ fn the_openapi_document_lists_the_routes() {
     let documented = doc.lines().filter(|l| l.starts_with("  /")).count();
     assert_eq!(documented, routes.len(), "documented paths vs routes");
 }
+
+/// `remote run --stop-at` with an uploaded plugin gives what `flexmodel run
+/// --stop-at` gives with the same plugin file.
+#[test]
+fn remote_stop_at_with_an_uploaded_plugin_matches_run() {
+    let dir = tmp("stop");
+    let state = dir.join("state");
+    let k = key(&state, "alice");
+    let srv = serve(&state, &[], &[]);
+    let model = models().join("gpt2-tiny");
+    let hook = format!(
+        "{}@blocks.0.hook_resid_post",
+        artifacts_dir().join("retrieve.wasm").display()
+    );
+    let common = [
+        "--token-ids",
+        "5,9,2,77",
+        "--stop-at",
+        "blocks.0.hook_resid_post",
+        "--hook",
+        &hook,
+    ];
+    let (remote, local) = (
+        dir.join("remote.safetensors"),
+        dir.join("local.safetensors"),
+    );
+    ok(&Command::new(bin())
+        .args(["remote", "run", "--server", &srv.url, "--key", &k])
+        .args(common)
+        .args(["--save", s(&remote)])
+        .output()
+        .unwrap());
+    ok(&Command::new(bin())
+        .args(["run", "--model", s(&model)])
+        .args(common)
+        .args(["--save", s(&local)])
+        .output()
+        .unwrap());
+    let (remote, local) = (saved(&remote), saved(&local));
+    assert_eq!(
+        remote.keys().collect::<Vec<_>>(),
+        local.keys().collect::<Vec<_>>()
+    );
+    assert!(!remote.contains_key("logits"), "no logits past the stop");
+    for (name, t) in &local {
+        assert!(t.equal(&remote[name]), "{name}");
+    }
+}

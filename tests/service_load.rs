@@ -295,7 +295,11 @@ fn data_parallel_replicas_keep_each_jobs_rows() {
     ]});
     let state = dir.join("dp");
     let (ka, kb) = (key(&state, "alice"), key(&state, "bob"));
-    let srv = serve(&state, &["--dp", "2", "--batch-jobs", "2", "--batch-wait-ms", "5000"], &[]);
+    let srv = serve(
+        &state,
+        &["--dp", "2", "--batch-jobs", "2", "--batch-wait-ms", "5000"],
+        &[],
+    );
     let ids: Vec<String> = std::thread::scope(|sc| {
         let x = sc.spawn(|| submit_ok(&srv, &ka, &a));
         let y = sc.spawn(|| submit_ok(&srv, &kb, &b));

@@ -344,3 +344,71 @@ fn a_cancelled_running_job_stops_and_the_server_goes_on() {
         registry_common::curl(&["-H", &auth(&k), &format!("{}/v1/jobs/{id}/result", srv.url)]);
     assert_eq!(code, 409, "a cancelled job has no result");
 }
+
+/// A job's hooks' random streams depend on its seed and the job alone:
+/// the same after other tenants' jobs ran, the same as `flexmodel run
+/// --seed` of it locally, other with another seed.
+#[test]
+fn a_jobs_random_streams_depend_on_the_job_alone() {
+    let dir = tmp("random");
+    let state = dir.join("state");
+    let (k, other) = (key(&state, "alice"), key(&state, "bob"));
+    let srv = serve(&state, &[], &[]);
+    let job = |seed: u64| {
+        serde_json::json!({"token_ids": [[1, 2, 3]], "seed": seed, "hooks": [
+            upload("bench.wasm", "blocks.0.hook_resid_post", serde_json::json!({"mode": "random"})),
+        ]})
+    };
+    let run = |k: &str, body: &serde_json::Value| {
+        let id = submit_ok(&srv, k, body);
+        assert_eq!(wait(&srv, k, &id)["state"], "done");
+        result(&srv, k, &id, &dir)
+    };
+    let first = run(&k, &job(7));
+    for _ in 0..3 {
+        run(&other, &serde_json::json!({"token_ids": [[4, 5, 6, 7]]}));
+    }
+    let again = run(&k, &job(7));
+    let reseeded = run(&k, &job(8));
+    let local = dir.join("local.safetensors");
+    let model = cli_common::models().join("gpt2-tiny");
+    let hook = format!(
+        "{}@blocks.0.hook_resid_post={{\"mode\": \"random\"}}",
+        artifacts_dir().join("bench.wasm").display()
+    );
+    cli_common::ok(
+        &Command::new(cli_common::bin())
+            .args([
+                "run",
+                "--model",
+                s(&model),
+                "--token-ids",
+                "1,2,3",
+                "--seed",
+                "7",
+            ])
+            .args(["--hook", &hook, "--save", s(&local)])
+            .output()
+            .unwrap(),
+    );
+    let local = cli_common::saved(&local);
+    let draws: Vec<&String> = first
+        .keys()
+        .filter(|k| k.contains(":uniform") || k.contains(":normal"))
+        .collect();
+    assert_eq!(draws.len(), 2, "{:?}", first.keys());
+    for name in draws {
+        assert!(
+            first[name].equal(&again[name]),
+            "{name}: the same after others' jobs"
+        );
+        assert!(
+            first[name].equal(&local[name]),
+            "{name}: the same as `flexmodel run --seed 7`"
+        );
+        assert!(
+            !first[name].equal(&reseeded[name]),
+            "{name}: another seed, other draws"
+        );
+    }
+}

@@ -17,6 +17,8 @@ use crate::package::resolve::{Resolved, Resolver};
 pub struct Limits {
     pub fuel_per_call: Option<u64>,
     pub memory_bytes: Option<usize>,
+    /// The seed of its random streams (`None`: the runtime's).
+    pub seed: Option<u64>,
 }
 
 /// What was registered: the package, the component's digest, where it
@@ -62,7 +64,8 @@ impl FlexModel {
     ) -> Result<PluginRecord, FlexError> {
         let mut plugin = rt.load(&r.bytes)?;
         if limits != Limits::default() {
-            plugin = Arc::new(plugin.limited(limits.fuel_per_call, limits.memory_bytes));
+            plugin =
+                Arc::new(plugin.limited(limits.fuel_per_call, limits.memory_bytes, limits.seed));
         }
         let handle = self.register_wasm(&plugin, pattern, config, groups)?;
         let (name, version) = plugin.package();

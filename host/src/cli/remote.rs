@@ -40,6 +40,15 @@ pub struct RemoteRunArgs {
     /// must pass the server's trust policy), repeatable.
     #[arg(long = "hook")]
     pub hooks: Vec<String>,
+    /// Stop the forward after this hook point (as `run --stop-at`).
+    #[arg(long, conflicts_with = "max_new_tokens")]
+    pub stop_at: Option<String>,
+    /// Seed of the hooks' random streams (as `run --seed`).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Generation goes on past the model's EOS tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Run again this many times if the server is interrupted.
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
@@ -124,6 +133,15 @@ fn body(a: &RemoteRunArgs) -> Result<serde_json::Value> {
     b["hooks"] = hooks.into();
     if a.retries > 0 {
         b["retries"] = a.retries.into();
+    }
+    if let Some(at) = &a.stop_at {
+        b["stop_at"] = at.clone().into();
+    }
+    if let Some(seed) = a.seed {
+        b["seed"] = seed.into();
+    }
+    if a.ignore_eos {
+        b["ignore_eos"] = true.into();
     }
     if let Some(n) = a.max_new_tokens {
         b["max_new_tokens"] = n.into();

@@ -5,7 +5,8 @@
 //! only, and emits under the lane's key prefix, so that two jobs' outputs
 //! never meet. A lane also carries its job's wall-clock deadline and a stop
 //! flag (cancellation): past either, the hook's next call fails instead of
-//! running.
+//! running; and the forward index its job began at, so that its hooks
+//! count forwards from the job's first.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,10 @@ pub struct Lane {
     pub deadline: Option<(Instant, Duration)>,
     /// Set to stop the job (cancelled).
     pub stop: Option<Arc<AtomicBool>>,
+    /// The model's forward count when the job began: its hooks see forward
+    /// indices from 0 (their random streams then depend on the job alone,
+    /// and nothing tells them how many forwards others ran).
+    pub forward_offset: u64,
 }
 
 impl Lane {

@@ -221,6 +221,7 @@ impl<'a> Site<'a> {
                 let at = view.data_ptr();
                 let mut own = ctx.clone();
                 own.tokens = lane.tokens(t, self.row_offset, own.tokens);
+                own.forward_index = own.forward_index.saturating_sub(lane.forward_offset);
                 let report = r.hook.call(&own, &mut view)?;
                 if report.edited && view.data_ptr() != at {
                     // A replacement: copy it into the lane's rows.

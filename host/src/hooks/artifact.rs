@@ -38,6 +38,9 @@ pub struct Plugin {
     /// linear memory.
     pub(crate) fuel_per_call: Option<u64>,
     pub(crate) max_memory_bytes: usize,
+    /// The seed of its instances' random streams (the runtime's unless a
+    /// job asked for its own).
+    pub(crate) seed: u64,
     pub(crate) pre: HookPluginPre<super::store::HostState>,
     pub(crate) core: Arc<Core>,
 }
@@ -143,6 +146,7 @@ impl Plugin {
             manifest: None,
             fuel_per_call: None,
             max_memory_bytes: core.config.max_memory_bytes,
+            seed: core.config.seed,
             pre,
             core: core.clone(),
         })
@@ -183,8 +187,14 @@ impl Plugin {
 
     /// This plugin with what one call may use lowered to `fuel_per_call`
     /// (when the runtime meters fuel) and `memory_bytes` (never raised):
-    /// the limits of one tenant of a shared server.
-    pub fn limited(&self, fuel_per_call: Option<u64>, memory_bytes: Option<usize>) -> Plugin {
+    /// the limits of one tenant of a shared server; `seed` (if any) seeds
+    /// its random streams instead of the runtime's seed.
+    pub fn limited(
+        &self,
+        fuel_per_call: Option<u64>,
+        memory_bytes: Option<usize>,
+        seed: Option<u64>,
+    ) -> Plugin {
         let fuel = match (self.fuel_per_call, fuel_per_call) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -197,6 +207,7 @@ impl Plugin {
             fuel_per_call: fuel,
             max_memory_bytes: memory_bytes
                 .map_or(self.max_memory_bytes, |m| m.min(self.max_memory_bytes)),
+            seed: seed.unwrap_or(self.seed),
             pre: self.pre.clone(),
             core: self.core.clone(),
         }

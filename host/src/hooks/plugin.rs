@@ -67,7 +67,10 @@ impl WasmHook {
             plugin: plugin.info.name.clone(),
             error: e.kind.to_string(),
         })?;
-        let seed_base = stream_seed(plugin.core.config.seed, &plugin.hash, &config, 0);
+        // The streams depend on what the config says, not on its spacing.
+        let said = serde_json::from_str::<serde_json::Value>(&config)
+            .map_or_else(|_| config.clone(), |v| v.to_string());
+        let seed_base = stream_seed(plugin.seed, &plugin.hash, &said, 0);
         // The probe instance becomes rank 0's (usual first caller).
         let slot = Slot {
             state,

@@ -3,7 +3,9 @@
 //! optional `hooks: [{"plugin": REF, "digest": "sha256:…", "at": PATTERN,
 //! "config": {…}}]`, optional `max_new_tokens` (greedy generation, stopping
 //! at the model's EOS), optional `retries` (re-queued after an interrupted
-//! run), optional `return_logits` (default true). A hook names a package
+//! run), optional `return_logits` (default true), `seed` (the hooks'
+//! random streams), `ignore_eos` (generation), `stop_at` (a forward
+//! stopped after a hook point). A hook names a package
 //! (`plugin`) or uploads its component (`component`, base64). Checked
 //! whole before the job is accepted.
 
@@ -40,6 +42,15 @@ pub struct JobRequest {
     /// Put the logits in the result (default true; false: outputs only).
     #[serde(default = "yes")]
     pub return_logits: bool,
+    /// Seed of the job's hooks' random streams (default: the server's);
+    /// a job's streams depend on it and on the job alone.
+    pub seed: Option<u64>,
+    /// Generation goes on past the model's EOS tokens.
+    #[serde(default)]
+    pub ignore_eos: bool,
+    /// Stop the forward after this hook point (as `run --stop-at`): only
+    /// the hooks up to there run, no logits.
+    pub stop_at: Option<String>,
 }
 
 fn yes() -> bool {
@@ -80,10 +91,10 @@ pub const MAX_TOKENS: usize = 8192;
 pub const MAX_HOOKS: usize = 64;
 
 impl JobRequest {
-    /// Whether the job can share a padded batch with others (a forward;
-    /// generation runs alone).
+    /// Whether the job can share a padded batch with others (a whole
+    /// forward; generation and a forward stopping early run alone).
     pub fn batchable(&self) -> bool {
-        self.max_new_tokens.is_none()
+        self.max_new_tokens.is_none() && self.stop_at.is_none()
     }
 
     pub fn parse(body: &str) -> Result<JobRequest, ServiceError> {
@@ -132,6 +143,9 @@ impl JobRequest {
             if h.at.is_empty() {
                 return Err(bad("hooks: empty `at` pattern"));
             }
+        }
+        if j.stop_at.is_some() && j.max_new_tokens.is_some() {
+            return Err(bad("stop_at and max_new_tokens do not go together"));
         }
         if j.max_new_tokens.is_some_and(|m| m == 0 || m > MAX_TOKENS) {
             return Err(bad(format!("max_new_tokens must be 1..={MAX_TOKENS}")));

@@ -143,6 +143,7 @@ impl Runner<'_> {
         let limits = Limits {
             fuel_per_call: task.quota.fuel_per_call,
             memory_bytes: task.quota.memory_bytes.map(|m| m as usize),
+            seed: task.req.seed,
         };
         let mut records = Vec::new();
         for h in &task.req.hooks {
@@ -181,10 +182,11 @@ impl Runner<'_> {
         Ok(records)
     }
 
-    fn lane(task: &Task, rows: Option<(i64, i64)>, key_prefix: String) -> Lane {
+    fn lane(&self, task: &Task, rows: Option<(i64, i64)>, key_prefix: String) -> Lane {
         Lane {
             rows,
             key_prefix,
+            forward_offset: self.fm.forward_count(),
             deadline: task.quota.wall_ms.map(|ms| {
                 (
                     task.started + Duration::from_millis(ms),
@@ -217,9 +219,9 @@ impl Runner<'_> {
         for t in tasks {
             let n = t.rows.len() as i64;
             let lane = if shared {
-                Self::lane(t, Some((offset, n)), format!("{}/", t.id))
+                self.lane(t, Some((offset, n)), format!("{}/", t.id))
             } else {
-                Self::lane(t, None, String::new())
+                self.lane(t, None, String::new())
             };
             records.push(self.register(t, lane, handles)?);
             offset += n;
@@ -228,15 +230,28 @@ impl Runner<'_> {
         let batch = Batch::pad(&all, Padding::Right, 0).map_err(failed)?;
         let longer = batch.ids.size()[1];
         let groups = Groups::only(tasks.iter().map(Self::group));
-        let out = match self.fm.forward(&batch, &groups) {
-            Ok(out) => out,
+        // A job stopping early runs alone (it is not batchable).
+        let passed = match &tasks[0].req.stop_at {
+            None => self.fm.forward(&batch, &groups).map(|o| {
+                (
+                    Some(o.logits.to_device(tch::Device::Cpu)),
+                    o.outputs,
+                    o.producers,
+                )
+            }),
+            Some(at) => self
+                .fm
+                .forward_until(&batch, &groups, at)
+                .map(|o| (None, o.outputs, o.producers)),
+        };
+        let (logits, outputs, producers) = match passed {
+            Ok(p) => p,
             // Another rank of a launched job: rank 0 keeps the results.
             Err(FlexError::NotRoot { .. }) => {
                 return Ok(tasks.iter().map(|_| Outcome::default()).collect());
             }
             Err(e) => return Err(failed(e)),
         };
-        let logits = out.logits.to_device(tch::Device::Cpu);
         let mut offset = 0i64;
         let mut outcomes = Vec::new();
         for (t, plugins) in tasks.iter().zip(records) {
@@ -253,7 +268,7 @@ impl Runner<'_> {
             } else {
                 String::new()
             };
-            let mine = logits.narrow(0, offset, n);
+            let mine = logits.as_ref().map(|l| l.narrow(0, offset, n));
             let mut o = Outcome {
                 plugins,
                 ..Outcome::default()
@@ -261,18 +276,18 @@ impl Runner<'_> {
             let many = n > 1;
             for j in 0..t.rows.len() {
                 let p = if many { format!("{j}/") } else { String::new() };
-                if t.req.return_logits {
+                if let (true, Some(l)) = (t.req.return_logits, &mine) {
                     o.tensors
-                        .insert(format!("{p}logits"), rows.logits(&mine, j).contiguous());
+                        .insert(format!("{p}logits"), rows.logits(l, j).contiguous());
                 }
-                for (key, v) in &out.outputs {
+                for (key, v) in &outputs {
                     let Some(k) = key.strip_prefix(prefix.as_str()) else {
                         continue;
                     };
                     let whole = rows.cut(k, v, longer);
                     o.tensors
                         .insert(format!("{p}{k}"), rows.part(k, &whole, j).contiguous());
-                    if let Some(who) = out.producers.get(key) {
+                    if let Some(who) = producers.get(key) {
                         o.producers.insert(format!("{p}{k}"), who.clone());
                     }
                 }
@@ -299,12 +314,19 @@ impl Runner<'_> {
         task: &Task,
         handles: &mut Vec<HookHandle>,
     ) -> Result<Outcome, Failure> {
-        let plugins = self.register(task, Self::lane(task, None, String::new()), handles)?;
+        let plugins = {
+            let lane = self.lane(task, None, String::new());
+            self.register(task, lane, handles)?
+        };
         let groups = Groups::only([Self::group(task)]);
         let opts = GenerateOptions {
             max_new_tokens: task.req.max_new_tokens.unwrap_or(1),
             sampling: Sampling::Greedy,
-            eos: self.fm.eos_tokens().to_vec(),
+            eos: if task.req.ignore_eos {
+                Vec::new()
+            } else {
+                self.fm.eos_tokens().to_vec()
+            },
         };
         let many = task.rows.len() > 1;
         let mut o = Outcome {
@@ -347,7 +369,7 @@ pub fn result_bytes(o: &Outcome) -> u64 {
 /// Every rank of a launched job takes the same path (a failure is every
 /// rank's).
 pub fn run_batch(runner: &mut Runner<'_>, tasks: &[Task]) -> Vec<Result<Outcome, Failure>> {
-    if !tasks[0].req.batchable() {
+    if tasks[0].req.max_new_tokens.is_some() {
         return vec![runner.generate(&tasks[0])];
     }
     match runner.forward(tasks) {
