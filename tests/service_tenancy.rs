@@ -271,12 +271,13 @@ fn uploads_follow_the_trust_policy_and_events_stream_the_states() {
     let job = serde_json::json!({"token_ids": [[1, 2, 3]], "hooks": [
         upload("scale.wasm", "blocks.0.hook_resid_post", serde_json::json!({"factor": 2.0})),
     ]});
-    let id = submit_ok(&srv, &k, &job);
-    let end = wait(&srv, &k, &id);
-    assert_eq!(
-        end["error"]["reason"], "untrusted",
-        "an unsigned upload: {end}"
-    );
+    // Refused when submitted (uploads are checked and compiled then).
+    let (code, v) = submit(&srv, &k, &job);
+    assert_eq!(code, 400, "an unsigned upload: {v}");
+    assert!(v["error"].as_str().unwrap().contains("hooks[0]"), "{v}");
+    // A component that is not one: refused the same way, nothing queued.
+    let junk = serde_json::json!({"token_ids": [[1]], "hooks": [{"component": "AGFzbQ==", "at": "blocks.0.hook_resid_post"}]});
+    assert_eq!(submit(&srv, &k, &junk).0, 400);
     // Events: the job waits out the batch window (running), then is done;
     // the stream ends.
     let id = submit_ok(&srv, &k, &serde_json::json!({"token_ids": [[4, 5]]}));

@@ -19,6 +19,9 @@ use super::engine::Core;
 use super::error::LoadError;
 use super::instance::PluginInstance;
 
+/// Plugins kept loaded in memory before the idle ones are forgotten.
+const MAX_LOADED: usize = 64;
+
 /// A configured hook runtime. Cheap to share (`Arc`); plugins loaded from it
 /// keep its engine alive.
 pub struct Runtime {
@@ -121,7 +124,14 @@ impl Runtime {
             None => plugin,
         };
         let plugin = Arc::new(plugin);
-        self.loaded.lock().insert(hash, plugin.clone());
+        let mut loaded = self.loaded.lock();
+        if loaded.len() >= MAX_LOADED {
+            // Forget the plugins no hook holds (a server taking uploads
+            // would otherwise keep every one); the on-disk cache of
+            // compiled code makes a later load of them cheap.
+            loaded.retain(|_, p| Arc::strong_count(p) > 1);
+        }
+        loaded.insert(hash, plugin.clone());
         Ok(plugin)
     }
 

@@ -51,6 +51,10 @@ pub struct App {
     pub quotas: Quotas,
     /// The server's limits per tenant.
     pub limits: Quota,
+    /// The plugins' runtime and the trust policy (uploads are checked and
+    /// compiled when submitted).
+    pub rt: Arc<crate::hooks::Runtime>,
+    pub resolver: Arc<crate::package::resolve::Resolver>,
 }
 
 type Shared = Arc<App>;
@@ -85,6 +89,39 @@ pub(crate) fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such job")
 }
 
+fn over_quota(n: i64, max: i64) -> Response {
+    error(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("quota active_jobs: {n} jobs queued or running (at most {max})"),
+    )
+}
+
+/// Check every uploaded component of `req` against the trust policy and
+/// compile it (cached for the worker); a refusal is the job's 400.
+async fn precompile(app: &Shared, req: &JobRequest) -> Result<(), Response> {
+    for (i, h) in req.hooks.iter().enumerate() {
+        let bytes = match h.component_bytes() {
+            Ok(Some(b)) => b,
+            Ok(None) => continue,
+            Err(e) => return Err(error(StatusCode::BAD_REQUEST, e.to_string())),
+        };
+        let (rt, resolver) = (app.rt.clone(), app.resolver.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            let r = resolver
+                .uploaded(bytes, "uploaded component")
+                .map_err(|e| e.to_string())?;
+            rt.load(&r.bytes).map(|_| ()).map_err(|e| e.to_string())
+        })
+        .await;
+        match checked {
+            Ok(Ok(())) => {}
+            Ok(Err(m)) => return Err(error(StatusCode::BAD_REQUEST, format!("hooks[{i}]: {m}"))),
+            Err(e) => return Err(internal(e)),
+        }
+    }
+    Ok(())
+}
+
 async fn submit(AxState(app): AxState<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let t = match tenant(&app, &headers) {
         Ok(t) => t,
@@ -102,26 +139,35 @@ async fn submit(AxState(app): AxState<Shared>, headers: HeaderMap, body: Bytes) 
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(StatusCode::BAD_REQUEST, "the body is not UTF-8");
     };
-    if let Err(e) = JobRequest::parse(text) {
-        return error(StatusCode::BAD_REQUEST, e.to_string());
+    let req = match JobRequest::parse(text) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let max_active = match app.store.quota(&t) {
+        Ok(q) => q.under(&app.limits).active_jobs.unwrap_or(i64::MAX),
+        Err(e) => return internal(e),
+    };
+    // Uploaded components are checked and compiled here, off the worker
+    // (a compile bomb costs its bounded compile, never the model's time),
+    // once the tenant is under its quota (checked again, atomically, below).
+    if req.hooks.iter().any(|h| h.component.is_some()) {
+        match app.store.active(&t) {
+            Ok(n) if n >= max_active => return over_quota(n, max_active),
+            Ok(_) => {}
+            Err(e) => return internal(e),
+        }
+        if let Err(r) = precompile(&app, &req).await {
+            return r;
+        }
     }
     let mut raw = [0u8; 12];
     if let Err(e) = getrandom::fill(&mut raw) {
         return internal(e);
     }
     let id = hex::encode(raw);
-    let max_active = match app.store.quota(&t) {
-        Ok(q) => q.under(&app.limits).active_jobs.unwrap_or(i64::MAX),
-        Err(e) => return internal(e),
-    };
     match app.store.add_job(&id, &t, text, max_active) {
         Ok(Ok(())) => {}
-        Ok(Err(n)) => {
-            return error(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("quota active_jobs: {n} jobs queued or running (at most {max_active})"),
-            );
-        }
+        Ok(Err(n)) => return over_quota(n, max_active),
         Err(e) => return internal(e),
     }
     app.bell.ring();
@@ -216,15 +262,25 @@ async fn result(
             format!("job {} is {:?}: no result", job.id, job.state).to_lowercase(),
         );
     }
-    match tokio::fs::read(app.store.result_path(&job.id)).await {
-        Ok(bytes) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            bytes,
-        )
-            .into_response(),
-        Err(e) => internal(e),
-    }
+    // Streamed from the file: many large downloads at once cost no memory.
+    let path = app.store.result_path(&job.id);
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => return internal(format!("{}: {e}", path.display())),
+    };
+    let len = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(e) => return internal(e),
+    };
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)),
+    )
+        .into_response()
 }
 
 async fn cancel(

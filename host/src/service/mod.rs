@@ -98,6 +98,7 @@ pub fn serve(
     if recovered > 0 {
         tracing::info!("{recovered} interrupted jobs recovered");
     }
+    let resolver = Arc::new(resolver);
     let bell = Arc::new(worker::Bell::default());
     let running = Arc::new(worker::Running::default());
     let changes = Arc::new(worker::Changes::new(0));
@@ -109,6 +110,8 @@ pub fn serve(
         model: model_info(&fm, &cfg.architecture),
         quotas: cfg.quotas,
         limits: cfg.limits,
+        rt: rt.clone(),
+        resolver: resolver.clone(),
     });
     // The HTTP side on its own thread; the worker (which owns the model,
     // not `Send`: its ranks' communicators) on this one.

@@ -254,6 +254,17 @@ impl Store {
         Ok(Err(active))
     }
 
+    /// Tenant `tenant`'s jobs queued or running.
+    pub fn active(&self, tenant: &str) -> Result<i64, ServiceError> {
+        self.conn()
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE tenant = ?1 AND state IN ('queued', 'running')",
+                params![tenant],
+                |r| r.get(0),
+            )
+            .map_err(db)
+    }
+
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         Ok(Job {
             id: r.get(0)?,

@@ -59,7 +59,7 @@ pub type Running = Mutex<HashMap<String, Arc<AtomicBool>>>;
 pub struct Worker {
     pub fm: FlexModel,
     pub rt: Arc<Runtime>,
-    pub resolver: Resolver,
+    pub resolver: Arc<Resolver>,
     pub store: Arc<Store>,
     pub bell: Arc<Bell>,
     pub running: Arc<Running>,
