@@ -124,6 +124,22 @@ fn tenants_keys_jobs_and_results() {
         .unwrap());
     let want = saved(&dir.join("want0.safetensors"));
     assert!(saved(&remote)["logits"].equal(&want["logits"]));
+    let said = ok(&Command::new(bin())
+        .args(["remote", "run", "--server", &srv.url, "--key", &ka])
+        .args([
+            "--token-ids",
+            "5,9,2,77",
+            "--top-k",
+            "3",
+            "--save",
+            s(&remote),
+        ])
+        .output()
+        .unwrap());
+    assert!(
+        said.contains("prompt 0: 4 tokens; next token: \"#"),
+        "{said}"
+    );
     let o = Command::new(bin())
         .args([
             "remote",

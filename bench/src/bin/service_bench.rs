@@ -262,8 +262,14 @@ fn main() -> Result<()> {
     let a = args()?;
     let retrieve = std::fs::read(a.artifacts.join("retrieve.wasm"))
         .with_context(|| format!("{}: run scripts/build-guests.sh", a.artifacts.display()))?;
+    // SERVICE_BENCH_ONLY=p11|throughput runs one part (nothing is written).
+    let only = std::env::var("SERVICE_BENCH_ONLY").unwrap_or_default();
+    if only == "throughput" {
+        throughput(&a, &retrieve)?;
+        return Ok(());
+    }
     let p = p11(&a, &retrieve)?;
-    if std::env::var_os("SERVICE_BENCH_P11_ONLY").is_some() {
+    if only == "p11" {
         return Ok(());
     }
     let t = throughput(&a, &retrieve)?;

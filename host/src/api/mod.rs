@@ -31,7 +31,7 @@ pub use crate::engine::{
 };
 pub use facade::FlexModel;
 pub use native::FnHook;
-pub use packages::{Limits, PluginRecord};
+pub use packages::{Accepted, Limits, PluginRecord};
 pub use save::{producer_key, save_safetensors, save_safetensors_with};
 
 /// One rank's result of a forward: the merged output at global rank 0,

@@ -21,6 +21,17 @@ pub struct Limits {
     pub seed: Option<u64>,
 }
 
+/// A plugin the trust policy accepted, loaded: what a registration needs
+/// (a server keeps the uploads it accepted, so that a repeated upload is
+/// neither checked nor hashed twice).
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub digest: String,
+    pub source: String,
+    pub signed_by: Option<String>,
+    pub plugin: Arc<crate::hooks::Plugin>,
+}
+
 /// What was registered: the package, the component's digest, where it
 /// came from and who signed it (`flexmodel.plugins` in a saved result).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -62,7 +73,26 @@ impl FlexModel {
         groups: &[&str],
         limits: Limits,
     ) -> Result<PluginRecord, FlexError> {
-        let mut plugin = rt.load(&r.bytes)?;
+        let plugin = rt.load(&r.bytes)?;
+        let accepted = Accepted {
+            digest: r.digest,
+            source: r.label,
+            signed_by: r.verdict.signed_by.map(|p| p.display().to_string()),
+            plugin,
+        };
+        self.register_accepted(&accepted, pattern, config, groups, limits)
+    }
+
+    /// Register a plugin accepted and loaded before (see [`Accepted`]).
+    pub fn register_accepted(
+        &mut self,
+        a: &Accepted,
+        pattern: &str,
+        config: &str,
+        groups: &[&str],
+        limits: Limits,
+    ) -> Result<PluginRecord, FlexError> {
+        let mut plugin = a.plugin.clone();
         if limits != Limits::default() {
             plugin =
                 Arc::new(plugin.limited(limits.fuel_per_call, limits.memory_bytes, limits.seed));
@@ -72,9 +102,9 @@ impl FlexModel {
         Ok(PluginRecord {
             name,
             version,
-            digest: r.digest,
-            source: r.label,
-            signed_by: r.verdict.signed_by.map(|p| p.display().to_string()),
+            digest: a.digest.clone(),
+            source: a.source.clone(),
+            signed_by: a.signed_by.clone(),
             handle,
         })
     }

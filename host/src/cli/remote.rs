@@ -64,6 +64,10 @@ pub struct RemoteRunArgs {
     /// Where to save the result (safetensors).
     #[arg(long)]
     pub save: PathBuf,
+    /// How many top next-token predictions to print per prompt (ids: the
+    /// tokenizer is the server's).
+    #[arg(long, default_value_t = 5)]
+    pub top_k: i64,
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 3600)]
     pub timeout: u64,
@@ -246,10 +250,42 @@ pub fn remote(cmd: &RemoteCmd) -> Result<()> {
     }
     let bytes = r.bytes()?;
     std::fs::write(&a.save, &bytes).with_context(|| format!("writing {}", a.save.display()))?;
+    print_predictions(&a.save, a.top_k)?;
     println!(
         "job {id} done: saved {} ({} bytes)",
         a.save.display(),
         bytes.len()
     );
+    Ok(())
+}
+
+/// Each prompt's next-token predictions from a saved result, as `run`
+/// prints them.
+fn print_predictions(path: &std::path::Path, k: i64) -> Result<()> {
+    if k <= 0 {
+        return Ok(());
+    }
+    let tensors: std::collections::BTreeMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .into_iter()
+            .collect();
+    let mut logits: Vec<(usize, &tch::Tensor)> = tensors
+        .iter()
+        .filter_map(|(name, t)| match name.as_str() {
+            "logits" => Some((0, t)),
+            n => n.strip_suffix("/logits")?.parse().ok().map(|i| (i, t)),
+        })
+        .collect();
+    logits.sort_by_key(|(i, _)| *i);
+    for (i, l) in logits {
+        if l.dim() == 3 && l.size()[1] > 0 {
+            println!(
+                "prompt {i}: {} tokens; next token: {}",
+                l.size()[1],
+                super::show::show(&super::show::top_k(l, k, None))
+            );
+        }
+    }
     Ok(())
 }

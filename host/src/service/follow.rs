@@ -68,6 +68,7 @@ impl Plan {
 /// until the job ends (rank 0 gone: the broadcast fails).
 pub fn follow(mut fm: FlexModel, rt: Arc<Runtime>, resolver: Resolver) -> Result<(), ServiceError> {
     let dims: HashMap<_, _> = seq_dims(&fm);
+    let uploads = super::uploads::Uploads::default();
     loop {
         let plan = Plan::receive(&fm)?;
         if plan.jobs.is_empty() {
@@ -83,6 +84,7 @@ pub fn follow(mut fm: FlexModel, rt: Arc<Runtime>, resolver: Resolver) -> Result
             fm: &mut fm,
             rt: &rt,
             resolver: &resolver,
+            uploads: &uploads,
             dims: &dims,
         };
         // Rank 0 keeps the outcomes; the failures are every rank's.

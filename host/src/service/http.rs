@@ -55,6 +55,7 @@ pub struct App {
     /// compiled when submitted).
     pub rt: Arc<crate::hooks::Runtime>,
     pub resolver: Arc<crate::package::resolve::Resolver>,
+    pub uploads: Arc<super::uploads::Uploads>,
 }
 
 type Shared = Arc<App>;
@@ -100,19 +101,13 @@ fn over_quota(n: i64, max: i64) -> Response {
 /// compile it (cached for the worker); a refusal is the job's 400.
 async fn precompile(app: &Shared, req: &JobRequest) -> Result<(), Response> {
     for (i, h) in req.hooks.iter().enumerate() {
-        let bytes = match h.component_bytes() {
-            Ok(Some(b)) => b,
-            Ok(None) => continue,
-            Err(e) => return Err(error(StatusCode::BAD_REQUEST, e.to_string())),
+        let Some(text) = h.component.clone() else {
+            continue;
         };
-        let (rt, resolver) = (app.rt.clone(), app.resolver.clone());
-        let checked = tokio::task::spawn_blocking(move || {
-            let r = resolver
-                .uploaded(bytes, "uploaded component")
-                .map_err(|e| e.to_string())?;
-            rt.load(&r.bytes).map(|_| ()).map_err(|e| e.to_string())
-        })
-        .await;
+        let (rt, resolver, uploads) = (app.rt.clone(), app.resolver.clone(), app.uploads.clone());
+        let checked =
+            tokio::task::spawn_blocking(move || uploads.accept(&rt, &resolver, &text).map(|_| ()))
+                .await;
         match checked {
             Ok(Ok(())) => {}
             Ok(Err(m)) => return Err(error(StatusCode::BAD_REQUEST, format!("hooks[{i}]: {m}"))),

@@ -24,6 +24,7 @@ pub mod keys;
 pub mod quota;
 pub mod runner;
 pub mod store;
+pub mod uploads;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -99,6 +100,7 @@ pub fn serve(
         tracing::info!("{recovered} interrupted jobs recovered");
     }
     let resolver = Arc::new(resolver);
+    let uploads = Arc::new(uploads::Uploads::default());
     let bell = Arc::new(worker::Bell::default());
     let running = Arc::new(worker::Running::default());
     let changes = Arc::new(worker::Changes::new(0));
@@ -112,6 +114,7 @@ pub fn serve(
         limits: cfg.limits,
         rt: rt.clone(),
         resolver: resolver.clone(),
+        uploads: uploads.clone(),
     });
     // The HTTP side on its own thread; the worker (which owns the model,
     // not `Send`: its ranks' communicators) on this one.
@@ -179,6 +182,7 @@ pub fn serve(
         fm,
         rt,
         resolver,
+        uploads,
         store,
         bell,
         running,

@@ -118,11 +118,24 @@ pub fn prepare(fm: &FlexModel, id: &str, body: &str, quota: Quota) -> Result<Tas
     })
 }
 
+/// `want` (the digest a job asked for), if any, is `got`.
+fn check_digest(want: Option<&str>, got: &str, label: &str) -> Result<(), Failure> {
+    match want {
+        Some(d) if d != got => Err((
+            "untrusted",
+            format!("{label}: the digest is {got}, the job asked for {d}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The model, the plugins' runtime and the trust policy jobs run under.
 pub struct Runner<'a> {
     pub fm: &'a mut FlexModel,
     pub rt: &'a Arc<Runtime>,
     pub resolver: &'a Resolver,
+    /// Uploaded components accepted already.
+    pub uploads: &'a super::uploads::Uploads,
     pub dims: &'a HashMap<String, SeqDims>,
 }
 
@@ -148,33 +161,32 @@ impl Runner<'_> {
         let mut records = Vec::new();
         for h in &task.req.hooks {
             let label = h.label();
-            let resolved = match (&h.plugin, h.component_bytes()) {
-                (Some(p), _) => PackageRef::parse(p)
-                    .and_then(|r| self.resolver.resolve(&PluginSource::Package(r))),
-                (None, Ok(Some(bytes))) => self.resolver.uploaded(bytes, "uploaded component"),
-                (None, Ok(None)) => return Err(("input", "a hook without a plugin".into())),
-                (None, Err(e)) => return Err(("input", e.to_string())),
-            }
-            .map_err(|e| ("untrusted", format!("{label}: {e}")))?;
-            if let Some(d) = &h.digest
-                && *d != resolved.digest
-            {
-                return Err((
-                    "untrusted",
-                    format!(
-                        "{label}: the digest is {}, the job asked for {d}",
-                        resolved.digest
-                    ),
-                ));
-            }
             let config = h
                 .config
                 .as_ref()
                 .map_or_else(|| "{}".to_string(), serde_json::Value::to_string);
-            let rec = self
-                .fm
-                .register_resolved(self.rt, resolved, &h.at, &config, &[group.as_str()], limits)
-                .map_err(|e| (reason(&e), format!("{label}: {e}")))?;
+            let groups = [group.as_str()];
+            let registered = match (&h.plugin, &h.component) {
+                (Some(p), _) => {
+                    let resolved = PackageRef::parse(p)
+                        .and_then(|r| self.resolver.resolve(&PluginSource::Package(r)))
+                        .map_err(|e| ("untrusted", format!("{label}: {e}")))?;
+                    check_digest(h.digest.as_deref(), &resolved.digest, &label)?;
+                    self.fm
+                        .register_resolved(self.rt, resolved, &h.at, &config, &groups, limits)
+                }
+                (None, Some(text)) => {
+                    let a = self
+                        .uploads
+                        .accept(self.rt, self.resolver, text)
+                        .map_err(|m| ("untrusted", format!("{label}: {m}")))?;
+                    check_digest(h.digest.as_deref(), &a.digest, &label)?;
+                    self.fm
+                        .register_accepted(&a, &h.at, &config, &groups, limits)
+                }
+                (None, None) => return Err(("input", "a hook without a plugin".into())),
+            };
+            let rec = registered.map_err(|e| (reason(&e), format!("{label}: {e}")))?;
             handles.push(rec.handle);
             self.fm.set_lane(rec.handle, Some(lane.clone()));
             records.push(rec);

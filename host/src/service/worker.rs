@@ -60,6 +60,7 @@ pub struct Worker {
     pub fm: FlexModel,
     pub rt: Arc<Runtime>,
     pub resolver: Arc<Resolver>,
+    pub uploads: Arc<super::uploads::Uploads>,
     pub store: Arc<Store>,
     pub bell: Arc<Bell>,
     pub running: Arc<Running>,
@@ -195,6 +196,7 @@ impl Worker {
             fm: &mut self.fm,
             rt: &self.rt,
             resolver: &self.resolver,
+            uploads: &self.uploads,
             dims,
         };
         let results = run_batch(&mut runner, &tasks);
