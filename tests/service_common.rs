@@ -191,15 +191,6 @@ pub fn submit_ok(srv: &Server, k: &str, body: &serde_json::Value) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
-/// A job that keeps the worker busy for a while (many long rows), so that
-/// jobs submitted after it queue up together.
-pub fn blocker() -> serde_json::Value {
-    let rows: Vec<Vec<i64>> = (0..64)
-        .map(|i| (0..32).map(|j| (i * 7 + j) % 90).collect())
-        .collect();
-    serde_json::json!({"token_ids": rows, "return_logits": false})
-}
-
 /// Wait until job `id` runs (or ended).
 pub fn wait_running(srv: &Server, k: &str, id: &str) {
     let t = Instant::now();

@@ -221,8 +221,12 @@ fn tenant_quotas_name_the_quota_they_stop() {
             .contains("output_bytes"),
         "{end}"
     );
-    // active_jobs: one at a time.
-    let b = submit_ok(&srv, &small, &blocker());
+    // active_jobs: one at a time. The first job spins in its hook until its
+    // fuel (4e9) runs out, seconds: it is active when the second comes.
+    let spin = serde_json::json!({"token_ids": [[1, 2]], "hooks": [
+        upload("hostile.wasm", "blocks.0.hook_resid_post", serde_json::json!({"mode": "loop"})),
+    ]});
+    let b = submit_ok(&srv, &small, &spin);
     let (code, v) = submit(&srv, &small, &serde_json::json!({"token_ids": [[1]]}));
     assert_eq!(code, 429, "{v}");
     assert!(
@@ -317,13 +321,10 @@ fn a_cancelled_running_job_stops_and_the_server_goes_on() {
     let dir = tmp("cancel");
     let state = dir.join("state");
     let k = key(&state, "alice");
-    // A long job: many rows, every activation retrieved.
-    let srv = serve(&state, &[], &[]);
-    let rows: Vec<Vec<i64>> = (0..64)
-        .map(|i| (0..32).map(|j| (i * 3 + j) % 90).collect())
-        .collect();
-    let spin = serde_json::json!({"token_ids": rows, "hooks": [
-        upload("retrieve.wasm", "**", serde_json::json!({"padding": "keep"})),
+    // A long job: its hooks spin until their fuel (2e9 a call) runs out.
+    let srv = serve(&state, &["--fuel", "2000000000"], &[]);
+    let spin = serde_json::json!({"token_ids": [[1, 2, 3]], "hooks": [
+        upload("hostile.wasm", "**", serde_json::json!({"mode": "loop"})),
     ]});
     let id = submit_ok(&srv, &k, &spin);
     wait_running(&srv, &k, &id);
