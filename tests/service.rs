@@ -4,7 +4,8 @@
 //! revocation on the next request, results equal to `flexmodel run`, a
 //! shared plugin pulled from a real registry under the server's trust
 //! policy, a quota (429), and `kill -9` with jobs queued, then a restart:
-//! every accepted job ends.
+//! every accepted job ends, and a client waiting on one follows the
+//! restarted server to its result.
 
 mod cli_common;
 mod registry_common;
@@ -273,6 +274,15 @@ fn quotas_and_kill_dash_nine_lose_nothing() {
     let state = dir.join("state");
     let k = key(&state, "alice");
     let srv = serve(&state, &["--max-active-jobs", "3"], &[]);
+    // The worker is held for seconds by a job whose hooks spin at every
+    // hook point (within their fuel): every job after it is still queued
+    // at the kill.
+    let carol = key(&state, "carol");
+    let spin = serde_json::json!({"token_ids": [[1, 2]], "hooks": [
+        upload("bench.wasm", "**", serde_json::json!({"mode": "spin", "iters": 300_000_000u64})),
+    ]});
+    let spun = submit_ok(&srv, &carol, &spin);
+    wait_running(&srv, &carol, &spun);
     // Long jobs (many rows each), submitted at once from 8 clients.
     let rows: Vec<Vec<i64>> = (0..256)
         .map(|i| (0..32).map(|j| (i * 7 + j) % 90).collect())
@@ -305,10 +315,59 @@ fn quotas_and_kill_dash_nine_lose_nothing() {
     }
     assert!(limited, "the quota of 3 active jobs answered 429");
     assert!(!ids.is_empty());
+    // A client waiting on its job's events through the crash: `remote run
+    // --retries 1` follows the restarted server and saves the result.
+    let kb = key(&state, "bob");
+    let remote = dir.join("remote.safetensors");
+    let mut client = Command::new(bin())
+        .args(["remote", "run", "--server", &srv.url, "--key", &kb])
+        .args(["--token-ids", "5,9,2,77", "--retries", "1", "--save"])
+        .arg(&remote)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (mut err, said) = (client.stderr.take().unwrap(), said.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut err, &mut buf) {
+                said.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let t = std::time::Instant::now();
+    while !said.lock().unwrap().contains(": queued") {
+        assert!(t.elapsed().as_secs() < 60, "{}", said.lock().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // kill -9 with jobs queued (and one running), then a restart.
     let mut srv = srv;
+    let port = srv.url.rsplit(':').next().unwrap().to_string();
     kill9(&mut srv.child);
-    let srv = serve(&state, &["--max-active-jobs", "3"], &[]);
+    let listen = format!("127.0.0.1:{port}");
+    let srv = serve(
+        &state,
+        &["--max-active-jobs", "3", "--listen", &listen],
+        &[],
+    );
+    let out = client.wait_with_output().unwrap();
+    reader.join().unwrap();
+    assert!(out.status.success(), "{}", said.lock().unwrap());
+    let local = dir.join("local.safetensors");
+    ok(&Command::new(bin())
+        .args(["run", "--model", s(&models().join("gpt2-tiny"))])
+        .args(["--token-ids", "5,9,2,77", "--save", s(&local)])
+        .output()
+        .unwrap());
+    assert!(saved(&remote)["logits"].equal(&saved(&local)["logits"]));
+    // The spinning job was still running at the kill (it ends
+    // interrupted), so the client's job, queued after it, had not ended.
+    let end = wait(&srv, &carol, &spun);
+    assert_eq!(end["error"]["reason"], "interrupted", "{end}");
     for (id, retries) in &ids {
         let end = wait(&srv, &k, id);
         match end["state"].as_str().unwrap() {

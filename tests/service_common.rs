@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use flexmodel_tests::artifacts_dir;
+
 use crate::cli_common::{bin, models, ok, saved};
 use crate::registry_common::curl;
 
@@ -73,18 +77,14 @@ pub fn serve_under(wrapper: &[&str], state: &Path, extra: &[&str], env: &[(&str,
             c
         }
     };
-    cmd.args([
-        "serve",
-        "--model",
-        s(&model),
-        "--listen",
-        "127.0.0.1:0",
-        "--state",
-        s(state),
-    ])
-    .args(extra)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    cmd.args(["serve", "--model", s(&model), "--state", s(state)]);
+    // A free port, unless the test names one (a restart on the same port).
+    if !extra.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    cmd.args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -204,4 +204,14 @@ pub fn wait_running(srv: &Server, k: &str, id: &str) {
 pub fn max_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
     (a - b).abs().max().double_value(&[])
+}
+
+/// A hook uploading `plugin` (a built example) with `config` at `at`.
+pub fn upload(plugin: &str, at: &str, config: serde_json::Value) -> serde_json::Value {
+    let bytes = std::fs::read(artifacts_dir().join(plugin)).unwrap();
+    serde_json::json!({
+        "component": STANDARD.encode(bytes),
+        "at": at,
+        "config": config,
+    })
 }

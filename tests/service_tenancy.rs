@@ -13,19 +13,8 @@ mod service_common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use flexmodel_tests::artifacts_dir;
 use service_common::*;
-
-/// A hook uploading `plugin` (a built example) with `config` at `at`.
-fn upload(plugin: &str, at: &str, config: serde_json::Value) -> serde_json::Value {
-    let bytes = std::fs::read(artifacts_dir().join(plugin)).unwrap();
-    serde_json::json!({
-        "component": base64::engine::general_purpose::STANDARD.encode(bytes),
-        "at": at,
-        "config": config,
-    })
-}
 
 /// Submit `jobs` (tenant key, body) at once, from one thread each, to a
 /// server with a batch window: the worker takes them together. Their ids.

@@ -1,4 +1,4 @@
-//! A `flexmodel serve` process and a client for it (reqwest), for
+//! A `flexmodel serve` process and jobs run on it with the library's client, for
 //! `service-bench`: start a server on a free loopback port, make tenants'
 //! keys, submit a job, wait for its end on its event stream, fetch the
 //! result.
@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use flexmodel::service::client::Client;
 
 /// The `flexmodel` binary next to this benchmark's.
 pub fn flexmodel_bin() -> Result<PathBuf> {
@@ -77,74 +78,18 @@ pub fn add_key(state: &Path, tenant: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
-pub struct Client {
-    http: reqwest::blocking::Client,
-    base: String,
-}
-
-/// A job's final status and its result's bytes.
+/// A job's final status and its result's size.
 pub struct Ended {
     pub status: serde_json::Value,
-    pub result: Vec<u8>,
+    pub bytes: u64,
 }
 
-impl Client {
-    pub fn new(base: &str) -> Result<Client> {
-        Ok(Client {
-            http: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(600))
-                .build()?,
-            base: base.trim_end_matches('/').to_string(),
-        })
-    }
-
-    /// Submit `body` as `key`'s job, wait for it to end (its event
-    /// stream), fetch the result.
-    pub fn run(&self, key: &str, body: &serde_json::Value) -> Result<Ended> {
-        let auth = format!("Bearer {key}");
-        let r = self
-            .http
-            .post(format!("{}/v1/jobs", self.base))
-            .header("Authorization", &auth)
-            .json(body)
-            .send()?;
-        let code = r.status();
-        let text = r.text()?;
-        if code.as_u16() != 202 {
-            bail!("submit: {code}: {text}");
-        }
-        let id = serde_json::from_str::<serde_json::Value>(&text)?["id"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| anyhow!("no id in {text}"))?;
-        let events = self
-            .http
-            .get(format!("{}/v1/jobs/{id}/events", self.base))
-            .header("Authorization", &auth)
-            .send()?;
-        let mut last = serde_json::Value::Null;
-        for line in BufReader::new(events).lines() {
-            let line = line?;
-            if let Some(d) = line.strip_prefix("data: ") {
-                last = serde_json::from_str(d)?;
-                if !matches!(last["state"].as_str(), Some("queued" | "running")) {
-                    break;
-                }
-            }
-        }
-        if last["state"] != "done" {
-            bail!("job {id}: {last}");
-        }
-        let result = self
-            .http
-            .get(format!("{}/v1/jobs/{id}/result", self.base))
-            .header("Authorization", &auth)
-            .send()?
-            .bytes()?
-            .to_vec();
-        Ok(Ended {
-            status: last,
-            result,
-        })
-    }
+/// Submit `body` as `key`'s job with the library's client (what `flexmodel
+/// remote run` does), wait for it to end on its event stream, save the
+/// result to `save`; `c` is one tenant's client (its connections kept).
+pub fn run(c: &Client, body: &serde_json::Value, save: &Path) -> Result<Ended> {
+    let id = c.submit(body)?;
+    let status = c.wait(&id, Duration::from_secs(600), |_| {})?;
+    let bytes = c.save_result(&id, save)?;
+    Ok(Ended { status, bytes })
 }

@@ -23,8 +23,9 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use flexmodel::api::{Batch, FlexModel, Groups, Padding, save_safetensors_with};
 use flexmodel::hooks::{CpuLimit, Runtime, RuntimeConfig};
+use flexmodel::service::client::Client;
 use flexmodel_bench::report;
-use flexmodel_bench::service::{Client, Server, add_key};
+use flexmodel_bench::service::{Server, add_key, run};
 
 struct Args {
     model_dir: PathBuf,
@@ -88,7 +89,8 @@ fn p11(a: &Args, retrieve: &[u8]) -> Result<Vec<(String, f64, f64, f64)>> {
     let _ = std::fs::remove_dir_all(&state);
     let key = add_key(&state, "bench")?;
     let srv = Server::start(&a.model_dir, &state, &[])?;
-    let client = Client::new(&srv.url)?;
+    let client = Client::new(&srv.url, &key, None)?;
+    let fetched = state.join("fetched.safetensors");
     let mut fm = FlexModel::load(&a.model_dir, tch::Kind::Float, tch::Device::Cpu)?;
     let rt = Runtime::new(RuntimeConfig {
         cpu: CpuLimit::Fuel(4_000_000_000),
@@ -115,9 +117,9 @@ fn p11(a: &Args, retrieve: &[u8]) -> Result<Vec<(String, f64, f64, f64)>> {
             // last parallel region: let them sleep before timing.
             std::thread::sleep(Duration::from_millis(500));
             let t = Instant::now();
-            let ended = client.run(&key, &body)?;
+            let ended = run(&client, &body, &fetched)?;
             let s = t.elapsed().as_secs_f64();
-            if ended.result.is_empty() {
+            if ended.bytes == 0 {
                 bail!("an empty result");
             }
             std::thread::sleep(Duration::from_millis(500));
@@ -176,15 +178,22 @@ fn load(
     let waits: Result<Vec<Vec<f64>>> = std::thread::scope(|sc| {
         let hs: Vec<_> = keys
             .iter()
-            .map(|k| {
+            .enumerate()
+            .map(|(i, k)| {
                 sc.spawn(move || -> Result<Vec<f64>> {
-                    let c = Client::new(&srv.url)?;
-                    (0..jobs)
+                    let c = Client::new(&srv.url, k, None)?;
+                    let save = std::env::temp_dir().join(format!(
+                        "fm-bench-load-{}-{i}.safetensors",
+                        std::process::id()
+                    ));
+                    let waits = (0..jobs)
                         .map(|_| {
-                            let e = c.run(k, body)?;
+                            let e = run(&c, body, &save)?;
                             Ok(e.status["queued_ms"].as_f64().unwrap_or(0.0))
                         })
-                        .collect()
+                        .collect();
+                    let _ = std::fs::remove_file(&save);
+                    waits
                 })
             })
             .collect();

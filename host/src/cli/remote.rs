@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
 use flexmodel::package::lock::Lockfile;
 use flexmodel::package::reference::{HookSpec, PluginSource};
+use flexmodel::service::client::Client;
 
 #[derive(Subcommand)]
 pub enum RemoteCmd {
@@ -153,109 +154,40 @@ fn body(a: &RemoteRunArgs) -> Result<serde_json::Value> {
     Ok(b)
 }
 
-/// The server's one-line answer for a refused request.
-fn refused(status: reqwest::StatusCode, text: &str) -> anyhow::Error {
-    let msg = serde_json::from_str::<serde_json::Value>(text)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| text.trim().to_string());
-    anyhow!("server answered {}: {msg}", status.as_u16())
-}
-
 pub fn remote(cmd: &RemoteCmd) -> Result<()> {
     let RemoteCmd::Run(a) = cmd;
-    let base = a.server.trim_end_matches('/');
-    let mut builder = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60));
-    if let Some(ca) = &a.ca_cert {
-        let pem = std::fs::read(ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .with_context(|| format!("--ca-cert {}: not a PEM certificate", ca.display()))?;
-        builder = builder.add_root_certificate(cert);
-    }
-    let client = builder.build()?;
+    let ca = match &a.ca_cert {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("--ca-cert {}", p.display()))?),
+        None => None,
+    };
     let key = a
         .key
         .clone()
         .or_else(|| std::env::var("FLEXMODEL_KEY").ok())
         .ok_or_else(|| anyhow!("give --key or set FLEXMODEL_KEY"))?;
-    let auth = format!("Bearer {key}");
-    let r = client
-        .post(format!("{base}/v1/jobs"))
-        .header("Authorization", &auth)
-        .json(&body(a)?)
-        .send()
-        .with_context(|| format!("connecting to {base}"))?;
-    let status = r.status();
-    let text = r.text()?;
-    if status.as_u16() != 202 {
-        return Err(refused(status, &text));
-    }
-    let id = serde_json::from_str::<serde_json::Value>(&text)?["id"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("the server gave no job id"))?;
-    let start = std::time::Instant::now();
+    let client = Client::new(&a.server, &key, ca.as_deref()).map_err(|e| match &a.ca_cert {
+        Some(p) => anyhow!("--ca-cert {}: {e}", p.display()),
+        None => e.into(),
+    })?;
+    let id = client.submit(&body(a)?)?;
     let mut shown = false;
-    loop {
-        let r = client
-            .get(format!("{base}/v1/jobs/{id}"))
-            .header("Authorization", &auth)
-            .send()?;
-        let status = r.status();
-        let text = r.text()?;
-        if !status.is_success() {
-            return Err(refused(status, &text));
-        }
-        let v: serde_json::Value = serde_json::from_str(&text)?;
-        let state = v["state"].as_str();
-        if matches!(state, Some("done" | "failed" | "cancelled")) && shown {
+    let waited = client.wait(&id, Duration::from_secs(a.timeout), |v| {
+        let state = v["state"].as_str().unwrap_or("?");
+        if matches!(state, "queued" | "running") {
+            let pos = v["position"]
+                .as_i64()
+                .map(|p| format!(", {p} ahead"))
+                .unwrap_or_default();
+            eprint!("\rjob {id}: {state}{pos}   ");
+            shown = true;
+        } else if shown {
             eprintln!();
         }
-        match state {
-            Some("done") => break,
-            Some("failed") => bail!(
-                "job {id} failed ({}): {}",
-                v["error"]["reason"].as_str().unwrap_or("?"),
-                v["error"]["message"]
-                    .as_str()
-                    .unwrap_or("")
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-            ),
-            Some("cancelled") => bail!("job {id} was cancelled"),
-            Some(s) => {
-                let pos = v["position"]
-                    .as_i64()
-                    .map(|p| format!(", {p} ahead"))
-                    .unwrap_or_default();
-                eprint!("\rjob {id}: {s}{pos}   ");
-                shown = true;
-            }
-            None => bail!("unexpected status: {text}"),
-        }
-        if start.elapsed() > Duration::from_secs(a.timeout) {
-            bail!("job {id} did not end within {} s", a.timeout);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let r = client
-        .get(format!("{base}/v1/jobs/{id}/result"))
-        .header("Authorization", &auth)
-        .send()?;
-    let status = r.status();
-    if !status.is_success() {
-        let text = r.text()?;
-        return Err(refused(status, &text));
-    }
-    let bytes = r.bytes()?;
-    std::fs::write(&a.save, &bytes).with_context(|| format!("writing {}", a.save.display()))?;
+    });
+    waited?;
+    let bytes = client.save_result(&id, &a.save)?;
     print_predictions(&a.save, a.top_k)?;
-    println!(
-        "job {id} done: saved {} ({} bytes)",
-        a.save.display(),
-        bytes.len()
-    );
+    println!("job {id} done: saved {} ({bytes} bytes)", a.save.display());
     Ok(())
 }
 

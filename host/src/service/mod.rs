@@ -10,12 +10,14 @@
 //! - [`quota`]: a tenant's limits under the server's.
 //! - [`follow`]: under `mpirun`, rank 0 serves and plans each batch; every
 //!   other rank runs the same batches on its shard.
+//! - [`client`]: a blocking client (`flexmodel remote run`, the benchmark).
 //! - [`events`]: `GET /v1/jobs/{id}/events`, server-sent events.
 //! - [`worker`]: the thread that owns the model and takes jobs in order;
 //!   [`runner`]: running them, compatible jobs of several tenants in one
 //!   padded batch, each job's hooks confined to its rows, with its own
 //!   plugin instances resolved under the server's trust policy.
 
+pub mod client;
 pub mod events;
 pub mod follow;
 pub mod http;
@@ -140,11 +142,15 @@ pub fn serve(
                         .map_err(|e| io(&format!("listening on {listen}"), e))?;
                     let addr = listener.local_addr().map_err(|e| io("listening", e))?;
                     let make = http::router(app).into_make_service();
+                    // Small responses (a status, an event) go out at once,
+                    // not after the client's delayed ACK (~40 ms).
+                    use axum_server::accept::NoDelayAcceptor;
                     match tls {
                         None => {
                             let _ = ready_tx.send(Ok(addr));
                             axum_server::from_tcp(listener)
                                 .map_err(|e| io("listening", e))?
+                                .acceptor(NoDelayAcceptor)
                                 .serve(make)
                                 .await
                                 .map_err(|e| io("serving", e))
@@ -162,6 +168,7 @@ pub fn serve(
                             let _ = ready_tx.send(Ok(addr));
                             axum_server::tls_rustls::from_tcp_rustls(listener, config)
                                 .map_err(|e| io("listening", e))?
+                                .map(|tls| tls.acceptor(NoDelayAcceptor))
                                 .serve(make)
                                 .await
                                 .map_err(|e| io("serving", e))
