@@ -206,6 +206,22 @@ pub fn max_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
+/// `a` and `b` hold the same tensors, equal within 1e-4.
+pub fn assert_same(
+    a: &std::collections::BTreeMap<String, tch::Tensor>,
+    b: &std::collections::BTreeMap<String, tch::Tensor>,
+    what: &str,
+) {
+    let names = |m: &std::collections::BTreeMap<String, tch::Tensor>| -> Vec<String> {
+        m.keys().cloned().collect()
+    };
+    assert_eq!(names(a), names(b), "{what}: the same tensors");
+    for (name, t) in a {
+        let d = max_diff(t, &b[name]);
+        assert!(d <= 1e-4, "{what} {name}: {d}");
+    }
+}
+
 /// A hook uploading `plugin` (a built example) with `config` at `at`.
 pub fn upload(plugin: &str, at: &str, config: serde_json::Value) -> serde_json::Value {
     let bytes = std::fs::read(artifacts_dir().join(plugin)).unwrap();

@@ -1,7 +1,7 @@
 //! The service's tenants sharing one model: co-tenancy batching (forward
 //! jobs of several tenants in one padded batch, each equal to the job run
 //! alone; a tenant whose plugins write and read everything they can sees
-//! and changes nothing of another's rows), hostile plugins failing their
+//! and changes nothing of another's rows; left-padded jobs), hostile plugins failing their
 //! own job with a typed reason in a shared batch, per-tenant quotas (429
 //! and failed jobs naming them), uploaded components under the trust
 //! policy, server-sent events, cancelling a running job.
@@ -26,6 +26,33 @@ fn together(srv: &Server, jobs: &[(&str, serde_json::Value)]) -> Vec<String> {
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     })
+}
+
+/// Run `jobs` together (each must report `batch_jobs` as in `batched`),
+/// then each alone: the same tensors, equal (within 1e-4). The results
+/// of the jobs run together.
+fn together_then_alone(
+    srv: &Server,
+    jobs: &[(&str, serde_json::Value)],
+    dir: &std::path::Path,
+    batched: &[u64],
+) -> Vec<std::collections::BTreeMap<String, tch::Tensor>> {
+    let shared = together(srv, jobs);
+    let mut results = Vec::new();
+    for (((k, _), id), n) in jobs.iter().zip(&shared).zip(batched) {
+        let end = wait(srv, k, id);
+        assert_eq!(end["state"], "done", "{end}");
+        assert_eq!(end["batch_jobs"], *n, "{end}");
+        results.push(result(srv, k, id, dir));
+    }
+    for (i, (k, body)) in jobs.iter().enumerate() {
+        let id = submit_ok(srv, k, body);
+        let end = wait(srv, k, &id);
+        assert_eq!(end["batch_jobs"], 1, "{end}");
+        let alone = result(srv, k, &id, dir);
+        assert_same(&alone, &results[i], &format!("job {i}"));
+    }
+    results
 }
 
 #[test]
@@ -60,34 +87,7 @@ fn co_tenancy_batches_give_each_job_its_own_result_and_rows() {
         (kb.as_str(), bob.clone()),
         (kc.as_str(), carol.clone()),
     ];
-    let shared = together(&srv, &jobs);
-    let mut together = Vec::new();
-    for ((k, _), id) in jobs.iter().zip(&shared) {
-        let end = wait(&srv, k, id);
-        assert_eq!(end["state"], "done", "{end}");
-        assert_eq!(
-            end["batch_jobs"], 3,
-            "the three jobs ran in one batch: {end}"
-        );
-        together.push(result(&srv, k, id, &dir));
-    }
-    // Each job again, alone.
-    for (i, (k, body)) in jobs.iter().enumerate() {
-        let id = submit_ok(&srv, k, body);
-        let end = wait(&srv, k, &id);
-        assert_eq!(end["batch_jobs"], 1, "{end}");
-        let alone = result(&srv, k, &id, &dir);
-        let shared = &together[i];
-        let mut a: Vec<_> = alone.keys().collect();
-        let mut b: Vec<_> = shared.keys().collect();
-        a.sort();
-        b.sort();
-        assert_eq!(a, b, "job {i}: the same tensors");
-        for (name, t) in &alone {
-            let d = max_diff(t, &shared[name]);
-            assert!(d <= 1e-4, "job {i} {name}: {d}");
-        }
-    }
+    let together = together_then_alone(&srv, &jobs, &dir, &[3, 3, 3]);
     // Alice's hooks saw her own batch (one row), never the others' rows.
     let alice = &together[0];
     assert!(
@@ -111,6 +111,76 @@ fn co_tenancy_batches_give_each_job_its_own_result_and_rows() {
     assert_eq!(shape("0/transformer.h.0")[..2], [1, 3]);
     assert_eq!(shape("1/transformer.h.0")[..2], [1, 10]);
     assert_eq!(shape("1/transformer.h.1:last")[0], 1);
+}
+
+/// `"padding": "left"`: left-padded jobs share a batch with each other,
+/// never with a right-padded one; each equals the job alone, `remote run
+/// --padding left` and `flexmodel run --padding left` on the same prompts
+/// and hooks (a hook's full-layout output keeps the job's own left padding,
+/// though the shared batch was longer).
+#[test]
+fn left_padded_jobs_share_batches_with_their_kind() {
+    let dir = tmp("left");
+    let state = dir.join("state");
+    let (kb, kc, kd) = (
+        key(&state, "bob"),
+        key(&state, "carol"),
+        key(&state, "dave"),
+    );
+    let srv = serve(
+        &state,
+        &["--batch-jobs", "3", "--batch-wait-ms", "3000"],
+        &[],
+    );
+    let keep = serde_json::json!({"padding": "keep"});
+    let last = serde_json::json!({"slice": [null, -1], "name": "last"});
+    let bob = serde_json::json!({"token_ids": [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13]],
+        "padding": "left", "hooks": [
+        upload("retrieve.wasm", "blocks.0.hook_resid_post", keep.clone()),
+        upload("retrieve.wasm", "blocks.1.hook_resid_post", last.clone()),
+    ]});
+    // Longer than Bob's: his rows get more padding in the shared batch.
+    let carol = serde_json::json!({"token_ids": [vec![7; 12]], "padding": "left"});
+    let dave = serde_json::json!({"token_ids": [[3, 3]]});
+    let jobs = [
+        (kb.as_str(), bob),
+        (kc.as_str(), carol),
+        (kd.as_str(), dave),
+    ];
+    let results = together_then_alone(&srv, &jobs, &dir, &[2, 2, 1]);
+    let bob = &results[0];
+    assert_eq!(bob["0/transformer.h.0"].size()[..2], [1, 10]);
+    // The reference: `flexmodel run --padding left`.
+    let prompts = dir.join("bob.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"token_ids\": [1, 2, 3]}\n{\"token_ids\": [4, 5, 6, 7, 8, 9, 10, 11, 12, 13]}\n",
+    )
+    .unwrap();
+    let plugin = artifacts_dir().join("retrieve.wasm");
+    let hooks = [
+        format!("{}@blocks.0.hook_resid_post={keep}", plugin.display()),
+        format!("{}@blocks.1.hook_resid_post={last}", plugin.display()),
+    ];
+    // `flexmodel run --padding left` (the reference) and `remote run
+    // --padding left` (its components uploaded).
+    let model = cli_common::models().join("gpt2-tiny");
+    let remote = ["remote", "run", "--server", &srv.url, "--key", &kb];
+    for (what, head) in [
+        ("run", vec!["run", "--model", s(&model)]),
+        ("remote run", remote.to_vec()),
+    ] {
+        let out = dir.join(format!("{what}.safetensors"));
+        cli_common::ok(
+            &Command::new(cli_common::bin())
+                .args(&head)
+                .args(["--prompts", s(&prompts), "--padding", "left"])
+                .args(["--hook", &hooks[0], "--hook", &hooks[1], "--save", s(&out)])
+                .output()
+                .unwrap(),
+        );
+        assert_same(&cli_common::saved(&out), bob, what);
+    }
 }
 
 #[test]

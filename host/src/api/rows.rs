@@ -53,16 +53,23 @@ pub struct Rows<'a> {
 impl Rows<'_> {
     /// Row `j`'s real tokens `(start, len)` in the padded batch.
     pub fn span(&self, j: usize) -> (i64, i64) {
+        self.span_in(j, self.seq_len)
+    }
+
+    /// Row `j`'s real tokens `(start, len)` along a sequence dimension of
+    /// `size` positions (the batch's, or a longer batch's it shared).
+    fn span_in(&self, j: usize, size: i64) -> (i64, i64) {
         let len = self.lens[j];
         match self.padding {
-            Padding::Left => (self.seq_len - len, len),
+            Padding::Left => (size - len, len),
             Padding::Right => (0, len),
         }
     }
 
-    /// Row `j`'s logits (`[1, len, vocab]`) of the batch's `[n, seq, vocab]`.
+    /// Row `j`'s logits (`[1, len, vocab]`) of the batch's `[n, seq,
+    /// vocab]` (`seq` may be a longer batch's).
     pub fn logits(&self, logits: &Tensor, j: usize) -> Tensor {
-        let (start, len) = self.span(j);
+        let (start, len) = self.span_in(j, logits.size()[1]);
         logits.narrow(0, j as i64, 1).narrow(1, start, len)
     }
 
@@ -86,8 +93,8 @@ impl Rows<'_> {
             let mut x = t.narrow(0, offset, len).unsqueeze(0);
             if let Some((&tok, rest)) = d.seq.split_first() {
                 x = x.movedim([1], [tok as i64]);
-                let (start, len) = self.span(j);
                 for &k in rest {
+                    let (start, len) = self.span_in(j, x.size()[k]);
                     x = x.narrow(k as i64, start, len);
                 }
             }
@@ -100,21 +107,25 @@ impl Rows<'_> {
     }
 
     /// An output in the point's full layout over a longer batch (`[n,
-    /// longer, ...]`, right padding) cut to this batch's `seq_len` along
-    /// every sequence dimension: what the batch alone would have given.
-    /// Anything else is returned as it is.
+    /// longer, ...]`) cut to this batch's `seq_len` along every sequence
+    /// dimension (its end for right padding, its start for left): what the
+    /// batch alone would have given. Anything else is returned as it is.
     pub fn cut(&self, key: &str, t: &Tensor, longer: i64) -> Tensor {
         let point = key.split(':').next().unwrap_or(key);
         let Some(d) = self.dims.get(point) else {
             return t.shallow_clone();
         };
-        if self.padding != Padding::Right || t.dim() != d.rank || longer == self.seq_len {
+        if t.dim() != d.rank || longer == self.seq_len {
             return t.shallow_clone();
         }
+        let start = match self.padding {
+            Padding::Right => 0,
+            Padding::Left => longer - self.seq_len,
+        };
         let mut x = t.shallow_clone();
         for &k in &d.seq {
             if x.size().get(k).copied() == Some(longer) {
-                x = x.narrow(k as i64, 0, self.seq_len);
+                x = x.narrow(k as i64, start, self.seq_len);
             }
         }
         x

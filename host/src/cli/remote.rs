@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
+use flexmodel::api::Padding;
 use flexmodel::package::lock::Lockfile;
 use flexmodel::package::reference::{HookSpec, PluginSource};
 use flexmodel::service::client::Client;
@@ -41,6 +42,11 @@ pub struct RemoteRunArgs {
     /// must pass the server's trust policy), repeatable.
     #[arg(long = "hook")]
     pub hooks: Vec<String>,
+    /// Where shorter prompts are padded, right or left (as `run
+    /// --padding`: what the hooks see). The server chooses the batches: a
+    /// job's prompts run together, with other tenants' jobs padded alike.
+    #[arg(long, default_value = "right")]
+    pub padding: Padding,
     /// Stop the forward after this hook point (as `run --stop-at`).
     #[arg(long, conflicts_with = "max_new_tokens")]
     pub stop_at: Option<String>,
@@ -136,6 +142,9 @@ fn body(a: &RemoteRunArgs) -> Result<serde_json::Value> {
         _ => bail!("give --token-ids, --prompt (one or more) or --prompts FILE"),
     };
     b["hooks"] = hooks.into();
+    if a.padding == Padding::Left {
+        b["padding"] = "left".into();
+    }
     if a.retries > 0 {
         b["retries"] = a.retries.into();
     }

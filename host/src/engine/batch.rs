@@ -8,8 +8,10 @@ use tch::{Kind, Tensor};
 
 use super::FlexError;
 
-/// Where the padding of a shorter prompt goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where the padding of a shorter prompt goes (`"right"` or `"left"` in
+/// JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Padding {
     /// After the prompt (the default for a forward).
     #[default]

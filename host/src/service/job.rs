@@ -5,13 +5,15 @@
 //! at the model's EOS), optional `retries` (re-queued after an interrupted
 //! run), optional `return_logits` (default true), `seed` (the hooks'
 //! random streams), `ignore_eos` (generation), `stop_at` (a forward
-//! stopped after a hook point). A hook names a package
+//! stopped after a hook point), `padding` (`"right"` or `"left"`). A hook
+//! names a package
 //! (`plugin`) or uploads its component (`component`, base64). Checked
 //! whole before the job is accepted.
 
 use serde::Deserialize;
 
 use super::ServiceError;
+use crate::engine::Padding;
 use crate::package::reference::{PackageRef, valid_digest};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +53,11 @@ pub struct JobRequest {
     /// Stop the forward after this hook point (as `run --stop-at`): only
     /// the hooks up to there run, no logits.
     pub stop_at: Option<String>,
+    /// Where shorter prompts are padded (`"right"`, the default, or
+    /// `"left"`), as `run --padding`: what the hooks see. Jobs share a
+    /// batch only with jobs padded the same way.
+    #[serde(default)]
+    pub padding: Padding,
 }
 
 fn yes() -> bool {

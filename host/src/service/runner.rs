@@ -1,5 +1,5 @@
 //! Running jobs on the loaded model. A job's prompts run as one padded
-//! batch (right padding); several forward jobs, of any tenants, run as one
+//! batch (right padding unless the job asks for left); several forward jobs, of any tenants, run as one
 //! batch too (co-tenancy batching), each job's hooks confined to its own
 //! rows by a [`Lane`]: they see an activation of their own batch's rows,
 //! their edits land in those rows only, their outputs carry the job's
@@ -19,8 +19,7 @@ use super::job::JobRequest;
 use super::quota::Quota;
 use crate::api::rows::{Rows, SeqDims};
 use crate::api::{
-    Batch, FlexModel, GenerateOptions, Groups, HookHandle, Lane, Limits, Padding, PluginRecord,
-    Sampling,
+    Batch, FlexModel, GenerateOptions, Groups, HookHandle, Lane, Limits, PluginRecord, Sampling,
 };
 use crate::engine::FlexError;
 use crate::hooks::{HookErrorKind, Runtime};
@@ -239,7 +238,8 @@ impl Runner<'_> {
             offset += n;
         }
         let all: Vec<Vec<i64>> = tasks.iter().flat_map(|t| t.rows.iter().cloned()).collect();
-        let batch = Batch::pad(&all, Padding::Right, 0).map_err(failed)?;
+        let padding = tasks[0].req.padding;
+        let batch = Batch::pad(&all, padding, 0).map_err(failed)?;
         let longer = batch.ids.size()[1];
         let groups = Groups::only(tasks.iter().map(Self::group));
         // A job stopping early runs alone (it is not batchable).
@@ -271,7 +271,7 @@ impl Runner<'_> {
             let rows = Rows {
                 lens: t.rows.iter().map(|r| r.len() as i64).collect(),
                 seq_len: t.rows.iter().map(Vec::len).max().unwrap_or(0) as i64,
-                padding: Padding::Right,
+                padding,
                 padded: batch.attention_mask.is_some(),
                 dims: self.dims,
             };

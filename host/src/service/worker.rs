@@ -139,8 +139,9 @@ impl Worker {
     }
 
     /// Add the next jobs to run to `tasks`: the oldest queued one, with
-    /// (when it is a forward) the queued forward jobs after it, up to the
-    /// batch's limits. One that fails its checks ends here.
+    /// (when it is a forward) the queued forward jobs after it that can
+    /// share its batch, up to the batch's limits. One that fails its
+    /// checks ends here.
     fn take(&mut self, tasks: &mut Vec<Task>, rows: &mut usize) -> Result<(), super::ServiceError> {
         let mut taken: Vec<Task> = Vec::new();
         let mut failed = Vec::new();
@@ -151,6 +152,13 @@ impl Worker {
             }
             if tasks.len() + taken.len() >= self.batch_jobs.max(1) {
                 break;
+            }
+            if tasks
+                .first()
+                .or(taken.first())
+                .is_some_and(|first| !first.req.batchable())
+            {
+                break; // a generation job, or one stopping early, runs alone
             }
             let quota = self.store.quota(&job.tenant)?.under(&self.limits);
             let task = match prepare(&self.fm, &job.id, &job.body, quota) {
@@ -165,11 +173,15 @@ impl Worker {
                 Some(first) => {
                     first.req.batchable()
                         && task.req.batchable()
+                        && first.req.padding == task.req.padding
                         && n + task.rows.len() <= self.batch_rows
                 }
             };
+            // One that cannot join (another kind of job, padded the other
+            // way, too many rows) stays queued, the oldest: it starts the
+            // next batch.
             if !fits {
-                break;
+                continue;
             }
             n += task.rows.len();
             taken.push(task);
