@@ -17,9 +17,13 @@ use crate::package::resolve::Resolver;
 
 pub const MAX_ENTRIES: usize = 64;
 
+/// Accepted uploads by the SHA-256 of their text, and their order (oldest
+/// first, forgotten first).
+type Seen = (HashMap<[u8; 32], Accepted>, VecDeque<[u8; 32]>);
+
 #[derive(Default)]
 pub struct Uploads {
-    seen: Mutex<(HashMap<[u8; 32], Accepted>, VecDeque<[u8; 32]>)>,
+    seen: Mutex<Seen>,
 }
 
 impl Uploads {
@@ -62,8 +66,7 @@ impl Uploads {
         Ok(a)
     }
 
-    #[allow(clippy::type_complexity)]
-    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<[u8; 32], Accepted>, VecDeque<[u8; 32]>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
