@@ -20,6 +20,7 @@ fn greedy(n: usize) -> GenerateOptions {
         max_new_tokens: n,
         sampling: Sampling::Greedy,
         eos: Vec::new(),
+        ..GenerateOptions::default()
     }
 }
 
@@ -146,6 +147,7 @@ fn sampling_is_seeded() {
                 seed,
             },
             eos: Vec::new(),
+            ..GenerateOptions::default()
         };
         fm.generate(prompt, &Groups::All, &o, |_, _| {})
             .unwrap()

@@ -183,6 +183,7 @@ fn generation_registration_groups_and_removal_behave_alike_on_every_layout() {
         max_new_tokens: 4,
         sampling: Sampling::Greedy,
         eos: Vec::new(),
+        ..GenerateOptions::default()
     };
     for model in MODELS {
         let mut one = one_rank(model);

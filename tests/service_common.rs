@@ -77,7 +77,11 @@ pub fn serve_under(wrapper: &[&str], state: &Path, extra: &[&str], env: &[(&str,
             c
         }
     };
-    cmd.args(["serve", "--model", s(&model), "--state", s(state)]);
+    cmd.args(["serve", "--state", s(state)]);
+    // The tiny GPT-2, unless the test names a model.
+    if !extra.contains(&"--model") {
+        cmd.args(["--model", s(&model)]);
+    }
     // A free port, unless the test names one (a restart on the same port).
     if !extra.contains(&"--listen") {
         cmd.args(["--listen", "127.0.0.1:0"]);
@@ -182,6 +186,26 @@ pub fn result(
     let f = dir.join(format!("{id}.safetensors"));
     assert_eq!(fetch(srv, k, id, &f), 200, "result of {id}");
     saved(&f)
+}
+
+/// A job's final status `end` says it failed for `reason`, with a
+/// message that names `says`.
+pub fn failed_with(end: &serde_json::Value, reason: &str, says: &str) {
+    assert_eq!(end["state"], "failed", "{end}");
+    assert_eq!(end["error"]["reason"], reason, "{end}");
+    let message = end["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains(says), "{end}");
+}
+
+/// `DELETE /v1/jobs/{id}`: the answer's code and body.
+pub fn cancel(srv: &Server, k: &str, id: &str) -> (u16, String) {
+    curl(&[
+        "-X",
+        "DELETE",
+        "-H",
+        &auth(k),
+        &format!("{}/v1/jobs/{id}", srv.url),
+    ])
 }
 
 /// Submit `body`; its id (the answer must be 202).

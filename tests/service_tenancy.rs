@@ -272,14 +272,7 @@ fn tenant_quotas_name_the_quota_they_stop() {
         &serde_json::json!({"token_ids": [[1, 2, 3, 4]]}),
     );
     let end = wait(&srv, &small, &id);
-    assert_eq!(end["error"]["reason"], "quota", "{end}");
-    assert!(
-        end["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("output_bytes"),
-        "{end}"
-    );
+    failed_with(&end, "quota", "output_bytes");
     // active_jobs: one at a time. The first job spins in its hook until its
     // fuel (4e9) runs out, seconds: it is active when the second comes.
     let spin = serde_json::json!({"token_ids": [[1, 2]], "hooks": [
@@ -299,14 +292,7 @@ fn tenant_quotas_name_the_quota_they_stop() {
     ]});
     let id = submit_ok(&srv, &slow, &every);
     let end = wait(&srv, &slow, &id);
-    assert_eq!(end["error"]["reason"], "quota", "{end}");
-    assert!(
-        end["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("wall_time"),
-        "{end}"
-    );
+    failed_with(&end, "quota", "wall_ms");
     // fuel_per_call: lowered for this tenant's plugins only.
     let scale = serde_json::json!({"token_ids": [[1, 2, 3]], "hooks": [
         upload("scale.wasm", "blocks.0.hook_resid_post", serde_json::json!({"factor": 2.0})),
@@ -388,13 +374,7 @@ fn a_cancelled_running_job_stops_and_the_server_goes_on() {
     let id = submit_ok(&srv, &k, &spin);
     wait_running(&srv, &k, &id);
     let t = Instant::now();
-    let (code, v) = registry_common::curl(&[
-        "-X",
-        "DELETE",
-        "-H",
-        &auth(&k),
-        &format!("{}/v1/jobs/{id}", srv.url),
-    ]);
+    let (code, v) = cancel(&srv, &k, &id);
     assert_eq!(code, 200, "{v}");
     assert_eq!(status(&srv, &k, &id).1["state"], "cancelled");
     let next = submit_ok(&srv, &k, &serde_json::json!({"token_ids": [[1]]}));
@@ -404,6 +384,60 @@ fn a_cancelled_running_job_stops_and_the_server_goes_on() {
     let (code, _) =
         registry_common::curl(&["-H", &auth(&k), &format!("{}/v1/jobs/{id}/result", srv.url)]);
     assert_eq!(code, 409, "a cancelled job has no result");
+}
+
+/// A generation job without hooks (nothing to check at hook calls) stops
+/// between steps too: past its tenant's wall time it fails with reason
+/// `quota` naming `wall_ms`; cancelled while it runs, it stops and the
+/// next job runs; on two ranks too.
+#[test]
+fn a_generation_without_hooks_stops_at_its_wall_time_and_when_cancelled() {
+    let dir = tmp("genhalt");
+    let state = dir.join("state");
+    let (k, slow) = (
+        key(&state, "alice"),
+        key_with(&state, "slow", &["wall_ms=300"]),
+    );
+    // 2048 positions: a long generation.
+    let model = cli_common::models().join("llama-mesh");
+    let srv = serve(&state, &["--model", s(&model)], &[]);
+    let long =
+        serde_json::json!({"token_ids": [[1, 2, 3]], "max_new_tokens": 2000, "ignore_eos": true});
+    // The whole generation, as a yardstick: well over 300 ms.
+    let whole = wait(&srv, &k, &submit_ok(&srv, &k, &long));
+    assert_eq!(whole["state"], "done", "{whole}");
+    let whole_ms = whole["run_ms"].as_u64().unwrap();
+    assert!(
+        whole_ms > 900,
+        "the generation is too quick to show a stop: {whole}"
+    );
+    let end = wait(&srv, &slow, &submit_ok(&srv, &slow, &long));
+    failed_with(&end, "quota", "wall_ms");
+    assert!(end["run_ms"].as_u64().unwrap() < whole_ms * 2 / 3, "{end}");
+    let id = submit_ok(&srv, &k, &long);
+    wait_running(&srv, &k, &id);
+    let t = Instant::now();
+    let (code, v) = cancel(&srv, &k, &id);
+    assert_eq!(code, 200, "{v}");
+    let next = submit_ok(&srv, &k, &serde_json::json!({"token_ids": [[1]]}));
+    assert_eq!(wait(&srv, &k, &next)["state"], "done");
+    let waited = t.elapsed().as_millis() as u64;
+    assert!(
+        waited < whole_ms * 2 / 3,
+        "{waited} ms (whole: {whole_ms} ms)"
+    );
+    assert_eq!(status(&srv, &k, &id).1["state"], "cancelled");
+    // On two tensor-parallel ranks: rank 0 tells the other to stop too.
+    drop(srv);
+    let srv = serve(&state, &["--model", s(&model), "--tp", "2"], &[]);
+    let end = wait(&srv, &slow, &submit_ok(&srv, &slow, &long));
+    assert_eq!(end["error"]["reason"], "quota", "{end}");
+    let next = submit_ok(
+        &srv,
+        &k,
+        &serde_json::json!({"token_ids": [[1]], "max_new_tokens": 2}),
+    );
+    assert_eq!(wait(&srv, &k, &next)["state"], "done");
 }
 
 /// A job's hooks' random streams depend on its seed and the job alone:

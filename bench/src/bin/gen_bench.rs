@@ -127,6 +127,7 @@ fn measure(a: &Args) -> Result<Rounds> {
         max_new_tokens: new,
         sampling: Sampling::Greedy,
         eos: Vec::new(),
+        ..GenerateOptions::default()
     };
     // Per round: ours without hooks, transformers', ours with `steer`.
     let (mut vs_hf, mut vs_plain, mut times) =

@@ -25,7 +25,7 @@ mod save;
 mod threads;
 
 pub use crate::engine::{
-    BackwardOutput, Batch, FlexError, ForwardOutput, GenerateOptions, GenerateOutput, Groups,
+    BackwardOutput, Batch, FlexError, ForwardOutput, GenerateOptions, GenerateOutput, Groups, Halt,
     HookHandle, HookListing, HookSet, Input, Lane, Launch, LogLine, Loss, Options, Padding,
     RankBackward, Registration, Sampling, StoppedOutput, batch_bounds,
 };

@@ -78,6 +78,7 @@ impl GenerateArgs {
                 (false, true) => model_eos.to_vec(),
                 (false, false) => self.eos.clone(),
             },
+            ..GenerateOptions::default()
         }
     }
 }

@@ -38,6 +38,10 @@ pub enum FlexError {
     /// rank of a launched job (use the `*_each` form there).
     #[error("rank {rank} of a launched job has no merged result (it is at global rank 0)")]
     NotRoot { rank: usize },
+    /// The job was stopped between generation steps (its [`super::Halt`]:
+    /// cancelled, or past its wall time).
+    #[error("{0}")]
+    Stopped(String),
     /// Resolving a shared plugin failed, or its trust policy refused it.
     #[error(transparent)]
     Package(#[from] crate::package::PackageError),

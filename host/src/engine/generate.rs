@@ -17,6 +17,14 @@ use super::{Engine, FlexError, Groups, LogLine, Registration};
 use crate::hooks::GenStep;
 use crate::models::KvCache;
 
+/// What global rank 0 decided after a step.
+enum Next {
+    /// The next token of every sequence, and whether all are finished.
+    Tokens(Vec<i64>, bool),
+    /// Stop here (the options' [`super::Halt`] said why).
+    Halt(String),
+}
+
 /// What the steps so far produced (at global rank 0).
 #[derive(Default)]
 struct Collected {
@@ -85,7 +93,10 @@ impl Engine {
                     })?;
                     let next = chooser.next(&logits)?;
                     on_token(step, &next);
-                    Some((next, chooser.all_done()))
+                    Some(match opts.halt.reason() {
+                        Some(why) => Next::Halt(why),
+                        None => Next::Tokens(next, chooser.all_done()),
+                    })
                 }
                 _ => None,
             };
@@ -114,24 +125,36 @@ impl Engine {
     }
 
     /// Rank 0's choice of the next `b` tokens (and whether generation is
-    /// done) on every rank.
-    fn share_tokens(
-        &self,
-        chosen: Option<(Vec<i64>, bool)>,
-        b: usize,
-    ) -> Result<(Vec<i64>, bool), FlexError> {
+    /// done), or its order to stop, on every rank.
+    fn share_tokens(&self, chosen: Option<Next>, b: usize) -> Result<(Vec<i64>, bool), FlexError> {
         if self.alone() {
-            return chosen.ok_or_else(|| FlexError::Rank {
-                rank: 0,
-                message: "no tokens chosen".into(),
-            });
+            return match chosen {
+                Some(Next::Tokens(next, done)) => Ok((next, done)),
+                Some(Next::Halt(why)) => Err(FlexError::Stopped(why)),
+                None => Err(FlexError::Rank {
+                    rank: 0,
+                    message: "no tokens chosen".into(),
+                }),
+            };
         }
-        let msg = chosen.map(|(next, done)| {
-            let mut m = vec![u8::from(done)];
-            m.extend(next.iter().flat_map(|t| t.to_le_bytes()));
+        // [0 | 1 (done)] + tokens, or [2] + why it stops.
+        let msg = chosen.map(|c| {
+            let m = match c {
+                Next::Tokens(next, done) => {
+                    let mut m = vec![u8::from(done)];
+                    m.extend(next.iter().flat_map(|t| t.to_le_bytes()));
+                    m
+                }
+                Next::Halt(why) => [&[2u8][..], why.as_bytes()].concat(),
+            };
             bytes::Bytes::from(m)
         });
         let m = self.groups.world.broadcast_bytes(msg, 0)?;
+        if m.first() == Some(&2) {
+            return Err(FlexError::Stopped(
+                String::from_utf8_lossy(&m[1..]).into_owned(),
+            ));
+        }
         let next: Vec<i64> = m
             .get(1..)
             .unwrap_or_default()

@@ -16,6 +16,38 @@ use tch::Tensor;
 
 use crate::hooks::{HookError, HookErrorKind, Tokens};
 
+/// When a job must stop: past its wall-clock deadline, or once its stop
+/// flag is set (cancelled). Checked before each of its hooks' calls (in
+/// its [`Lane`]) and, by global rank 0, after each generation step
+/// ([`crate::engine::GenerateOptions::halt`]).
+#[derive(Debug, Clone, Default)]
+pub struct Halt {
+    /// The job's deadline and its wall-time limit (for the message).
+    pub deadline: Option<(Instant, Duration)>,
+    /// Set to stop the job (cancelled).
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl Halt {
+    /// Why the job must stop now, if it must.
+    pub fn reason(&self) -> Option<String> {
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
+            return Some("the job was cancelled".into());
+        }
+        match self.deadline {
+            Some((at, limit)) if Instant::now() >= at => Some(format!(
+                "quota wall_ms: the job ran past its {} ms",
+                limit.as_millis()
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Where a hook may act (see the module documentation).
 #[derive(Debug, Clone, Default)]
 pub struct Lane {
@@ -23,10 +55,8 @@ pub struct Lane {
     pub rows: Option<(i64, i64)>,
     /// Put before every key the hook emits (`""`: none).
     pub key_prefix: String,
-    /// The job's deadline and its wall-time limit (for the message).
-    pub deadline: Option<(Instant, Duration)>,
-    /// Set to stop the job (cancelled).
-    pub stop: Option<Arc<AtomicBool>>,
+    /// When the job must stop.
+    pub halt: Halt,
     /// The model's forward count when the job began: its hooks see forward
     /// indices from 0 (their random streams then depend on the job alone,
     /// and nothing tells them how many forwards others ran).
@@ -36,28 +66,15 @@ pub struct Lane {
 impl Lane {
     /// Refuse a call past the deadline or after the stop flag was set.
     pub(crate) fn check(&self, plugin: &str, point: &str, rank: u32) -> Result<(), HookError> {
-        let fail = |message: String| HookError {
-            plugin: plugin.to_string(),
-            hook_point: point.to_string(),
-            rank,
-            kind: HookErrorKind::ForwardLimit { message },
-        };
-        if self
-            .stop
-            .as_ref()
-            .is_some_and(|s| s.load(Ordering::Relaxed))
-        {
-            return Err(fail("the job was cancelled".into()));
+        match self.halt.reason() {
+            Some(message) => Err(HookError {
+                plugin: plugin.to_string(),
+                hook_point: point.to_string(),
+                rank,
+                kind: HookErrorKind::ForwardLimit { message },
+            }),
+            None => Ok(()),
         }
-        if let Some((at, limit)) = self.deadline
-            && Instant::now() >= at
-        {
-            return Err(fail(format!(
-                "quota wall_time: the job ran past its {} ms",
-                limit.as_millis()
-            )));
-        }
-        Ok(())
     }
 
     /// The lane's rows among a rank's `t`, whose row 0 is the batch's row

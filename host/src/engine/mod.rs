@@ -52,7 +52,7 @@ pub use backward::{BackwardOutput, RankBackward};
 pub use batch::{Batch, Input, Padding, batch_bounds};
 pub use error::FlexError;
 pub(crate) use error::{failure, model_error};
-pub use lane::Lane;
+pub use lane::{Halt, Lane};
 pub use loss::Loss;
 pub use options::{Launch, Options};
 pub use output::{ForwardOutput, LogLine, StoppedOutput};

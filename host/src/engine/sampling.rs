@@ -33,6 +33,9 @@ pub struct GenerateOptions {
     /// early. The CLI takes the model's from `generation_config.json` /
     /// `config.json` ([`crate::models::eos_tokens`]), as transformers does.
     pub eos: Vec<i64>,
+    /// Checked by global rank 0 after every step: when it says stop, every
+    /// rank ends with [`super::FlexError::Stopped`] (default: never).
+    pub halt: super::Halt,
 }
 
 impl Default for GenerateOptions {
@@ -41,6 +44,7 @@ impl Default for GenerateOptions {
             max_new_tokens: 16,
             sampling: Sampling::Greedy,
             eos: Vec::new(),
+            halt: super::Halt::default(),
         }
     }
 }

@@ -19,7 +19,8 @@ use super::job::JobRequest;
 use super::quota::Quota;
 use crate::api::rows::{Rows, SeqDims};
 use crate::api::{
-    Batch, FlexModel, GenerateOptions, Groups, HookHandle, Lane, Limits, PluginRecord, Sampling,
+    Batch, FlexModel, GenerateOptions, Groups, Halt, HookHandle, Lane, Limits, PluginRecord,
+    Sampling,
 };
 use crate::engine::FlexError;
 use crate::hooks::{HookErrorKind, Runtime};
@@ -75,6 +76,8 @@ pub fn reason(e: &FlexError) -> &'static str {
         }
         FlexError::Load(_) => "plugin",
         FlexError::Package(_) => "untrusted",
+        FlexError::Stopped(m) if m.starts_with("quota ") => "quota",
+        FlexError::Stopped(_) => "cancelled",
         FlexError::Input(_) | FlexError::Pattern(_) => "input",
         FlexError::Model(crate::models::error::ModelError::Input(_)) => "input",
         _ => "internal",
@@ -115,6 +118,19 @@ pub fn prepare(fm: &FlexModel, id: &str, body: &str, quota: Quota) -> Result<Tas
         stop: Arc::new(AtomicBool::new(false)),
         started: Instant::now(),
     })
+}
+
+/// When `task` must stop: past its wall time, or cancelled.
+fn halt(task: &Task) -> Halt {
+    Halt {
+        deadline: task.quota.wall_ms.map(|ms| {
+            (
+                task.started + Duration::from_millis(ms),
+                Duration::from_millis(ms),
+            )
+        }),
+        stop: Some(task.stop.clone()),
+    }
 }
 
 /// `want` (the digest a job asked for), if any, is `got`.
@@ -198,13 +214,7 @@ impl Runner<'_> {
             rows,
             key_prefix,
             forward_offset: self.fm.forward_count(),
-            deadline: task.quota.wall_ms.map(|ms| {
-                (
-                    task.started + Duration::from_millis(ms),
-                    Duration::from_millis(ms),
-                )
-            }),
-            stop: Some(task.stop.clone()),
+            halt: halt(task),
         }
     }
 
@@ -339,6 +349,7 @@ impl Runner<'_> {
             } else {
                 self.fm.eos_tokens().to_vec()
             },
+            halt: halt(task),
         };
         let many = task.rows.len() > 1;
         let mut o = Outcome {
