@@ -29,6 +29,17 @@ fn tenants_keys_jobs_and_results() {
         .output()
         .unwrap());
     assert!(listed.contains("alice") && listed.contains("bob"));
+    // No trust policy named: refused, unless told to run any plugin.
+    let o = Command::new(bin())
+        .args(["serve", "--model", s(&models().join("gpt2-tiny"))])
+        .args(["--state", s(&state), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("--trust") && e.trim().lines().count() == 1,
+        "{e}"
+    );
     assert!(
         !listed.contains(ka.rsplit('_').next().unwrap()),
         "secrets are never listed"

@@ -78,6 +78,10 @@ pub fn serve_under(wrapper: &[&str], state: &Path, extra: &[&str], env: &[(&str,
         }
     };
     cmd.args(["serve", "--state", s(state)]);
+    // Any plugin, unless the test gives a trust policy.
+    if !extra.contains(&"--trust") {
+        cmd.arg("--allow-unsigned");
+    }
     // The tiny GPT-2, unless the test names a model.
     if !extra.contains(&"--model") {
         cmd.args(["--model", s(&model)]);

@@ -44,7 +44,7 @@ impl Server {
     /// `flexmodel serve --model MODEL --state STATE EXTRA...` on a free port.
     pub fn start(model: &Path, state: &Path, extra: &[&str]) -> Result<Server> {
         let mut child = Command::new(flexmodel_bin()?)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--allow-unsigned"])
             .arg("--model")
             .arg(model)
             .arg("--state")

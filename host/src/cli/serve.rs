@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// Serve HTTPS: the private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Without `--trust`: run any plugin, signed or not (a private
+    /// server). A shared server names its trust policy instead.
+    #[arg(long, conflicts_with = "trust")]
+    pub allow_unsigned: bool,
     #[command(flatten)]
     pub plugins: PluginArgs,
     #[command(flatten)]
@@ -107,6 +111,12 @@ pub fn serve(a: &ServeArgs) -> Result<()> {
     let (Some(model), Some(state)) = (&a.model, &a.state) else {
         bail!("serve needs --model DIR and --state DIR");
     };
+    if a.plugins.trust.is_none() && !a.allow_unsigned {
+        bail!(
+            "serve runs its tenants' plugins: give --trust trust.toml (which signers, which \
+             namespaces), or --allow-unsigned to run any plugin"
+        );
+    }
     let model_args = ModelArgs {
         model: model.clone(),
         dtype: a.dtype.clone(),
