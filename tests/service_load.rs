@@ -4,7 +4,8 @@
 //! on loopback with a certificate from a self-signed CA (curl and `remote run`); a
 //! full disk (a file-size limit on the server) failing the job whose result
 //! does not fit, cleanly, while the server goes on; the same results on one
-//! rank, TP threads, `mpirun` and data-parallel replicas sharing a batch.
+//! rank, TP threads, `mpirun` and data-parallel replicas sharing a batch;
+//! one tenant's flood of uploads never keeping another's waiting.
 
 mod cli_common;
 mod registry_common;
@@ -325,4 +326,50 @@ fn data_parallel_replicas_keep_each_jobs_rows() {
             assert!(d <= 1e-4, "job {i} {name}: {d}");
         }
     }
+}
+
+/// Uploads are checked and compiled one at a time per tenant, two at once
+/// in all: a tenant submitting many new components at once keeps another
+/// tenant's upload waiting for no more than a compile or two.
+#[test]
+fn one_tenants_uploads_never_keep_anothers_waiting() {
+    use base64::Engine;
+    let dir = tmp("gate");
+    let state = dir.join("state");
+    let (ka, kb) = (key(&state, "alice"), key(&state, "bob"));
+    let srv = serve(&state, &[], &[]);
+    // Distinct components (never compiled before): `retrieve` with a
+    // custom section of its own.
+    let salt = format!("{}-{:?}", std::process::id(), std::time::SystemTime::now());
+    let plugin = std::fs::read(flexmodel_tests::artifacts_dir().join("retrieve.wasm")).unwrap();
+    let body = |i: usize| {
+        let (name, payload) = (b"flexmodel-test", format!("{salt}-{i}"));
+        let mut bytes = plugin.clone();
+        bytes.push(0);
+        bytes.push((1 + name.len() + payload.len()) as u8);
+        bytes.push(name.len() as u8);
+        bytes.extend_from_slice(name);
+        bytes.extend_from_slice(payload.as_bytes());
+        serde_json::json!({"token_ids": [[1, 2]], "return_logits": false, "hooks": [{
+            "component": base64::engine::general_purpose::STANDARD.encode(&bytes),
+            "at": "blocks.0.hook_resid_post", "config": {}}]})
+    };
+    // One upload alone, for scale.
+    let t = std::time::Instant::now();
+    submit_ok(&srv, &kb, &body(0));
+    let one = t.elapsed();
+    let bob = std::thread::scope(|sc| {
+        for i in 1..=6 {
+            let (srv, ka, b) = (&srv, &ka, body(i));
+            sc.spawn(move || submit_ok(srv, ka, &b));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let t = std::time::Instant::now();
+        submit_ok(&srv, &kb, &body(7));
+        t.elapsed()
+    });
+    assert!(
+        bob < one * 4,
+        "bob waited {bob:?}; one upload takes {one:?}"
+    );
 }

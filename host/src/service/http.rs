@@ -56,6 +56,8 @@ pub struct App {
     pub rt: Arc<crate::hooks::Runtime>,
     pub resolver: Arc<crate::package::resolve::Resolver>,
     pub uploads: Arc<super::uploads::Uploads>,
+    /// Uploads being checked and compiled: one per tenant, a few in all.
+    pub gate: super::uploads::Gate,
 }
 
 type Shared = Arc<App>;
@@ -98,11 +100,18 @@ fn over_quota(n: i64, max: i64) -> Response {
 }
 
 /// Check every uploaded component of `req` against the trust policy and
-/// compile it (cached for the worker); a refusal is the job's 400.
-async fn precompile(app: &Shared, req: &JobRequest) -> Result<(), Response> {
+/// compile it (cached for the worker), in `tenant`'s turn at the gate; a
+/// refusal is the job's 400.
+async fn precompile(app: &Shared, tenant: &str, req: &JobRequest) -> Result<(), Response> {
     for (i, h) in req.hooks.iter().enumerate() {
         let Some(text) = h.component.clone() else {
             continue;
+        };
+        if app.uploads.known(&text) {
+            continue;
+        }
+        let Some(_pass) = app.gate.enter(tenant).await else {
+            return Err(internal("the upload gate is closed"));
         };
         let (rt, resolver, uploads) = (app.rt.clone(), app.resolver.clone(), app.uploads.clone());
         let checked =
@@ -151,7 +160,7 @@ async fn submit(AxState(app): AxState<Shared>, headers: HeaderMap, body: Bytes) 
             Ok(_) => {}
             Err(e) => return internal(e),
         }
-        if let Err(r) = precompile(&app, &req).await {
+        if let Err(r) = precompile(&app, &t, &req).await {
             return r;
         }
     }

@@ -47,6 +47,9 @@ pub enum ServiceError {
     Io(String),
 }
 
+/// Uploads checked and compiled at once (each tenant's one at a time).
+const COMPILES: usize = 2;
+
 /// What `serve` needs besides the loaded model.
 pub struct ServeConfig {
     pub listen: SocketAddr,
@@ -117,6 +120,7 @@ pub fn serve(
         rt: rt.clone(),
         resolver: resolver.clone(),
         uploads: uploads.clone(),
+        gate: uploads::Gate::new(COMPILES),
     });
     // The HTTP side on its own thread; the worker (which owns the model,
     // not `Send`: its ranks' communicators) on this one.
