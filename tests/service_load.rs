@@ -373,3 +373,51 @@ fn one_tenants_uploads_never_keep_anothers_waiting() {
         "bob waited {bob:?}; one upload takes {one:?}"
     );
 }
+
+/// A tenant holds at most `--max-event-streams` event streams open at once:
+/// the next is a 429 naming the quota while another tenant's open; streams
+/// that ended free their places.
+#[test]
+fn event_streams_are_counted_per_tenant() {
+    let dir = tmp("streams");
+    let state = dir.join("state");
+    let (ka, kb) = (key(&state, "alice"), key(&state, "bob"));
+    let srv = serve(&state, &["--max-event-streams", "2"], &[]);
+    // A long job (its hooks spin at every point) and one queued after it.
+    let spin = serde_json::json!({"token_ids": [[1, 2]], "hooks": [
+        upload("bench.wasm", "**", serde_json::json!({"mode": "spin", "iters": 30_000_000u64})),
+    ]});
+    let long = submit_ok(&srv, &ka, &spin);
+    let after = submit_ok(&srv, &kb, &serde_json::json!({"token_ids": [[1]]}));
+    let events = |id: &str| format!("{}/v1/jobs/{id}/events", srv.url);
+    // Open a stream and read its first event.
+    let open = |k: &str, id: &str| {
+        let mut c = Command::new("curl")
+            .args(["-sN", "-H", &auth(k), &events(id)])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.starts_with("data:") {
+            line.clear();
+            assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0);
+        }
+        (c, out)
+    };
+    let mut alice = vec![open(&ka, &long), open(&ka, &long)];
+    let (code, v) = curl(&["-H", &auth(&ka), &events(&long)]);
+    assert_eq!(code, 429, "{v}");
+    assert!(v.contains("quota event_streams"), "{v}");
+    let mut bob = open(&kb, &after);
+    assert_eq!(wait(&srv, &ka, &long)["state"], "done");
+    assert_eq!(wait(&srv, &kb, &after)["state"], "done");
+    // Both jobs ended: so did their streams, and their places are free.
+    for (c, _) in alice.iter_mut().chain([&mut bob]) {
+        assert!(c.wait().unwrap().success());
+    }
+    let (code, v) = curl(&["-H", &auth(&ka), &events(&long)]);
+    assert_eq!(code, 200, "{v}");
+    assert!(v.contains("\"done\""), "{v}");
+    alice.clear();
+}

@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// Fuel per hook call (a tenant's `fuel_per_call` quota may lower it).
     #[arg(long, default_value_t = 4_000_000_000)]
     pub fuel: u64,
+    /// Event streams (`GET /v1/jobs/{id}/events`) a tenant may hold open at
+    /// once.
+    #[arg(long, default_value_t = 64)]
+    pub max_event_streams: usize,
     /// Jobs a tenant may have queued or running at once.
     #[arg(long, default_value_t = 16)]
     pub max_active_jobs: i64,
@@ -132,7 +136,10 @@ pub fn serve(a: &ServeArgs) -> Result<()> {
     let cfg = ServeConfig {
         listen: a.listen,
         state: state.clone(),
-        quotas: Quotas::default(),
+        quotas: Quotas {
+            max_event_streams: a.max_event_streams,
+            ..Quotas::default()
+        },
         limits: Quota {
             active_jobs: Some(a.max_active_jobs),
             fuel_per_call: Some(a.fuel),

@@ -31,12 +31,15 @@ use super::worker::{Bell, Changes, Running};
 pub struct Quotas {
     /// Bytes of a request body (an uploaded component travels in it).
     pub max_body_bytes: usize,
+    /// Event streams a tenant may hold open at once.
+    pub max_event_streams: usize,
 }
 
 impl Default for Quotas {
     fn default() -> Quotas {
         Quotas {
             max_body_bytes: 32 << 20,
+            max_event_streams: 64,
         }
     }
 }
@@ -58,11 +61,13 @@ pub struct App {
     pub uploads: Arc<super::uploads::Uploads>,
     /// Uploads being checked and compiled: one per tenant, a few in all.
     pub gate: super::uploads::Gate,
+    /// Event streams open, per tenant.
+    pub streams: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 type Shared = Arc<App>;
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 

@@ -121,6 +121,7 @@ pub fn serve(
         resolver: resolver.clone(),
         uploads: uploads.clone(),
         gate: uploads::Gate::new(COMPILES),
+        streams: Default::default(),
     });
     // The HTTP side on its own thread; the worker (which owns the model,
     // not `Send`: its ranks' communicators) on this one.
