@@ -163,11 +163,13 @@ impl Client {
         let tmp = path.with_extension("partial");
         let io = |e: std::io::Error| ClientError::Io(format!("writing {}: {e}", path.display()));
         let written = (|| {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            let n = r
-                .copy_to(&mut f)
+            // Written in 1 MiB pieces (the body is read straight into the
+            // buffer): a 100 MB result is 100 writes, not 12 800.
+            let f = std::fs::File::create(&tmp).map_err(io)?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            let n = std::io::copy(&mut r, &mut w)
                 .map_err(|e| ClientError::Io(format!("receiving the result: {}", chain(&e))))?;
-            drop(f);
+            w.into_inner().map_err(|e| io(e.into_error()))?;
             std::fs::rename(&tmp, path).map_err(io)?;
             Ok(n)
         })();
