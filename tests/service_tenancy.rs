@@ -183,6 +183,43 @@ fn left_padded_jobs_share_batches_with_their_kind() {
     }
 }
 
+/// The batch window closes early once as many jobs as in the last batch
+/// have come: two tenants' jobs submitted together wait out the window the
+/// first time only.
+#[test]
+fn the_batch_window_closes_once_the_last_batchs_company_came() {
+    let dir = tmp("window");
+    let state = dir.join("state");
+    let (ka, kb) = (key(&state, "alice"), key(&state, "bob"));
+    let srv = serve(
+        &state,
+        &["--batch-jobs", "8", "--batch-wait-ms", "3000"],
+        &[],
+    );
+    let job = serde_json::json!({"token_ids": [[1, 2, 3]]});
+    let jobs = [(ka.as_str(), job.clone()), (kb.as_str(), job)];
+    for round in 0..2 {
+        let ids = together(&srv, &jobs);
+        let waited: Vec<u64> = jobs
+            .iter()
+            .zip(&ids)
+            .map(|((k, _), id)| {
+                let end = wait(&srv, k, id);
+                assert_eq!(end["batch_jobs"], 2, "{end}");
+                end["queued_ms"].as_u64().unwrap()
+            })
+            .collect();
+        let first = waited.iter().max().copied().unwrap_or(0);
+        match round {
+            0 => assert!(
+                first >= 2500,
+                "the first batch waited its window: {waited:?}"
+            ),
+            _ => assert!(first < 1500, "the second closed early: {waited:?}"),
+        }
+    }
+}
+
 #[test]
 fn hostile_plugins_fail_their_own_jobs_in_a_shared_batch() {
     let dir = tmp("hostile");

@@ -167,6 +167,9 @@ fn p11(a: &Args, retrieve: &[u8]) -> Result<Vec<(String, f64, f64, f64)>> {
     Ok(out)
 }
 
+/// The batch size (`batch_jobs`) of every job of the last round.
+static BATCHED: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
+
 /// One round of load: `tenants` clients, `jobs` jobs each; (jobs/s, queue
 /// waits in ms).
 fn load(
@@ -190,6 +193,8 @@ fn load(
                     let waits = (0..jobs)
                         .map(|_| {
                             let e = run(&c, body, &save)?;
+                            let n = e.status["batch_jobs"].as_f64().unwrap_or(1.0);
+                            BATCHED.lock().unwrap_or_else(|p| p.into_inner()).push(n);
                             Ok(e.status["queued_ms"].as_f64().unwrap_or(0.0))
                         })
                         .collect();
@@ -243,8 +248,14 @@ fn throughput(
         let (mut ra, mut rb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut wa, mut wb) = (Vec::new(), Vec::new());
         for _ in 0..a.rounds {
+            BATCHED.lock().unwrap_or_else(|p| p.into_inner()).clear();
             let (x, w) = load(&batched, &ka[..tenants], jobs, &body)?;
             wa.extend(w);
+            let sizes = std::mem::take(&mut *BATCHED.lock().unwrap_or_else(|p| p.into_inner()));
+            eprintln!(
+                "  {tenants} tenants, batching: {x:.1} jobs/s, a job's batch of {:.1} jobs on average",
+                sizes.iter().sum::<f64>() / sizes.len().max(1) as f64
+            );
             let (y, w) = load(&alone, &kb[..tenants], jobs, &body)?;
             wb.extend(w);
             ra.push(x);

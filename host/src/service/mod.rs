@@ -203,6 +203,7 @@ pub fn serve(
         batch_jobs: cfg.batch_jobs,
         batch_rows: cfg.batch_rows,
         batch_wait: cfg.batch_wait,
+        last_batch: 0,
     }
     .run();
     Ok(())

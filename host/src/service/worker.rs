@@ -74,6 +74,9 @@ pub struct Worker {
     /// How long a forward job waits for others to share its batch (0: it
     /// takes those already queued).
     pub batch_wait: Duration,
+    /// Jobs in the last forward batch: the window closes early once as
+    /// many have come (the company recent traffic brings).
+    pub last_batch: usize,
 }
 
 impl Worker {
@@ -108,13 +111,19 @@ impl Worker {
     }
 
     /// The next batch: the jobs queued now, and those that arrive within
-    /// the batch window while there is room.
+    /// the batch window while there is room, until as many as in the last
+    /// batch have come.
     fn batch(&mut self) -> Result<Vec<Task>, super::ServiceError> {
         let (mut tasks, mut rows) = (Vec::new(), 0);
         self.take(&mut tasks, &mut rows)?;
         if !self.batch_wait.is_zero() && tasks.first().is_some_and(|t| t.req.batchable()) {
             let until = Instant::now() + self.batch_wait;
-            while tasks.len() < self.batch_jobs && rows < self.batch_rows {
+            let enough = if self.last_batch > 1 {
+                self.last_batch
+            } else {
+                usize::MAX
+            };
+            while tasks.len() < self.batch_jobs.min(enough) && rows < self.batch_rows {
                 let now = Instant::now();
                 if now >= until {
                     break;
@@ -122,6 +131,9 @@ impl Worker {
                 self.bell.wait_for(until - now);
                 self.take(&mut tasks, &mut rows)?;
             }
+        }
+        if tasks.first().is_some_and(|t| t.req.batchable()) {
+            self.last_batch = tasks.len();
         }
         // Running from now (queued until then, also through the window);
         // one cancelled meanwhile is left out.
