@@ -104,7 +104,20 @@ impl JobRequest {
         self.max_new_tokens.is_none() && self.stop_at.is_none()
     }
 
+    /// A submitted body, checked whole (an uploaded component's base64
+    /// decoded too).
     pub fn parse(body: &str) -> Result<JobRequest, ServiceError> {
+        Self::check(body, true)
+    }
+
+    /// A stored body, accepted by [`Self::parse`] when it was submitted:
+    /// checked again but for decoding its components (the worker finds
+    /// them among the accepted uploads by their text's hash).
+    pub fn read(body: &str) -> Result<JobRequest, ServiceError> {
+        Self::check(body, false)
+    }
+
+    fn check(body: &str, decode: bool) -> Result<JobRequest, ServiceError> {
         let j: JobRequest =
             serde_json::from_str(body).map_err(|e| bad(format!("invalid job: {e}")))?;
         let n = match (&j.token_ids, &j.prompts) {
@@ -136,7 +149,9 @@ impl JobRequest {
                     PackageRef::parse(p).map_err(|e| bad(format!("hooks: {e}")))?;
                 }
                 (None, Some(_)) => {
-                    h.component_bytes()?;
+                    if decode {
+                        h.component_bytes()?;
+                    }
                 }
                 _ => return Err(bad("hooks: give exactly one of plugin or component")),
             }

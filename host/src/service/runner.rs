@@ -90,7 +90,7 @@ fn failed(e: FlexError) -> Failure {
 
 /// Check and tokenize a queued job.
 pub fn prepare(fm: &FlexModel, id: &str, body: &str, quota: Quota) -> Result<Task, Failure> {
-    let req = JobRequest::parse(body).map_err(|e| ("input", e.to_string()))?;
+    let req = JobRequest::read(body).map_err(|e| ("input", e.to_string()))?;
     let rows: Vec<Vec<i64>> = match (&req.token_ids, &req.prompts) {
         (Some(t), _) => t.clone(),
         (None, Some(p)) => {
