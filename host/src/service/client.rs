@@ -9,7 +9,7 @@
 //!   renamed into place: whole or not at all, never all in memory.
 //! - Every refusal is one line: `server answered 429: quota active_jobs …`.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -109,13 +109,6 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol(format!("no job id in {v}")))
     }
 
-    /// `GET /v1/jobs/{id}`.
-    pub fn status(&self, id: &str) -> Result<serde_json::Value, ClientError> {
-        self.send(self.get(&format!("/v1/jobs/{id}")))?
-            .json()
-            .map_err(|e| ClientError::Protocol(e.to_string()))
-    }
-
     /// Follow the job's events until it ends, calling `progress` with
     /// every status; the final status of a job that is done, an error for
     /// one that failed or was cancelled, or that has not ended within
@@ -177,15 +170,6 @@ impl Client {
             let _ = std::fs::remove_file(&tmp);
         }
         written
-    }
-
-    /// `GET /v1/jobs/{id}/result`, in memory.
-    pub fn result(&self, id: &str) -> Result<Vec<u8>, ClientError> {
-        let mut r = self.send(self.get(&format!("/v1/jobs/{id}/result")))?;
-        let mut v = Vec::with_capacity(r.content_length().unwrap_or(0) as usize);
-        r.read_to_end(&mut v)
-            .map_err(|e| ClientError::Io(format!("receiving the result: {e}")))?;
-        Ok(v)
     }
 }
 

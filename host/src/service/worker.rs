@@ -115,7 +115,9 @@ impl Worker {
     /// batch have come.
     fn batch(&mut self) -> Result<Vec<Task>, super::ServiceError> {
         let (mut tasks, mut rows) = (Vec::new(), 0);
-        self.take(&mut tasks, &mut rows)?;
+        // Jobs found not to fit this batch: never prepared again for it.
+        let mut apart = std::collections::HashSet::new();
+        self.take(&mut tasks, &mut rows, &mut apart)?;
         if !self.batch_wait.is_zero() && tasks.first().is_some_and(|t| t.req.batchable()) {
             let until = Instant::now() + self.batch_wait;
             let enough = if self.last_batch > 1 {
@@ -129,7 +131,7 @@ impl Worker {
                     break;
                 }
                 self.bell.wait_for(until - now);
-                self.take(&mut tasks, &mut rows)?;
+                self.take(&mut tasks, &mut rows, &mut apart)?;
             }
         }
         if tasks.first().is_some_and(|t| t.req.batchable()) {
@@ -153,14 +155,20 @@ impl Worker {
     /// Add the next jobs to run to `tasks`: the oldest queued one, with
     /// (when it is a forward) the queued forward jobs after it that can
     /// share its batch, up to the batch's limits. One that fails its
-    /// checks ends here.
-    fn take(&mut self, tasks: &mut Vec<Task>, rows: &mut usize) -> Result<(), super::ServiceError> {
+    /// checks ends here; one that cannot join goes into `apart` (and is
+    /// not prepared again for this batch: rows only grow).
+    fn take(
+        &mut self,
+        tasks: &mut Vec<Task>,
+        rows: &mut usize,
+        apart: &mut std::collections::HashSet<String>,
+    ) -> Result<(), super::ServiceError> {
         let mut taken: Vec<Task> = Vec::new();
         let mut failed = Vec::new();
         let mut n = *rows;
         for job in self.store.queued(self.batch_jobs.max(1) * 4)? {
-            if tasks.iter().any(|t| t.id == job.id) {
-                continue; // taken already (in the batch window)
+            if apart.contains(&job.id) || tasks.iter().any(|t| t.id == job.id) {
+                continue; // apart, or taken already (in the batch window)
             }
             if tasks.len() + taken.len() >= self.batch_jobs.max(1) {
                 break;
@@ -193,6 +201,7 @@ impl Worker {
             // way, too many rows) stays queued, the oldest: it starts the
             // next batch.
             if !fits {
+                apart.insert(job.id);
                 continue;
             }
             n += task.rows.len();
