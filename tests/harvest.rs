@@ -1,8 +1,9 @@
 //! `flexmodel harvest`: the shards hold, for every token of the data
 //! exactly once, each point's activation as the token's row computes it
 //! alone; killed mid-run and rerun, it continues and the union is the same;
-//! `--dp` gives the same shards; bad input is a one-line error that
-//! changes nothing already written.
+//! under `--dp` (threads or `mpirun`) each replica writes its own shards of
+//! the same tokens, listed in one manifest, and resumes where it stood; bad
+//! input is a one-line error that changes nothing already written.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -107,6 +108,52 @@ fn union(out: &Path) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
+/// `u` reordered by (document, position): the order every layout shares
+/// (replicas write their own rows of each batch, so shard order differs).
+fn by_token(u: &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    let key = &u["doc_index"] * 1_000_000 + &u["position"];
+    let order = key.argsort(0, false);
+    u.iter()
+        .map(|(k, t)| (k.clone(), t.index_select(0, &order)))
+        .collect()
+}
+
+/// The manifest's shard files, and which replica wrote each.
+fn listed(out: &Path) -> Vec<(String, u64)> {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    m["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let replica = s["replica"].as_u64().unwrap();
+            (s["file"].as_str().unwrap().to_string(), replica)
+        })
+        .collect()
+}
+
+/// Two data-parallel replicas wrote their own shards, named for them, one
+/// manifest lists them all, and no progress file is left.
+fn check_per_replica(out: &Path) {
+    let l = listed(out);
+    for r in 0..2 {
+        let mine: Vec<&(String, u64)> = l.iter().filter(|(_, x)| *x == r).collect();
+        assert!(mine.len() >= 2, "replica {r} wrote shards: {l:?}");
+        for (k, (f, _)) in mine.iter().enumerate() {
+            assert_eq!(f, &format!("shard-dp{r}-{k:05}.safetensors"));
+        }
+    }
+    let progress: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().into_string().unwrap();
+            n.starts_with("progress").then_some(n)
+        })
+        .collect();
+    assert!(progress.is_empty(), "{progress:?}");
+}
+
 /// Each token once, and each point's row equal to its row run alone.
 fn check_against_alone(u: &BTreeMap<String, Tensor>, context: i64) {
     let ids: Vec<i64> = Vec::try_from(&u["token_ids"]).unwrap();
@@ -157,13 +204,25 @@ fn shards_hold_every_real_token_once_as_its_row_alone() {
     let u = union(&out);
     assert_eq!(u["transformer.h.0"].size()[1], 64, "[tokens, width]");
     check_against_alone(&u, 16);
-    // Padded on the left, and on two data-parallel replicas: the same.
-    for extra in [&["--padding", "left"][..], &["--dp", "2"][..]] {
+    // Padded on the left, and on two data-parallel replicas (each writing
+    // its own shards; with pipeline stages, a replica's first rank gathers
+    // its stages' points): the same tokens and activations.
+    let want = by_token(&u);
+    let layouts = [
+        &["--padding", "left"][..],
+        &["--dp", "2"][..],
+        &["--dp", "2", "--pp", "2"][..],
+        &["--dp", "2", "--tp", "2"][..],
+    ];
+    for extra in layouts {
         let o2 = dir.join(format!("out{}", extra.join("")));
         ok(&harvest(&d, &o2, extra).output().unwrap());
-        let v = union(&o2);
-        for (k, t) in &u {
+        let v = by_token(&union(&o2));
+        for (k, t) in &want {
             assert!(max_abs(t, &v[k]) <= 1e-4, "{extra:?} {k}");
+        }
+        if extra[0] == "--dp" {
+            check_per_replica(&o2);
         }
     }
     // A rerun of a complete harvest changes nothing.
@@ -175,20 +234,38 @@ fn shards_hold_every_real_token_once_as_its_row_alone() {
 
 #[test]
 fn killed_mid_run_it_resumes_and_the_union_is_every_token_once() {
-    let dir = tmp("kill");
+    killed_and_resumed("kill", &[]);
+}
+
+/// Each of two replicas lists its shards in its own progress file while
+/// it runs; killed at any moment, every replica resumes where it stood.
+#[test]
+fn killed_mid_run_on_two_replicas_each_resumes_where_it_stood() {
+    killed_and_resumed("kill-dp", &["--dp", "2"]);
+}
+
+fn killed_and_resumed(name: &str, extra: &[&str]) {
+    let dir = tmp(name);
     let d = data(&dir, 600, 2);
     let full = dir.join("full");
     ok(&harvest(&d, &full, &[]).output().unwrap());
-    let want = union(&full);
+    let want = by_token(&union(&full));
     let out = dir.join("out");
     let mut killed = 0;
     for round in 0..4 {
-        let mut child = harvest(&d, &out, &[]).spawn().unwrap();
-        // Kill it once a few more shards are listed than before.
+        let mut child = harvest(&d, &out, extra).spawn().unwrap();
+        // Kill it once a few more shards are listed than before (in the
+        // manifest, or in the replicas' progress files).
         let t0 = Instant::now();
         let listed = |out: &Path| {
-            std::fs::read_to_string(out.join("manifest.json"))
-                .map(|s| s.matches("shard-").count())
+            ["manifest.json", "progress-dp0.json", "progress-dp1.json"]
+                .iter()
+                .map(|f| {
+                    std::fs::read_to_string(out.join(f))
+                        .map(|s| s.matches("shard-").count())
+                        .unwrap_or(0)
+                })
+                .max()
                 .unwrap_or(0)
         };
         let start = listed(&out);
@@ -205,10 +282,13 @@ fn killed_mid_run_it_resumes_and_the_union_is_every_token_once() {
         child.wait().unwrap();
     }
     assert!(killed > 0, "the harvest was killed mid-run at least once");
-    ok(&harvest(&d, &out, &[]).output().unwrap());
-    let got = union(&out);
+    ok(&harvest(&d, &out, extra).output().unwrap());
+    let got = by_token(&union(&out));
     for k in ["token_ids", "doc_index", "position"] {
-        assert!(got[k].equal(&want[k]), "{k}: every token once, in order");
+        assert!(got[k].equal(&want[k]), "{k}: every token once");
+    }
+    if !extra.is_empty() {
+        check_per_replica(&out);
     }
     for k in ["transformer.h.0", "transformer.h.1.attn.hook_z"] {
         assert!(max_abs(&got[k], &want[k]) <= 1e-4, "{k}");
@@ -302,6 +382,14 @@ fn bad_input_is_one_line_and_changes_nothing_written() {
     assert!(e.contains("shard-00001") && e.contains("SHA-256"), "{e}");
     assert_eq!(snapshot(&out), corrupted, "nothing changed");
     assert_ne!(before, corrupted);
+    // A harvest under way on one replica, resumed on two (whose rows of
+    // each batch differ): refused.
+    let e = fails(
+        &mut harvest(&d, &out, &["--shard-tokens", "50", "--dp", "2"]),
+        "other replicas",
+    );
+    assert!(e.contains("--dp 1"), "{e}");
+    assert_eq!(snapshot(&out), corrupted, "nothing changed");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -328,18 +416,34 @@ fn mpirun_dp2_harvests_the_same_and_resumes() {
             .args(h.get_args());
         c
     };
-    // A first run cut short: keep the first shards only, as a kill would.
+    // Each process wrote its replica's shards.
     ok(&mpi(&out).output().unwrap());
+    check_per_replica(&out);
+    // A first run cut short, the replicas not as far as each other: replica
+    // 0 keeps its first two shards, replica 1 its first one.
     let mut m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-    let shards = m["shards"].as_array().unwrap().len();
-    assert!(shards > 4, "{shards} shards");
-    m["shards"] = serde_json::Value::Array(m["shards"].as_array().unwrap()[..3].to_vec());
+    let kept: Vec<serde_json::Value> = m["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            let f = s["file"].as_str().unwrap();
+            ["shard-dp0-00000", "shard-dp0-00001", "shard-dp1-00000"]
+                .iter()
+                .any(|k| f.starts_with(k))
+        })
+        .cloned()
+        .collect();
+    assert_eq!(kept.len(), 3);
+    m["shards"] = serde_json::Value::Array(kept);
     m["complete"] = false.into();
     std::fs::write(out.join("manifest.json"), m.to_string()).unwrap();
     let s = ok(&mpi(&out).output().unwrap());
     assert_eq!(s.matches("harvested").count(), 1, "rank 0 reports: {s}");
-    let got = union(&out);
+    check_per_replica(&out);
+    let got = by_token(&union(&out));
+    let want = by_token(&want);
     for k in ["token_ids", "doc_index", "position"] {
         assert!(got[k].equal(&want[k]), "{k}");
     }

@@ -167,6 +167,17 @@ impl FlexModel {
         }
     }
 
+    /// Wait until every process of a launched job got here (collective);
+    /// in one process there is nothing to wait for.
+    pub fn barrier(&self) -> Result<(), FlexError> {
+        match &self.ranks {
+            Ranks::Here { engine, .. } if !engine.alone() => {
+                engine.barrier().map_err(FlexError::Comm)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether this process gets the merged results (global rank 0).
     pub fn is_root(&self) -> bool {
         self.global_rank() == 0

@@ -8,8 +8,8 @@ use super::Reply;
 use super::facade::{FlexModel, Ranks};
 use super::threads::{self, Job};
 use crate::engine::{
-    BackwardOutput, Batch, FlexError, ForwardOutput, GenerateOptions, GenerateOutput, Groups,
-    Input, Loss, RankBackward, RunOutput, StoppedOutput, text_ids,
+    BackwardOutput, Batch, Collect, FlexError, ForwardOutput, GenerateOptions, GenerateOutput,
+    Groups, Input, Loss, RankBackward, RunOutput, StoppedOutput, text_ids,
 };
 use crate::models::PointPattern;
 
@@ -34,7 +34,7 @@ impl FlexModel {
         input: &(impl Input + ?Sized),
         groups: &Groups,
     ) -> Result<ForwardOutput, FlexError> {
-        let each = self.run_forward(&input.to_batch()?, groups, None)?;
+        let each = self.run_forward(&input.to_batch()?, groups, None, Collect::Root)?;
         root(each, self.global_rank())?.into_forward()
     }
 
@@ -47,7 +47,7 @@ impl FlexModel {
         input: &(impl Input + ?Sized),
         groups: &Groups,
     ) -> Result<Vec<Reply>, FlexError> {
-        let each = self.run_forward(&input.to_batch()?, groups, None)?;
+        let each = self.run_forward(&input.to_batch()?, groups, None, Collect::Root)?;
         Ok(each
             .into_iter()
             .map(|r| r.and_then(|o| o.map(RunOutput::into_forward).transpose()))
@@ -75,10 +75,46 @@ impl FlexModel {
         groups: &Groups,
         stop_after: &str,
     ) -> Result<StoppedOutput, FlexError> {
+        let (stop, each) = self.run_until(input, groups, stop_after, Collect::Root)?;
+        Ok(root(each, self.global_rank())?.into_stopped(stop))
+    }
+
+    /// [`Self::forward_until`] with each data-parallel replica's results
+    /// kept at that replica's first rank (its own rows; nothing crosses
+    /// between replicas): `(replica, its output)` for each replica whose
+    /// first rank this process runs (every replica when the ranks are
+    /// threads; one or none on a rank of a launched job).
+    pub fn forward_until_replicas(
+        &mut self,
+        input: &(impl Input + ?Sized),
+        groups: &Groups,
+        stop_after: &str,
+    ) -> Result<Vec<(usize, StoppedOutput)>, FlexError> {
+        let (stop, each) = self.run_until(input, groups, stop_after, Collect::Replica)?;
+        let mesh = self.options().mesh;
+        let first = self.global_rank();
+        let mut out = Vec::new();
+        for (i, r) in each.into_iter().enumerate() {
+            if let Some(o) = r? {
+                out.push((mesh.coords(first + i).dp, o.into_stopped(stop.clone())));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The forward stopped after the last point `stop_after` selects: that
+    /// point's canonical name and every rank's result.
+    fn run_until(
+        &mut self,
+        input: &(impl Input + ?Sized),
+        groups: &Groups,
+        stop_after: &str,
+        collect: Collect,
+    ) -> Result<(String, Vec<Result<Option<RunOutput>, FlexError>>), FlexError> {
         let points = PointPattern::new(stop_after)?.select(&self.points)?;
         let stop = points.last().cloned().unwrap_or_default();
-        let each = self.run_forward(&input.to_batch()?, groups, Some(stop.clone()))?;
-        Ok(root(each, self.global_rank())?.into_stopped(stop))
+        let each = self.run_forward(&input.to_batch()?, groups, Some(stop.clone()), collect)?;
+        Ok((stop, each))
     }
 
     fn run_forward(
@@ -86,6 +122,7 @@ impl FlexModel {
         batch: &Batch,
         groups: &Groups,
         stop: Option<String>,
+        collect: Collect,
     ) -> Result<Vec<Result<Option<RunOutput>, FlexError>>, FlexError> {
         let index = self.forward_index;
         self.forward_index += 1;
@@ -96,6 +133,7 @@ impl FlexModel {
                 groups,
                 index,
                 stop.as_deref(),
+                collect,
             )]),
             Ranks::Threads(pool) => {
                 let regs = Arc::new(self.registry.regs.clone());
@@ -105,6 +143,7 @@ impl FlexModel {
                     groups: groups.clone(),
                     index,
                     stop: stop.clone(),
+                    collect,
                     reply,
                 })
             }

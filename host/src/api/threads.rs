@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 
 use crate::distributed::{Communicator, ThreadComm};
 use crate::engine::{
-    BackwardOutput, Batch, Engine, FlexError, GenerateOptions, GenerateOutput, Groups, Loss,
-    Options, RankBackward, Registration, RunOutput,
+    BackwardOutput, Batch, Collect, Engine, FlexError, GenerateOptions, GenerateOutput, Groups,
+    Loss, Options, RankBackward, Registration, RunOutput,
 };
 use crate::hooks::ForwardLimits;
 use crate::models::PointInfo;
@@ -26,6 +26,7 @@ pub(crate) enum Job {
         groups: Groups,
         index: u64,
         stop: Option<String>,
+        collect: Collect,
         reply: Sender<Reply<Option<RunOutput>>>,
     },
     Points {
@@ -72,9 +73,11 @@ fn run_job(engine: &mut Engine, job: Job) {
             groups,
             index,
             stop,
+            collect,
             reply,
         } => {
-            let _ = reply.send(engine.forward_once(&batch, &regs, &groups, index, stop.as_deref()));
+            let out = engine.forward_once(&batch, &regs, &groups, index, stop.as_deref(), collect);
+            let _ = reply.send(out);
         }
         Job::Points { batch, seq, reply } => {
             let _ = reply.send(engine.points(batch, seq));

@@ -30,6 +30,9 @@ pub struct Groups {
     pub dp: Box<dyn Communicator>,
     /// The stages of one pipeline (same replica, same TP rank).
     pub pp: Box<dyn Communicator>,
+    /// Every rank of one data-parallel replica (all its stages and TP
+    /// ranks), in global rank order: its rank 0 is the replica's first.
+    pub replica: Box<dyn Communicator>,
 }
 
 impl Mesh {
@@ -72,7 +75,14 @@ impl Mesh {
         let tp = world.split((c.pp * self.dp + c.dp) as u32, c.tp as u32)?;
         let dp = world.split((c.pp * self.tp + c.tp) as u32, c.dp as u32)?;
         let pp = world.split((c.dp * self.tp + c.tp) as u32, c.pp as u32)?;
-        Ok(Groups { world, tp, dp, pp })
+        let replica = world.split(c.dp as u32, world.rank() as u32)?;
+        Ok(Groups {
+            world,
+            tp,
+            dp,
+            pp,
+            replica,
+        })
     }
 }
 

@@ -15,6 +15,7 @@ use super::stage::{self, Handoff};
 use super::tp_site::{Agreement, TpSite};
 use super::{Engine, FlexError, Groups, LogLine, Registration, RunOutput, TpAdapter};
 use super::{failure, model_error};
+use crate::distributed::Mesh;
 use crate::hooks::{GenStep, HookError};
 use crate::models::{KvCache, ModelError};
 
@@ -33,6 +34,19 @@ pub(crate) struct Pass<'p> {
     /// A padded batch's real positions, cached and new (`[batch, cached +
     /// seq]`, the full batch).
     pub valid: Option<&'p Tensor>,
+    /// Where the results are merged.
+    pub collect: Collect,
+}
+
+/// Where a forward's results (logits, emitted tensors, logs) are merged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Collect {
+    /// At global rank 0, every replica's rows together.
+    #[default]
+    Root,
+    /// At the first rank of each data-parallel replica, its own rows only:
+    /// nothing crosses between replicas (each can write its own results).
+    Replica,
 }
 
 /// What this rank's stage produced.
@@ -89,6 +103,7 @@ impl Engine {
         groups: &Groups,
         index: u64,
         stop: Option<&str>,
+        collect: Collect,
     ) -> Result<Option<RunOutput>, FlexError> {
         let mut budget = RunBudget::new(self.limits);
         let pass = Pass {
@@ -98,13 +113,15 @@ impl Engine {
             cache: None,
             budget: &mut budget,
             valid: batch.attention_mask.as_ref(),
+            collect,
         };
         self.forward(&batch.ids, regs, groups, pass)
     }
 
     /// This rank's part of a forward on the full batch `ids` (`[batch,
-    /// seq]`, the same on every rank). The merged output at global rank 0,
-    /// `None` elsewhere; an error on any rank is returned on every rank.
+    /// seq]`, the same on every rank). The merged output at global rank 0
+    /// (or at each replica's first rank: `pass.collect`), `None` elsewhere;
+    /// an error on any rank is returned on every rank.
     pub(crate) fn forward(
         &mut self,
         ids: &Tensor,
@@ -113,7 +130,7 @@ impl Engine {
         pass: Pass<'_>,
     ) -> Result<Option<RunOutput>, FlexError> {
         self.set_epoch(pass.index);
-        let index = pass.index;
+        let (index, collect) = (pass.index, pass.collect);
         let mut local = Local::default();
         let result = self.run_stage(ids, regs, groups, pass, &mut local);
         if self.alone() {
@@ -133,7 +150,7 @@ impl Engine {
             },
             StageError::Failed(f) => f,
         });
-        self.finish(result, local, index)
+        self.finish(result, local, index, collect)
     }
 
     fn run_stage(
@@ -261,6 +278,7 @@ impl Engine {
         result: Result<Stage, RankFailure>,
         mut local: Local,
         index: u64,
+        collect: Collect,
     ) -> Result<Option<RunOutput>, FlexError> {
         let g = &self.groups;
         let (pp, c) = (self.mesh.pp, self.coords);
@@ -339,7 +357,14 @@ impl Engine {
             gathered: local.gathered,
             logits,
         };
-        let merged = gather_merged(g.world.as_ref(), report, &self.mesh, &self.batched)?;
+        let merged = match collect {
+            Collect::Root => gather_merged(g.world.as_ref(), report, &self.mesh, &self.batched)?,
+            Collect::Replica => {
+                // One replica's ranks: a mesh of one replica for the merge.
+                let one = Mesh { dp: 1, ..self.mesh };
+                gather_merged(g.replica.as_ref(), report, &one, &self.batched)?
+            }
+        };
         if let Some(f) = failed {
             return Err(f.into_error(merged.map(|m| m.outputs).unwrap_or_default()));
         }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use tch::{Device, Tensor};
 
 use super::batch::Batch;
-use super::forward::Pass;
+use super::forward::{Collect, Pass};
 use super::sampling::{Chooser, GenerateOptions, GenerateOutput, prompt_ids, step_key};
 use super::site::RunBudget;
 use super::{Engine, FlexError, Groups, LogLine, Registration};
@@ -72,6 +72,7 @@ impl Engine {
                 cache: Some(&mut cache),
                 budget: &mut budget,
                 valid: valid.as_ref(),
+                collect: Collect::Root,
             };
             let out = match self.forward(&input, regs, groups, pass) {
                 Ok(o) => o,

@@ -52,6 +52,7 @@ pub use backward::{BackwardOutput, RankBackward};
 pub use batch::{Batch, Input, Padding, batch_bounds};
 pub use error::FlexError;
 pub(crate) use error::{failure, model_error};
+pub use forward::Collect;
 pub use lane::{Halt, Lane};
 pub use loss::Loss;
 pub use options::{Launch, Options};
@@ -152,6 +153,7 @@ impl Engine {
             tp: Box::new(distributed::Solo),
             dp: Box::new(distributed::Solo),
             pp: Box::new(distributed::Solo),
+            replica: Box::new(distributed::Solo),
         };
         let mesh = Mesh {
             pp: 1,
@@ -175,6 +177,11 @@ impl Engine {
         b: Option<bytes::Bytes>,
     ) -> Result<bytes::Bytes, distributed::CommError> {
         self.groups.world.broadcast_bytes(b, 0)
+    }
+
+    /// Every rank of the world (collective).
+    pub(crate) fn barrier(&self) -> Result<(), distributed::CommError> {
+        self.groups.world.barrier()
     }
 
     /// Whether this is the only rank (the fast path).
@@ -221,7 +228,7 @@ impl Engine {
     /// Start pass number `index` on every communicator.
     fn set_epoch(&self, index: u64) {
         let g = &self.groups;
-        for c in [&g.world, &g.tp, &g.dp, &g.pp] {
+        for c in [&g.world, &g.tp, &g.dp, &g.pp, &g.replica] {
             c.set_epoch(index);
         }
     }

@@ -9,12 +9,14 @@
 //! counts and SHA-256. Resumable: a rerun with the same arguments verifies
 //! the listed shards and continues after the last one (a shard is listed
 //! only once whole on disk), so the shards hold every token exactly once.
+//! Data-parallel replicas write their own shards ([`manifest`]).
 
 mod data;
 pub use data::{Doc, read_docs};
 pub mod manifest;
 mod shards;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,8 +26,8 @@ use crate::api::{Batch, FlexError, FlexModel, Groups, Padding, batch_bounds};
 use crate::hooks::{Access, CallContext, CallReport, EditMode, Emitted, Hook, HookError};
 use crate::models::PointPattern;
 pub use manifest::Manifest;
-use manifest::{FORMAT, Identity, sha256_file};
-use shards::{Shards, Tokens, real_rows};
+use manifest::{FORMAT, Identity, Shard, sha256_file};
+use shards::{Place, Shards, Tokens, real_rows};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HarvestError {
@@ -109,11 +111,22 @@ fn dtype_name(k: tch::Kind) -> String {
 }
 
 /// The manifest to continue in `out`: a new one, or the one there (same
-/// identity, shards verified). Nothing is written here.
+/// identity; and, unless complete, the same data-parallel replicas, whose
+/// rows of each batch it holds). Nothing is written here.
 fn open(out: &Path, fresh: Manifest) -> Result<Manifest, HarvestError> {
     match Manifest::read(out)? {
         Some(m) if m.identity == fresh.identity => {
-            m.verify(out)?;
+            if !m.complete && m.replicas.max(1) != fresh.replicas {
+                return Err(HarvestError::Foreign(format!(
+                    "{} holds a harvest under way on {} data-parallel replicas: rerun it with --dp {}",
+                    out.display(),
+                    m.replicas.max(1),
+                    m.replicas.max(1)
+                )));
+            }
+            if m.complete {
+                m.verify(out)?;
+            }
             Ok(m)
         }
         Some(m) => Err(HarvestError::Foreign(format!(
@@ -143,10 +156,12 @@ fn open(out: &Path, fresh: Manifest) -> Result<Manifest, HarvestError> {
     }
 }
 
-/// Run the harvest; `progress(done, total)` after each batch (tokens). On
-/// ranks other than global rank 0 of a launched job, the forwards run and
-/// nothing is written (they read the manifest to resume where rank 0 does:
-/// `out` must be on a filesystem every rank sees).
+/// Run the harvest; `progress(done, total)` after each batch (tokens).
+/// Every rank of a launched job runs the forwards; the first rank of each
+/// data-parallel replica writes that replica's shards (its rows of every
+/// batch: nothing crosses between replicas), and global rank 0 the
+/// manifest. Every rank reads where the harvest stands, so `out` must be
+/// on a filesystem every rank sees.
 pub fn run(
     fm: &mut FlexModel,
     spec: &Spec,
@@ -171,41 +186,47 @@ pub fn run(
         shard_tokens: spec.shard_tokens,
     };
     let root = fm.is_root();
+    let dp = fm.options().mesh.dp.max(1);
     let fresh = Manifest {
         identity,
         model: spec.model_dir.display().to_string(),
         total_tokens: total,
         widths,
-        replicas: fm.options().mesh.dp,
+        replicas: dp,
         shards: Vec::new(),
         complete: false,
     };
-    // Every rank reads where the harvest stands (`--out` on a filesystem
-    // every rank sees), so that all resume at the same row; rank 0 writes.
     let manifest = open(&spec.out, fresh)?;
-    let done = manifest.tokens_done();
-    if manifest.complete || done >= total {
+    if manifest.complete {
+        if root {
+            clear_progress(&spec.out, dp)?;
+        }
         return Ok(manifest);
     }
+    // Where each replica stands: its complete shards.
+    let mut manifest = manifest;
+    manifest.shards = standing(&spec.out, &manifest)?.concat();
+    manifest.verify(&spec.out)?;
     if root {
         std::fs::create_dir_all(&spec.out).map_err(|e| HarvestError::io(&spec.out, e))?;
         clear_strays(&spec.out, &manifest)?;
         manifest.write(&spec.out)?;
     }
     // Batches of at least one row per replica, fixed from the start so that
-    // a resumed run computes the same batches; where to continue: the batch
-    // holding token `done`, and how many of its tokens are written already.
-    let batches = batch_bounds(rows.len(), spec.batch_size, fm.options().mesh.dp.max(1))?;
-    let (mut from, mut skip, mut seen) = (batches.len(), 0, 0);
-    for (k, &(start, n)) in batches.iter().enumerate() {
-        let tokens: usize = rows[start..start + n].iter().map(|r| r.ids.len()).sum();
-        if seen + tokens > done {
-            from = k;
-            skip = done - seen;
-            break;
-        }
-        seen += tokens;
-    }
+    // a resumed run computes the same batches. Each replica continues its
+    // own stream of tokens (its rows of each batch): every replica runs
+    // from the first batch one of them has not written whole, skipping the
+    // tokens it wrote already.
+    let batches = batch_bounds(rows.len(), spec.batch_size, dp)?;
+    let plan = Plan::new(&rows, &batches, dp);
+    let done: Vec<usize> = (0..dp)
+        .map(|r| manifest.replica_shards(r).iter().map(|s| s.tokens).sum())
+        .collect();
+    let from = (0..dp)
+        .map(|r| plan.first_unwritten(r, done[r]))
+        .min()
+        .unwrap_or(batches.len());
+    let skip: Vec<usize> = (0..dp).map(|r| done[r] - plan.before(r, from)).collect();
     let hook: Arc<dyn Hook> = Arc::new(Capture);
     let mut handles = Vec::new();
     for n in &names {
@@ -215,85 +236,229 @@ pub fn run(
         fm,
         spec,
         &names,
-        (&rows, &batches[from..]),
+        (&plan, from),
         skip,
-        manifest,
-        done,
+        &manifest,
         &mut progress,
     );
     for h in handles {
         fm.remove(h);
     }
-    result
+    result?;
+    // Every replica's last shard is listed before rank 0 merges the lists.
+    fm.barrier()?;
+    if !root {
+        return Ok(manifest);
+    }
+    let mut last = Manifest::read(&spec.out)?.unwrap_or(manifest);
+    last.shards = standing(&spec.out, &last)?.concat();
+    last.complete = true;
+    last.write(&spec.out)?;
+    clear_progress(&spec.out, dp)?;
+    Ok(last)
 }
 
-/// The forwards of `batches` (`(first row, rows)` of `rows`; the first
-/// batch's first `skip` tokens written already), shards written at global
-/// rank 0.
-#[allow(clippy::too_many_arguments)]
+/// Each replica's complete shards: from its progress file when it has one
+/// (several replicas, a run under way or cut short), else from `m`.
+fn standing(out: &Path, m: &Manifest) -> Result<Vec<Vec<Shard>>, HarvestError> {
+    if m.replicas <= 1 {
+        return Ok(vec![m.shards.clone()]);
+    }
+    let mut each = Vec::with_capacity(m.replicas);
+    for r in 0..m.replicas {
+        let file = manifest::progress_file(r);
+        match Manifest::read_as(out, &file)? {
+            Some(p) if p.identity == m.identity => {
+                if p.shards.iter().any(|s| s.replica != r) {
+                    return Err(HarvestError::Corrupt(format!(
+                        "{}: lists another replica's shards (the harvest is corrupt: remove the folder to start over)",
+                        out.join(&file).display()
+                    )));
+                }
+                each.push(p.shards);
+            }
+            Some(_) => {
+                return Err(HarvestError::Corrupt(format!(
+                    "{}: the progress of another harvest (remove the folder to start over)",
+                    out.join(&file).display()
+                )));
+            }
+            None => each.push(m.replica_shards(r)),
+        }
+    }
+    Ok(each)
+}
+
+/// Remove the replicas' progress files (once the manifest lists it all).
+fn clear_progress(out: &Path, dp: usize) -> Result<(), HarvestError> {
+    for r in 0..dp {
+        let p = out.join(manifest::progress_file(r));
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(|e| HarvestError::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Which rows each replica computes in each batch, and their tokens.
+struct Plan<'a> {
+    rows: &'a [data::Row],
+    batches: &'a [(usize, usize)],
+    /// `(first row, rows)` of replica `r` in batch `k`: `parts[k][r]`.
+    parts: Vec<Vec<(usize, usize)>>,
+    /// Replica `r`'s tokens in batch `k`: `tokens[k][r]`.
+    tokens: Vec<Vec<usize>>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(rows: &'a [data::Row], batches: &'a [(usize, usize)], dp: usize) -> Plan<'a> {
+        let parts: Vec<Vec<(usize, usize)>> = batches
+            .iter()
+            .map(|&(start, n)| {
+                (0..dp)
+                    .map(|r| {
+                        let (s, l) = crate::models::shard::balanced(n as i64, dp as i64, r as i64);
+                        (start + s as usize, l as usize)
+                    })
+                    .collect()
+            })
+            .collect();
+        let tokens = parts
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .map(|&(s, l)| rows[s..s + l].iter().map(|r| r.ids.len()).sum())
+                    .collect()
+            })
+            .collect();
+        Plan {
+            rows,
+            batches,
+            parts,
+            tokens,
+        }
+    }
+
+    /// Replica `r`'s tokens in the batches before batch `k`.
+    fn before(&self, r: usize, k: usize) -> usize {
+        self.tokens[..k].iter().map(|t| t[r]).sum()
+    }
+
+    /// The first batch replica `r` has not written whole, given it wrote
+    /// `done` tokens (the number of batches when it wrote them all).
+    fn first_unwritten(&self, r: usize, done: usize) -> usize {
+        let mut seen = 0;
+        for (k, t) in self.tokens.iter().enumerate() {
+            if seen + t[r] > done {
+                return k;
+            }
+            seen += t[r];
+        }
+        self.tokens.len()
+    }
+}
+
+/// The forwards of the batches from `from` on, each replica's shards
+/// written by its first rank; `skip[r]`: the tokens replica `r` wrote
+/// already from batch `from` on.
 fn harvest_rows(
     fm: &mut FlexModel,
     spec: &Spec,
     names: &[String],
-    (rows, batches): (&[data::Row], &[(usize, usize)]),
-    mut skip: usize,
-    manifest: Manifest,
-    done: usize,
+    (plan, from): (&Plan, usize),
+    mut skip: Vec<usize>,
+    manifest: &Manifest,
     progress: &mut impl FnMut(usize, usize),
-) -> Result<Manifest, HarvestError> {
+) -> Result<(), HarvestError> {
     let total = manifest.total_tokens;
-    let root = fm.is_root();
-    progress(done, total);
+    let dp = skip.len();
+    let mut written = manifest.tokens_done();
+    progress(written, total);
     let stop = names.last().cloned().unwrap_or_default();
-    let mut shards = root.then(|| Shards::new(spec.out.clone(), manifest.clone(), names.to_vec()));
-    let mut written = done;
-    for &(start, n) in batches {
-        let batch_rows = &rows[start..start + n];
-        let ids: Vec<Vec<i64>> = batch_rows.iter().map(|r| r.ids.clone()).collect();
+    // The writers of the replicas whose first rank this process runs.
+    let mut writers: BTreeMap<usize, Shards> = BTreeMap::new();
+    for k in from..plan.batches.len() {
+        let (start, n) = plan.batches[k];
+        let ids: Vec<Vec<i64>> = plan.rows[start..start + n]
+            .iter()
+            .map(|r| r.ids.clone())
+            .collect();
         let batch = Batch::pad(&ids, spec.padding, 0)?;
-        let out = match fm.forward_until(&batch, &Groups::only(["harvest"]), &stop) {
-            Ok(o) => o,
-            Err(FlexError::NotRoot { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let mut t = Tokens {
-            points: Vec::with_capacity(names.len()),
-            token_ids: Vec::new(),
-            doc_index: Vec::new(),
-            position: Vec::new(),
-        };
-        for r in batch_rows {
-            for (j, &id) in r.ids.iter().enumerate() {
-                t.token_ids.push(id);
-                t.doc_index.push(r.doc);
-                t.position.push(r.start + j as i64);
+        let outs = fm.forward_until_replicas(&batch, &Groups::only(["harvest"]), &stop)?;
+        // What each replica writes of this batch (the rest it wrote before).
+        let mut front = vec![0; dp];
+        for r in 0..dp {
+            front[r] = skip[r].min(plan.tokens[k][r]);
+            skip[r] -= front[r];
+            written += plan.tokens[k][r] - front[r];
+        }
+        for (r, out) in outs {
+            let (first, len) = plan.parts[k][r];
+            if front[r] == plan.tokens[k][r] {
+                continue;
             }
-        }
-        for n in names {
-            let x = out
-                .outputs
-                .get(n)
-                .ok_or_else(|| HarvestError::Corrupt(format!("no activation from {n}")))?;
-            t.points.push(x.shallow_clone());
-        }
-        if skip > 0 {
-            t = split_front(t, skip);
-            skip = 0;
-        }
-        written += t.token_ids.len();
-        if let Some(s) = shards.as_mut() {
-            s.push(t)?;
+            let mut t = tokens_of(&plan.rows[first..first + len], names, &out.outputs)?;
+            if front[r] > 0 {
+                t = split_front(t, front[r]);
+            }
+            let w = writers.entry(r).or_insert_with(|| {
+                let mut mine = manifest.clone();
+                mine.shards = manifest.replica_shards(r);
+                let list = if dp > 1 {
+                    manifest::progress_file(r)
+                } else {
+                    manifest::FILE.to_string()
+                };
+                let place = Place {
+                    replica: r,
+                    replicas: dp,
+                    list,
+                };
+                Shards::new(spec.out.clone(), mine, names.to_vec(), place)
+            });
+            w.push(t)?;
         }
         progress(written, total);
     }
-    match shards {
-        Some(mut s) => {
-            let m = s.finish(true)?;
-            m.write(&spec.out)?;
-            Ok(m)
-        }
-        None => Ok(manifest),
+    for (_, mut w) in writers {
+        w.finish(false)?;
     }
+    Ok(())
+}
+
+/// The real tokens of `rows` and each point's activations of them.
+fn tokens_of(
+    rows: &[data::Row],
+    names: &[String],
+    outputs: &BTreeMap<String, Tensor>,
+) -> Result<Tokens, HarvestError> {
+    let mut t = Tokens {
+        points: Vec::with_capacity(names.len()),
+        token_ids: Vec::new(),
+        doc_index: Vec::new(),
+        position: Vec::new(),
+    };
+    for r in rows {
+        for (j, &id) in r.ids.iter().enumerate() {
+            t.token_ids.push(id);
+            t.doc_index.push(r.doc);
+            t.position.push(r.start + j as i64);
+        }
+    }
+    for n in names {
+        let x = outputs
+            .get(n)
+            .ok_or_else(|| HarvestError::Corrupt(format!("no activation from {n}")))?;
+        if x.size()[0] as usize != t.token_ids.len() {
+            return Err(HarvestError::Corrupt(format!(
+                "{n}: {} rows of activations for {} tokens",
+                x.size()[0],
+                t.token_ids.len()
+            )));
+        }
+        t.points.push(x.shallow_clone());
+    }
+    Ok(t)
 }
 
 /// `t` without its first `n` tokens.

@@ -1,8 +1,9 @@
 //! Filling and writing shards: tokens accumulate per point until a shard
 //! holds `shard_tokens`, which a writer thread saves (a `.partial` file
-//! renamed into place, then the manifest rewritten to list it) while the
-//! next batches compute. Memory stays at about two shards whatever the
-//! dataset's size.
+//! renamed into place, then the list rewritten to name it: the manifest,
+//! or with several replicas this replica's progress file) while the next
+//! batches compute. Memory stays at about two shards per replica whatever
+//! the dataset's size.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::thread::JoinHandle;
 use tch::Tensor;
 
 use super::HarvestError;
-use super::manifest::{Manifest, Shard, sha256_file};
+use super::manifest::{Manifest, Shard, sha256_file, shard_file};
 
 /// The tokens of one batch (or the part of one shard): per point
 /// `[tokens, width]`, and the tokens' ids, documents and positions.
@@ -49,6 +50,14 @@ impl Tokens {
     }
 }
 
+/// Whose shards a writer writes, and where it lists them.
+pub struct Place {
+    pub replica: usize,
+    pub replicas: usize,
+    /// The file (in the harvest folder) listing the shards written.
+    pub list: String,
+}
+
 /// Accumulates tokens and hands full shards to the writer thread.
 pub struct Shards {
     shard_tokens: usize,
@@ -60,12 +69,13 @@ pub struct Shards {
 }
 
 impl Shards {
-    /// Continue `manifest` (its shards already on disk) in `dir`.
-    pub fn new(dir: PathBuf, manifest: Manifest, names: Vec<String>) -> Shards {
+    /// Continue `manifest` (its shards, `place`'s, already on disk) in
+    /// `dir`.
+    pub fn new(dir: PathBuf, manifest: Manifest, names: Vec<String>, place: Place) -> Shards {
         let (tx, rx) = sync_channel(1);
         let next = manifest.shards.len();
         let shard_tokens = manifest.identity.shard_tokens;
-        let writer = std::thread::spawn(move || write_loop(dir, manifest, names, rx));
+        let writer = std::thread::spawn(move || write_loop(dir, manifest, names, place, rx));
         Shards {
             shard_tokens,
             pending: Vec::new(),
@@ -136,10 +146,11 @@ fn write_loop(
     dir: PathBuf,
     mut manifest: Manifest,
     names: Vec<String>,
+    place: Place,
     rx: Receiver<(usize, Vec<Tokens>)>,
 ) -> Result<Manifest, HarvestError> {
     for (k, parts) in rx {
-        let file = format!("shard-{k:05}.safetensors");
+        let file = shard_file(place.replicas, place.replica, k);
         let path = dir.join(&file);
         let tmp = dir.join(format!("{file}.partial"));
         let cat = |f: &dyn Fn(&Tokens) -> Tensor| {
@@ -172,8 +183,9 @@ fn write_loop(
             file,
             tokens,
             sha256: sha256_file(&path)?,
+            replica: place.replica,
         });
-        manifest.write(&dir)?;
+        manifest.write_as(&dir, &place.list)?;
     }
     Ok(manifest)
 }
