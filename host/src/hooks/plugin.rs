@@ -70,7 +70,10 @@ impl WasmHook {
         // The streams depend on what the config says, not on its spacing.
         let said = serde_json::from_str::<serde_json::Value>(&config)
             .map_or_else(|_| config.clone(), |v| v.to_string());
-        let seed_base = stream_seed(plugin.seed, &plugin.hash, &said, 0);
+        // The plugin by name and version, not by its bytes: a plugin rebuilt
+        // (another compiler, another language) draws the same numbers.
+        let identity = format!("{}@{}", plugin.info.name, plugin.info.version);
+        let seed_base = stream_seed(plugin.seed, &identity, &said, 0);
         // The probe instance becomes rank 0's (usual first caller).
         let slot = Slot {
             state,
