@@ -2,6 +2,7 @@
 # Build every guest component into artifacts/wasm/:
 #   plugins/*            (Rust, wasm32-wasip2)  -> <name>.wasm
 #   plugins/*-c          (C: clang + wasi-libc, hook-sdk/c)       -> <name>-c.wasm
+#   plugins/*-zig        (Zig: ziglang from PyPI, hook-sdk/zig)  -> <name>-zig.wasm
 #   plugins/*-py         (Python: componentize-py, hook-sdk/python) -> <name>-py.wasm
 #   tests/guests/*       (hostile, bench, fuzz, other-world, old-version, v010, v011, conform
 #                         and its builds in other languages, conform-<lang>) -> <name>.wasm
@@ -47,6 +48,22 @@ for d in plugins/*-c tests/guests/*-c; do
   clang --target=wasm32-wasi -O2 -mexec-model=reactor -Wall -Wextra -Werror -Wno-unused-parameter \
     -ffile-prefix-map="$root"=/flexmodel -I hook-sdk/c -I "$cgen" -o "$cgen/$name.core.wasm" \
     "$d"/*.c hook-sdk/c/*.c "$cgen/hook_plugin.c" "$cgen/hook_plugin_component_type.o"
+  "$guest_tool" componentize "$cgen/$name.core.wasm" -o "$out/$name.wasm"
+done
+
+# Zig plugins (plugins/*-zig): the zig compiler of PyPI's ziglang package,
+# over the Zig SDK (hook-sdk/zig, which imports the same C bindings), with
+# wasi-libc from zig; made components as the C ones.
+zig=("$FLEXMODEL_VENV/bin/python" -m ziglang)
+"${zig[@]}" version >/dev/null 2>&1 || { echo "build-guests: ziglang not in $FLEXMODEL_VENV; run scripts/setup.sh" >&2; exit 1; }
+export ZIG_GLOBAL_CACHE_DIR="${ZIG_GLOBAL_CACHE_DIR:-$FLEXMODEL_CACHE/zig-cache}"
+for d in plugins/*-zig tests/guests/*-zig; do
+  name=$(basename "$d")
+  src=$(ls "$d"/*.zig | head -1)
+  (cd "$cgen" && "${zig[@]}" build-exe -target wasm32-wasi -mexec-model=reactor -fno-entry -O ReleaseSmall -lc \
+    --dep flexmodel_hook -I "$cgen" "$cgen/hook_plugin.c" "$cgen/hook_plugin_component_type.o" \
+    -Mroot="$root/$src" -I "$cgen" -Mflexmodel_hook="$root/hook-sdk/zig/flexmodel_hook.zig" \
+    --cache-dir "$cgen/zig-cache" -femit-bin="$cgen/$name.core.wasm")
   "$guest_tool" componentize "$cgen/$name.core.wasm" -o "$out/$name.wasm"
 done
 

