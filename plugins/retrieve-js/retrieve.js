@@ -4,6 +4,9 @@
 // {"slice": [null, -1], "name": "last", "padding": "drop"|"keep"}, all
 // optional; in a padded batch "drop" (the default) keeps real tokens only.
 import { Access, ConfigError, Hook, exportHook } from "../../hook-sdk/js/flexmodel-hook.js";
+/** @typedef {import("../../hook-sdk/js/flexmodel-hook.js").Config} Config */
+/** @typedef {import("../../hook-sdk/js/flexmodel-hook.js").Context} Context */
+/** @typedef {import("../../hook-sdk/js/flexmodel-hook.js").Activation} Activation */
 
 class Retrieve extends Hook {
   static info = {
@@ -12,6 +15,7 @@ class Retrieve extends Hook {
     description: "Save the activation (or a slice of it) to the output dictionary",
   };
 
+  /** @param {Config} config */
   init(config) {
     config.fields("slice", "name", "padding");
     this.slice = config.slice("slice");
@@ -23,6 +27,7 @@ class Retrieve extends Hook {
     return Access.readOnly(this.slice);
   }
 
+  /** @param {Context} ctx @param {Activation} act */
   forward(ctx, act) {
     if (ctx.realTokens !== undefined && ctx.tokenDim !== undefined && !this.keep) act.emitReal(this.name, this.slice);
     else act.emit(this.name, this.slice);

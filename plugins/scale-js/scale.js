@@ -2,6 +2,9 @@
 // factor. The same configuration as the Rust plugin (plugins/scale):
 // {"factor": 2.0, "slice": [null, -1]} (`slice` optional).
 import { Access, ConfigError, Hook, exportHook } from "../../hook-sdk/js/flexmodel-hook.js";
+/** @typedef {import("../../hook-sdk/js/flexmodel-hook.js").Config} Config */
+/** @typedef {import("../../hook-sdk/js/flexmodel-hook.js").Context} Context */
+/** @typedef {import("../../hook-sdk/js/flexmodel-hook.js").Activation} Activation */
 
 class Scale extends Hook {
   static info = {
@@ -11,6 +14,7 @@ class Scale extends Hook {
     edits: true,
   };
 
+  /** @param {Config} config */
   init(config) {
     config.fields("factor", "slice");
     this.factor = config.f32("factor", { required: true });
@@ -19,6 +23,7 @@ class Scale extends Hook {
     return Access.edits();
   }
 
+  /** @param {Context} ctx @param {Activation} act */
   forward(ctx, act) {
     act.scale(this.slice, this.factor);
   }

@@ -5,6 +5,9 @@
 // Arithmetic on the vector is rounded to f32 after every operation (`f32`),
 // so a normalized vector is bit-identical to the Rust plugin's.
 import { Access, ArgumentError, ConfigError, Hook, Slice, exportHook, f32 } from "../../hook-sdk/js/flexmodel-hook.js";
+/** @typedef {import("../../hook-sdk/js/flexmodel-hook.js").Config} Config */
+/** @typedef {import("../../hook-sdk/js/flexmodel-hook.js").Context} Context */
+/** @typedef {import("../../hook-sdk/js/flexmodel-hook.js").Activation} Activation */
 
 class Steer extends Hook {
   static info = {
@@ -15,6 +18,7 @@ class Steer extends Hook {
     edits: true,
   };
 
+  /** @param {Config} config */
   init(config) {
     config.fields("vector", "alpha", "positions", "normalize", "new_tokens_only");
     this.vector = config.f32List("vector", { required: true });
@@ -35,6 +39,7 @@ class Steer extends Hook {
     return Access.edits();
   }
 
+  /** @param {Context} ctx @param {Activation} act */
   forward(ctx, act) {
     if (this.newTokensOnly && !(ctx.generation && ctx.generation.step > 0)) return;
     const d = ctx.shape.length ? ctx.shape[ctx.shape.length - 1] : 0;
