@@ -61,7 +61,7 @@ export ZIG_GLOBAL_CACHE_DIR="${ZIG_GLOBAL_CACHE_DIR:-$FLEXMODEL_CACHE/zig-cache}
 for d in plugins/*-zig tests/guests/*-zig; do
   name=$(basename "$d")
   src=$(ls "$d"/*.zig | head -1)
-  (cd "$cgen" && "${zig[@]}" build-exe -target wasm32-wasi -mexec-model=reactor -fno-entry -O ReleaseSmall -lc \
+  (cd "$cgen" && "${zig[@]}" build-exe -target wasm32-wasi -mexec-model=reactor -fno-entry -O ReleaseSmall -lc --stack 65536 \
     --dep flexmodel_hook -I "$cgen" "$cgen/hook_plugin.c" "$cgen/hook_plugin_component_type.o" \
     -Mroot="$root/$src" -I "$cgen" -Mflexmodel_hook="$root/hook-sdk/zig/flexmodel_hook.zig" \
     --cache-dir "$cgen/zig-cache" -femit-bin="$cgen/$name.core.wasm")
