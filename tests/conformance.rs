@@ -231,6 +231,15 @@ fn cases() -> Vec<(&'static str, &'static str, &'static str, String, Input)> {
             Input::Padded(Padding::Right),
         ),
     ];
+    // A host call refused (a slice out of range): its error reaches the
+    // host through each SDK as the same variant.
+    c.push((
+        "scale",
+        "gpt2-tiny",
+        "blocks.0.hook_resid_post",
+        r#"{"factor": 2, "slice": [[0, 1], [0, 99]]}"#.into(),
+        Input::Ids,
+    ));
     // A steering vector of the wrong width fails at the call, alike.
     c.push((
         "steer",
