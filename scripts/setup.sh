@@ -12,7 +12,8 @@
 #     docker-registry (the CNCF distribution registry), htpasswd, curl and
 #     ssh-keygen (OpenSSH keys for signing),
 #     which the plugin-sharing tests start and query on loopback;
-#   - build the host (with MPI), the guest components, and run the demo on SmolLM2.
+#   - build the host (with MPI), the guest components, the Python package
+#     (python/, into the venv), and run the demo on SmolLM2.
 # Idempotent: a second run only checks and rebuilds what changed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -83,6 +84,9 @@ mkdir -p artifacts && ln -sfn "$smol" artifacts/smollm2-135m-instruct
 step "Build host and guest components"
 cargo build --release -p flexmodel -p flexmodel-compile --bins --examples --features "flexmodel/$FLEXMODEL_FEATURES"
 scripts/build-guests.sh
+
+step "The Python package (python/, PyO3 + maturin) into the venv, against the venv's torch"
+scripts/build-python.sh
 
 step "Demo on SmolLM2-135M-Instruct: a logit lens, steering and ablation (flexmodel demo)"
 "$CARGO_TARGET_DIR/release/flexmodel" demo --model artifacts/smollm2-135m-instruct --plugins artifacts/wasm \
