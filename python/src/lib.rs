@@ -190,8 +190,10 @@ fn python_hook(f: Py<PyAny>, label: String) -> FnHook {
     })
 }
 
-/// A hook that keeps a copy of each activation it is called on (real
-/// tokens only in a padded batch: `[tokens, ...]`).
+/// A hook that keeps each activation it is called on (real tokens only in
+/// a padded batch: `[tokens, ...]`). As TransformerLens' cache, it keeps
+/// the tensor itself, no copy: nothing writes to an activation after its
+/// hooks ran, and only these read-only hooks run in `run_with_cache`.
 fn cache_hook() -> FnHook {
     FnHook::read_only("cache", |ctx, t, out| {
         let t = t.detach();
@@ -204,7 +206,7 @@ fn cache_hook() -> FnHook {
                     .collect();
                 Tensor::cat(&rows, 0)
             }
-            _ => t.copy(),
+            _ => t,
         };
         out.push((String::new(), kept));
         Ok(())
