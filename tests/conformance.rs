@@ -16,11 +16,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use flexmodel::api::{Batch, FlexError, FlexModel, GenerateOptions, Groups, Padding, Sampling};
+use flexmodel::api::{Batch, FlexError, FlexModel, Groups, Padding};
 use flexmodel::hooks::{
     CallContext, CpuLimit, Hook, HookErrorKind, Plugin, RankInfo, Runtime, WasmHook,
 };
-use flexmodel_tests::{model_dir, runtime_with, wasm};
+use flexmodel_tests::{greedy, model_dir, runtime_with, wasm};
 use tch::{Device, Kind, Tensor};
 
 /// The languages other than Rust: the suffix of their builds.
@@ -269,15 +269,6 @@ fn every_language_gives_bit_identical_logits_and_outputs() {
                 &got,
             );
         }
-    }
-}
-
-fn greedy(n: usize) -> GenerateOptions {
-    GenerateOptions {
-        max_new_tokens: n,
-        sampling: Sampling::Greedy,
-        eos: Vec::new(),
-        ..GenerateOptions::default()
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use flexmodel::api::{FlexModel, FnHook, GenerateOptions, Groups, Sampling};
-use flexmodel_tests::{model_dir, runtime, wasm};
+use flexmodel_tests::{greedy, model_dir, runtime, wasm};
 use tch::{Device, Kind, Tensor};
 
 fn reference(name: &str) -> BTreeMap<String, Tensor> {
@@ -13,15 +13,6 @@ fn reference(name: &str) -> BTreeMap<String, Tensor> {
         .unwrap_or_else(|e| panic!("{name}: {e} (scripts/make-models.sh)"))
         .into_iter()
         .collect()
-}
-
-fn greedy(n: usize) -> GenerateOptions {
-    GenerateOptions {
-        max_new_tokens: n,
-        sampling: Sampling::Greedy,
-        eos: Vec::new(),
-        ..GenerateOptions::default()
-    }
 }
 
 #[test]

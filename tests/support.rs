@@ -78,3 +78,13 @@ impl flexmodel::models::HookSite for Capture {
         Ok(t)
     }
 }
+
+/// Greedy generation of `n` tokens, ignoring EOS.
+pub fn greedy(n: usize) -> flexmodel::api::GenerateOptions {
+    flexmodel::api::GenerateOptions {
+        max_new_tokens: n,
+        sampling: flexmodel::api::Sampling::Greedy,
+        eos: Vec::new(),
+        ..flexmodel::api::GenerateOptions::default()
+    }
+}
