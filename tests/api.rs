@@ -324,3 +324,44 @@ fn forward_until_stops_after_the_point_and_keeps_what_came_before() {
     // The full forward still works afterwards.
     assert_eq!(fm.forward(&ids(&r), &Groups::All).unwrap().outputs.len(), 4);
 }
+
+/// An interrupt (the Python package's Ctrl-C) ends a pass on one rank at the
+/// hook point where it first says so, before that point's hooks run, and
+/// the next pass is whole and the same as before; on a mesh of threads an
+/// interrupt that is not asked for changes nothing (a mesh's pass long
+/// enough to interrupt is tested from Python, python/tests/test_passes.py).
+#[test]
+fn an_interrupt_ends_a_pass_and_the_model_stays_usable() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    for (tp, pp) in [(1, 1), (1, 2)] {
+        let mut opts = flexmodel::api::Options::new(pp, 1, tp).unwrap();
+        opts.kind = Kind::Float;
+        let mut fm = FlexModel::load_with(&model_dir("llama-gqa"), &opts).unwrap();
+        let r = Weights::open_file(&model_dir("llama-gqa").join("reference.safetensors")).unwrap();
+        let ids = ids(&r);
+        let clean = fm.forward(&ids, &Groups::All).unwrap().logits;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let hook = {
+            let calls = calls.clone();
+            FnHook::read_only("count", move |_, _, _| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        };
+        fm.register(Arc::new(hook), "blocks.*.hook_resid_post", &["count"])
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(true));
+        let s = stop.clone();
+        fm.set_interrupt(Some(Arc::new(move || s.load(Ordering::SeqCst))));
+        if pp == 1 {
+            assert!(matches!(
+                fm.forward(&ids, &Groups::All),
+                Err(FlexError::Interrupted)
+            ));
+            assert_eq!(calls.load(Ordering::SeqCst), 0, "no hook ran");
+        }
+        stop.store(false, Ordering::SeqCst);
+        let again = fm.forward(&ids, &Groups::All).unwrap().logits;
+        assert!(again.equal(&clean), "tp {tp} pp {pp}");
+    }
+}

@@ -287,6 +287,18 @@ impl FlexModel {
         self.registry.remove(h)
     }
 
+    /// Ask `interrupt` during later passes: on one rank at every hook point
+    /// (the pass ends there with [`FlexError::Interrupted`]); on a mesh of
+    /// threads while waiting for the ranks (the call returns
+    /// [`FlexError::Interrupted`] at once, the ranks finish the pass in the
+    /// background and the next call waits for them). `None`: never.
+    pub fn set_interrupt(&mut self, interrupt: Option<crate::engine::Interrupt>) {
+        match &mut self.ranks {
+            Ranks::Here { engine, .. } => engine.set_interrupt(interrupt),
+            Ranks::Threads(pool) => pool.set_interrupt(interrupt),
+        }
+    }
+
     /// Registered hooks: (handle, hook name, pattern, bound points, groups).
     pub fn hooks(&self) -> Vec<HookListing> {
         self.registry.list()

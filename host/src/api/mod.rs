@@ -26,8 +26,8 @@ mod threads;
 
 pub use crate::engine::{
     BackwardOutput, Batch, FlexError, ForwardOutput, GenerateOptions, GenerateOutput, Groups, Halt,
-    HookHandle, HookListing, HookSet, Input, Lane, Launch, LogLine, Loss, Options, Padding,
-    RankBackward, Registration, Sampling, StoppedOutput, batch_bounds,
+    HookHandle, HookListing, HookSet, Input, Interrupt, Lane, Launch, LogLine, Loss, Options,
+    Padding, RankBackward, Registration, Sampling, StoppedOutput, batch_bounds,
 };
 pub use facade::FlexModel;
 pub use native::FnHook;

@@ -6,7 +6,7 @@ use std::sync::mpsc::channel;
 
 use super::Reply;
 use super::facade::{FlexModel, Ranks};
-use super::threads::{self, Job};
+use super::threads::Job;
 use crate::engine::{
     BackwardOutput, Batch, Collect, FlexError, ForwardOutput, GenerateOptions, GenerateOutput,
     Groups, Input, Loss, RankBackward, RunOutput, StoppedOutput, text_ids,
@@ -186,10 +186,10 @@ impl FlexModel {
                     reply,
                 })?;
                 drop(stream_tx);
-                for (step, t) in stream_rx {
-                    on_token(step, &t);
+                if !pool.drain(&stream_rx, |(step, t)| on_token(step, &t)) {
+                    return Err(FlexError::Interrupted);
                 }
-                threads::collect(replies, "generation")
+                pool.collect(replies, "generation")
             }
         };
         root(each, rank)

@@ -4,13 +4,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::distributed::{Communicator, ThreadComm};
 use crate::engine::{
     BackwardOutput, Batch, Collect, Engine, FlexError, GenerateOptions, GenerateOutput, Groups,
-    Loss, Options, RankBackward, Registration, RunOutput,
+    Interrupt, Loss, Options, RankBackward, Registration, RunOutput,
 };
 use crate::hooks::ForwardLimits;
 use crate::models::PointInfo;
@@ -63,6 +64,8 @@ struct Worker {
 /// The ranks' threads.
 pub(crate) struct Pool {
     workers: Vec<Worker>,
+    /// Asked while waiting for the ranks.
+    interrupt: Option<Interrupt>,
 }
 
 fn run_job(engine: &mut Engine, job: Job) {
@@ -166,7 +169,10 @@ impl Pool {
             });
         }
         drop(ready_tx);
-        let pool = Pool { workers };
+        let pool = Pool {
+            workers,
+            interrupt: None,
+        };
         let mut points = None;
         let mut first_err = None;
         for r in ready_rx.iter().take(n) {
@@ -218,7 +224,58 @@ impl Pool {
         what: &str,
         make: impl FnMut(Sender<Reply<T>>) -> Job,
     ) -> Result<Vec<Reply<T>>, FlexError> {
-        Ok(collect(self.send(make)?, what))
+        Ok(self.collect(self.send(make)?, what))
+    }
+
+    /// Ask `interrupt` while waiting for the ranks (see [`Self::collect`]).
+    pub fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+        self.interrupt = interrupt;
+    }
+
+    /// Every rank's reply in rank order (a rank whose thread died during
+    /// `what` gives an error). While waiting, the interrupt is asked every
+    /// few milliseconds: when it says so, every rank's reply is
+    /// [`FlexError::Interrupted`] at once, and the ranks finish the job in
+    /// the background (its results dropped; the next job waits behind it).
+    /// The ranks themselves are not stopped: they would stop at different
+    /// points of a pass and leave a collective hanging.
+    pub(crate) fn collect<T>(&self, replies: Vec<Receiver<Reply<T>>>, what: &str) -> Vec<Reply<T>> {
+        let Some(interrupt) = &self.interrupt else {
+            return collect(replies, what);
+        };
+        let world = replies.len();
+        let mut got = Vec::with_capacity(world);
+        for (rank, rx) in replies.into_iter().enumerate() {
+            loop {
+                match rx.recv_timeout(POLL) {
+                    Ok(r) => break got.push(r),
+                    Err(RecvTimeoutError::Timeout) if interrupt() => {
+                        return interrupted(world);
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        break got.push(Err(died(rank, what)));
+                    }
+                }
+            }
+        }
+        got
+    }
+
+    /// Receive `rx`'s items, asking the interrupt while waiting; `false`
+    /// when it said stop.
+    pub(crate) fn drain<T>(&self, rx: &Receiver<T>, mut each: impl FnMut(T)) -> bool {
+        loop {
+            match rx.recv_timeout(POLL) {
+                Ok(t) => each(t),
+                Err(RecvTimeoutError::Disconnected) => return true,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.interrupt.as_ref().is_some_and(|i| i()) {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 
     /// Send every rank the job `make(reply)` builds; the reply channels.
@@ -241,18 +298,26 @@ impl Pool {
     }
 }
 
-pub(crate) fn collect<T>(replies: Vec<Receiver<Reply<T>>>, what: &str) -> Vec<Reply<T>> {
+/// How often a waiting caller asks its interrupt.
+const POLL: Duration = Duration::from_millis(20);
+
+fn died(rank: usize, what: &str) -> FlexError {
+    FlexError::Rank {
+        rank,
+        message: format!("the rank's thread died during {what}"),
+    }
+}
+
+/// Every rank's reply: interrupted.
+pub(crate) fn interrupted<T>(world: usize) -> Vec<Reply<T>> {
+    (0..world).map(|_| Err(FlexError::Interrupted)).collect()
+}
+
+fn collect<T>(replies: Vec<Receiver<Reply<T>>>, what: &str) -> Vec<Reply<T>> {
     replies
         .into_iter()
         .enumerate()
-        .map(|(rank, rx)| {
-            rx.recv().unwrap_or_else(|_| {
-                Err(FlexError::Rank {
-                    rank,
-                    message: format!("the rank's thread died during {what}"),
-                })
-            })
-        })
+        .map(|(rank, rx)| rx.recv().unwrap_or_else(|_| Err(died(rank, what))))
         .collect()
 }
 

@@ -216,6 +216,7 @@ impl Engine {
         let tape = Tape::default();
         let mut forward = Site::new(regs, groups, index, None, self.rank_info());
         forward.budget = RunBudget::new(self.limits);
+        forward.interrupt = self.interrupt();
         // Hooks learn the real tokens of a padded batch, as in a forward.
         let real = local
             .valid

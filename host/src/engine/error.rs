@@ -42,6 +42,10 @@ pub enum FlexError {
     /// cancelled, or past its wall time).
     #[error("{0}")]
     Stopped(String),
+    /// The pass was interrupted ([`super::Interrupt`]): nothing it
+    /// computed is returned.
+    #[error("interrupted")]
+    Interrupted,
     /// Resolving a shared plugin failed, or its trust policy refused it.
     #[error(transparent)]
     Package(#[from] crate::package::PackageError),
@@ -58,6 +62,7 @@ pub(crate) fn model_error(e: ModelError, partial: BTreeMap<String, Tensor>) -> F
             },
             Err(other) => FlexError::Model(ModelError::Hook(other)),
         },
+        ModelError::Interrupted => FlexError::Interrupted,
         e => FlexError::Model(e),
     }
 }

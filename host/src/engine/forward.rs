@@ -191,6 +191,7 @@ impl Engine {
             self.rank_info(),
         );
         site.generation = pass.step;
+        site.interrupt = self.interrupt();
         site.budget = std::mem::take(pass.budget);
         site.token_dims = Some(&self.token_dims);
         site.row_offset = start;

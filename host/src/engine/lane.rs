@@ -16,6 +16,12 @@ use tch::Tensor;
 
 use crate::hooks::{HookError, HookErrorKind, Tokens};
 
+/// Asked at every hook point of a pass on one rank (hooked or not):
+/// `true` ends the pass with [`super::FlexError::Interrupted`] before that
+/// point's hooks run (the Python package checks for Ctrl-C here). Cheap
+/// calls only: it runs dozens of times per block.
+pub type Interrupt = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// When a job must stop: past its wall-clock deadline, or once its stop
 /// flag is set (cancelled). Checked before each of its hooks' calls (in
 /// its [`Lane`]) and, by global rank 0, after each generation step

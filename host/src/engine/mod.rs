@@ -53,7 +53,7 @@ pub use batch::{Batch, Input, Padding, batch_bounds};
 pub use error::FlexError;
 pub(crate) use error::{failure, model_error};
 pub use forward::Collect;
-pub use lane::{Halt, Lane};
+pub use lane::{Halt, Interrupt, Lane};
 pub use loss::Loss;
 pub use options::{Launch, Options};
 pub use output::{ForwardOutput, LogLine, StoppedOutput};
@@ -98,6 +98,8 @@ pub struct Engine {
     check_edits: bool,
     limits: ForwardLimits,
     vocab: i64,
+    /// Checked at every hook point when this is the only rank.
+    interrupt: Option<Interrupt>,
 }
 
 impl Engine {
@@ -143,6 +145,7 @@ impl Engine {
             check_edits: opts.check_edits,
             limits: opts.forward_limits,
             vocab,
+            interrupt: None,
         }
     }
 
@@ -204,6 +207,17 @@ impl Engine {
 
     pub(crate) fn set_limits(&mut self, limits: ForwardLimits) {
         self.limits = limits;
+    }
+
+    /// Check `interrupt` at every hook point of later passes (one rank
+    /// only: ranks of a mesh would stop at different points).
+    pub(crate) fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+        self.interrupt = interrupt.filter(|_| self.alone());
+    }
+
+    /// The interrupt a pass's site checks.
+    pub(crate) fn interrupt(&self) -> Option<&Interrupt> {
+        self.interrupt.as_ref()
     }
 
     /// Bytes this rank has received from its TP group so far.

@@ -64,6 +64,9 @@ pub(crate) struct Site<'a> {
     pub real: Option<Arc<[(u32, u32)]>>,
     /// The batch row of this rank's row 0 (a data-parallel replica's first).
     pub row_offset: i64,
+    /// Asked at every hook point ([`super::Interrupt`]); latched once true.
+    pub interrupt: Option<&'a super::Interrupt>,
+    interrupted: std::cell::Cell<bool>,
 }
 
 impl<'a> Site<'a> {
@@ -113,6 +116,8 @@ impl<'a> Site<'a> {
             token_dims: None,
             real: None,
             row_offset: 0,
+            interrupt: None,
+            interrupted: std::cell::Cell::new(false),
         }
     }
 }
@@ -126,6 +131,15 @@ impl<'a> Site<'a> {
     /// Whether something is registered at `point` (ignoring the stop point).
     pub fn hooked(&self, point: &str) -> bool {
         self.by_point.contains_key(point)
+    }
+
+    /// Whether the pass must end now (its interrupt said so, now or
+    /// before): the models' `active` answers true so that `fire` can end it.
+    pub fn interrupted(&self) -> bool {
+        if !self.interrupted.get() && self.interrupt.is_some_and(|i| i()) {
+            self.interrupted.set(true);
+        }
+        self.interrupted.get()
     }
 
     /// Whether the forward stops after `point`.

@@ -139,10 +139,15 @@ impl GradSite<'_, '_> {
 
 impl HookSite for GradSite<'_, '_> {
     fn active(&self, point: &str) -> bool {
-        self.forward.hooked(point) || self.backward_points.contains(point)
+        self.forward.interrupted()
+            || self.forward.hooked(point)
+            || self.backward_points.contains(point)
     }
 
     fn fire(&mut self, point: &str, t: Tensor) -> Result<Tensor, ModelError> {
+        if self.forward.interrupted() {
+            return Err(ModelError::Interrupted);
+        }
         let t = if self.forward.hooked(point) {
             self.forward_hooks(point, t)?
         } else {

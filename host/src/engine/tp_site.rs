@@ -322,10 +322,13 @@ fn emits_hash(site: &Site<'_>) -> u64 {
 
 impl HookSite for TpSite<'_, '_> {
     fn active(&self, point: &str) -> bool {
-        self.inner.hooked(point) || self.inner.stops_at(point)
+        self.inner.interrupted() || self.inner.hooked(point) || self.inner.stops_at(point)
     }
 
     fn fire(&mut self, point: &str, local: Tensor) -> Result<Tensor, ModelError> {
+        if self.inner.interrupted() {
+            return Err(ModelError::Interrupted);
+        }
         let t = self.run_point(point, local)?;
         if self.inner.stops_at(point) {
             return Err(ModelError::Stopped(point.to_string()));

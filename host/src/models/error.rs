@@ -37,6 +37,10 @@ pub enum ModelError {
     /// Not a failure: the hook site asked the forward to stop after this point.
     #[error("forward stopped after {0}")]
     Stopped(String),
+    /// The hook site's interrupt asked the pass to end (not a failure of
+    /// the model).
+    #[error("interrupted")]
+    Interrupted,
     #[error("forward failed inside libtorch: {0}")]
     Internal(String),
     #[error("torch: {0}")]
