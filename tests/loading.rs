@@ -66,7 +66,7 @@ fn half_precision_dtypes() {
 
 #[test]
 fn cuda_when_present() {
-    if !tch::Cuda::is_available() {
+    if !flexmodel::models::cuda::available() {
         // Nothing to run here; the CLI refuses `--device cuda` cleanly (tests/cli.rs).
         return;
     }

@@ -86,7 +86,7 @@ fn device(s: &str) -> Result<Device> {
             .ok_or_else(|| anyhow!("unknown device {s:?} (cpu, cuda, cuda:N)"))?,
     };
     if let Device::Cuda(i) = dev
-        && (!tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize)
+        && i >= flexmodel::models::cuda::device_count()
     {
         bail!("device {s} is not available on this machine");
     }

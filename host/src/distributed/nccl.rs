@@ -38,7 +38,7 @@ pub fn available() -> Result<(), CommError> {
         // SAFETY: `h` is a live handle from dlopen.
         unsafe { libc::dlclose(h) };
     }
-    if !tch::Cuda::is_available() {
+    if !crate::models::cuda::available() {
         return Err(CommError::Unavailable(
             "libtorch sees no CUDA device (a CPU-only libtorch?)".into(),
         ));

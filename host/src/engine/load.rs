@@ -25,8 +25,8 @@ impl Engine {
         let coords = mesh.coords(rank);
         // One GPU per rank, round robin from the one asked for.
         let device = match opts.device {
-            Device::Cuda(base) if tch::Cuda::is_available() => {
-                Device::Cuda((base + rank) % tch::Cuda::device_count().max(1) as usize)
+            Device::Cuda(base) if crate::models::cuda::available() => {
+                Device::Cuda((base + rank) % crate::models::cuda::device_count().max(1))
             }
             d => d,
         };

@@ -2,6 +2,7 @@
 //! named hook points.
 
 pub mod cache;
+pub mod cuda;
 pub mod error;
 mod generation_config;
 pub mod gpt2;
@@ -107,6 +108,11 @@ impl Model {
         device: Device,
         shard: &Shard,
     ) -> Result<Model, ModelError> {
+        if device.is_cuda() && !cuda::available() {
+            return Err(ModelError::Input(format!(
+                "{device:?}: libtorch sees no CUDA device here"
+            )));
+        }
         let (cfg, model_type) = read_config(dir)?;
         let weights = Weights::open(dir)?;
         match model_type.as_str() {
