@@ -3,8 +3,9 @@
 # the project's libtorch pin: that is the libtorch of the `torch` wheel
 # (CUDA included) the device image also has, so only our binaries travel.
 #   scripts/gpu-bundle.sh [--dry-run]
-# Builds `flexmodel` and `flexmodel-compile` (no MPI: the image has none;
-# the NCCL backend, loaded at run time) and packs them, the Rust guest
+# Builds `flexmodel`, `flexmodel-compile`, `model-bench` and `gen-bench` (no
+# MPI: the image has none; the NCCL backend, loaded at run time) and packs
+# them, the benchmarks' PyTorch worker, the Rust guest
 # plugins, the reference-model script, check.py and run.sh into
 # gpu-bundle/flexmodel-gpu.tar.gz, checked to be under 64 MiB (what a device
 # call carries). On the device:
@@ -17,11 +18,12 @@ cd "$root"
 source scripts/env.sh
 limit=$((64 * 1024 * 1024))
 cargo build --release --quiet -p flexmodel -p flexmodel-compile --bins --features flexmodel/nccl
+cargo build --release --quiet -p flexmodel-bench --bin model-bench --bin gen-bench --features flexmodel/nccl
 scripts/build-guests.sh >/dev/null
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$stage/wasm" "$stage/reference"
-for b in flexmodel flexmodel-compile; do
+for b in flexmodel flexmodel-compile model-bench gen-bench; do
   strip -o "$stage/bin/$b" "$CARGO_TARGET_DIR/release/$b"
 done
 # The NCCL build's flexmodel links no MPI (checked: the image has no libmpi).
@@ -29,10 +31,10 @@ if readelf -d "$stage/bin/flexmodel" | grep -q 'libmpi'; then
   echo "the bundle's flexmodel links MPI" >&2; exit 1
 fi
 # The Rust guest plugins (other languages' builds stay here).
-for w in retrieve scale steer ablate patch probe hostile conform; do
+for w in retrieve scale steer ablate patch probe hostile conform bench; do
   cp "artifacts/wasm/$w.wasm" "$stage/wasm/"
 done
-cp tests/reference/make_models.py "$stage/reference/"
+cp tests/reference/make_models.py tests/reference/bench_worker.py "$stage/reference/"
 cp scripts/gpu/check.py scripts/gpu/run.sh "$stage/"
 echo "$TORCH_VERSION" > "$stage/TORCH_VERSION"
 mkdir -p gpu-bundle
@@ -42,11 +44,11 @@ printf 'gpu-bundle/flexmodel-gpu.tar.gz: %d MiB (limit 64 MiB)\n' $((size / 1024
 [ "$size" -lt "$limit" ] || { echo "the bundle is over 64 MiB" >&2; exit 1; }
 # The checks' cargo build above left target/release/flexmodel without MPI:
 # put the project's build back (relinks only).
-cargo build --release --quiet -p flexmodel --bins --features "flexmodel/$FLEXMODEL_FEATURES"
+cargo build --release --quiet -p flexmodel -p flexmodel-bench --bins --features "flexmodel/$FLEXMODEL_FEATURES"
 if [ "${1:-}" = "--dry-run" ]; then
   dry=$(mktemp -d)
   tar xzf gpu-bundle/flexmodel-gpu.tar.gz -C "$dry"
-  OUT="$dry/out" PYTHON="$FLEXMODEL_VENV/bin/python" bash "$dry/run.sh" cpu
-  cp "$dry/out/gpu-check.md" gpu-bundle/dry-run.md
+  BENCH_QUICK=1 OUT="$dry/out" PYTHON="$FLEXMODEL_VENV/bin/python" bash "$dry/run.sh" cpu
+  cat "$dry/out/gpu-check.md" "$dry/out/BENCHMARKS-gpu.md" > gpu-bundle/dry-run.md
   echo "dry run: gpu-bundle/dry-run.md"
 fi

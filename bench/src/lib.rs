@@ -4,6 +4,7 @@
 
 pub mod corpus;
 pub mod languages;
+pub mod place;
 pub mod report;
 pub mod service;
 pub mod worker;

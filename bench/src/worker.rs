@@ -11,8 +11,13 @@ use anyhow::{Context, Result, bail};
 /// glibc's tunables with the allocator settings of `flexmodel::tune_allocator`.
 pub const TUNABLES: &str = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824:glibc.malloc.arena_max=1";
 
+/// The worker script: `FLEXMODEL_BENCH_WORKER`, or the repository's (the
+/// GPU bundle ships its own copy).
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/bench_worker.py")
+    std::env::var_os("FLEXMODEL_BENCH_WORKER").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/bench_worker.py"),
+        PathBuf::from,
+    )
 }
 
 /// The worker's command line: `python bench_worker.py MODEL_DIR BATCH SEQ

@@ -18,11 +18,16 @@ line on stdin and answers one JSON line on stdout:
   -> {"config": "generate", "secs": SECONDS, "prompt": [...], "tokens": [...]}
   quit         exit
 With --rss: load, run one eager forward, print {"peak_rss_bytes": N} (VmHWM), exit.
+A folder named `llama-1b` gets a ~1.1B-parameter LLaMA (22 x 2048, GQA 32:4,
+32000 tokens; TinyLlama's shape) for the GPU numbers. FLEXMODEL_BENCH_DEVICE
+(cpu, cuda) and FLEXMODEL_BENCH_DTYPE (f32, bf16, f16) say where and how the
+model runs (each timed run then ends with a device synchronize).
 
 Usage: python bench_worker.py MODEL_DIR BATCH SEQ THREADS [--rss]
 """
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,9 +36,28 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 
+DEVICE = os.environ.get("FLEXMODEL_BENCH_DEVICE", "cpu")
+DTYPE = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[
+    os.environ.get("FLEXMODEL_BENCH_DTYPE", "f32")
+]
+
+
+def sync():
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def build(model_dir):
     torch.manual_seed(0)
-    if model_dir.name == "llama-135m":
+    if model_dir.name == "llama-1b":
+        cfg = LlamaConfig(
+            vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+            num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+            rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+            bos_token_id=1, eos_token_id=2,
+        )
+        model = LlamaForCausalLM(cfg)
+    elif model_dir.name == "llama-135m":
         cfg = LlamaConfig(
             vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
             num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
@@ -54,11 +78,12 @@ def load(model_dir, batch, seq):
     model_dir = Path(model_dir)
     if not (model_dir / "model.safetensors").exists():
         build(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=DTYPE)
+    model = model.to(DEVICE).eval()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=g)
     (model_dir / "bench_ids.json").write_text(json.dumps(ids.tolist()))
-    return model, ids
+    return model, ids.to(DEVICE)
 
 
 def configs(model, ids):
@@ -110,6 +135,7 @@ def generate(model, ids, prompt_len, new_tokens):
     with torch.no_grad():
         out = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False,
                              attention_mask=torch.ones_like(prompt))
+    sync()
     secs = time.perf_counter() - t
     return {"config": "generate", "secs": secs, "prompt": prompt[0].tolist(), "tokens": out[0].tolist()}
 
@@ -141,6 +167,7 @@ def main(model_dir, batch, seq, threads, rss):
             continue
         t = time.perf_counter()
         fn()
+        sync()
         print(json.dumps({"config": name, "secs": time.perf_counter() - t}), flush=True)
 
 

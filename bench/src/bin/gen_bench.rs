@@ -17,9 +17,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use flexmodel::api::{FlexModel, GenerateOptions, Groups, Sampling};
 use flexmodel::hooks::{Runtime, RuntimeConfig};
+use flexmodel_bench::place::Place;
 use flexmodel_bench::report;
 use flexmodel_bench::worker::{self, Worker};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 struct Args {
     python: PathBuf,
@@ -30,6 +31,7 @@ struct Args {
     threads: i32,
     reps: usize,
     out: Option<PathBuf>,
+    place: Place,
 }
 
 fn parse() -> Result<Args> {
@@ -44,6 +46,7 @@ fn parse() -> Result<Args> {
         threads: 2,
         reps: 3,
         out: None,
+        place: Place::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -57,6 +60,8 @@ fn parse() -> Result<Args> {
             "--threads" => a.threads = v()?.parse()?,
             "--reps" => a.reps = v()?.parse()?,
             "--out" => a.out = Some(v()?.into()),
+            "--device" => a.place.set_device(&v()?)?,
+            "--dtype" => a.place.set_dtype(&v()?)?,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -80,7 +85,16 @@ fn main() -> Result<()> {
     let md = render(&a, &r);
     print!("{md}");
     if let Some(p) = &a.out {
-        report::write_section(p, "gen-bench", &md)?;
+        let section = if a.place.device.is_cuda() || a.place.kind != tch::Kind::Float {
+            format!(
+                "gen-bench-{}-{}",
+                a.place.device_name.replace(':', ""),
+                a.place.dtype_name
+            )
+        } else {
+            "gen-bench".to_string()
+        };
+        report::write_section(p, &section, &md)?;
     }
     if !r.same {
         bail!("greedy tokens differ from transformers'");
@@ -104,7 +118,8 @@ fn measure(a: &Args) -> Result<Rounds> {
     flexmodel::tune_allocator();
     eprintln!("PyTorch worker...");
     // The worker writes the input ids; batch and sequence as model-bench's.
-    let cmd = worker::command(python, model_dir, 4, 128, threads, false);
+    let mut cmd = worker::command(python, model_dir, 4, 128, threads, false);
+    a.place.on(&mut cmd);
     let mut py = Worker::start(cmd)?;
     let request = format!("generate {prompt} {new}");
     let first = py.ask(&request)?;
@@ -113,7 +128,7 @@ fn measure(a: &Args) -> Result<Rounds> {
 
     eprintln!("FlexModel-rs generate, alternating with transformers'...");
     tch::set_num_threads(threads);
-    let mut fm = FlexModel::load(model_dir, Kind::Float, Device::Cpu)?;
+    let mut fm = FlexModel::load(model_dir, a.place.kind, a.place.device)?;
     let rt = Runtime::new(RuntimeConfig::default())?;
     let steer = rt.load_file(artifacts.join("steer.wasm"))?;
     let d = fm.points(1, 1)[0].shape[2] as usize;
@@ -174,12 +189,17 @@ fn render(a: &Args, r: &Rounds) -> String {
     let same = r.same;
     let tps = |s: f64| new as f64 / s;
     let mut md = format!(
-        "## Generation (issue 5) — `gen-bench`\n\nMachine: {}. GPT-2-small dimensions (random weights), \
+        "## Generation (issue 5) — `gen-bench`, {}\n\nMachine: {}. {} (random weights), \
          batch 1, prompt {prompt} tokens, {new} new tokens, greedy with a KV cache, {threads} threads on \
          both sides; ours and transformers' alternate in one session (a persistent PyTorch worker), \
          {reps} rounds after a warm-up, ratios are medians of per-round ratios. Our greedy tokens {} \
          transformers'.\n\n| measurement | baseline | ours | ratio |\n|---|---|---|---|\n",
+        a.place.label(),
         report::machine(),
+        a.model_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?"),
         if same { "equal" } else { "DIFFER from" }
     );
     md.push_str(&format!(
@@ -189,7 +209,7 @@ fn render(a: &Args, r: &Rounds) -> String {
         r_hf
     ));
     md.push_str(&format!(
-        "| generate with the `steer` WASM plugin on all 12 block outputs vs without hooks | {:.1} tok/s | {:.1} tok/s | {:.3}× time |\n\n",
+        "| generate with the `steer` WASM plugin on every block output vs without hooks | {:.1} tok/s | {:.1} tok/s | {:.3}× time |\n\n",
         tps(plain),
         tps(steered),
         r_steer

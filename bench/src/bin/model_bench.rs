@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! model-bench [--python PY] [--model-dir DIR] [--artifacts DIR] [--batch 4] [--seq 128]
+//!   [--device cpu|cuda] [--dtype f32|bf16|f16]
 //!             [--threads 2] [--reps 7] [--out BENCHMARKS.md]
 //! ```
 //! With the same random GPT-2-small weights, inputs and thread count, our
@@ -27,9 +28,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use flexmodel::api::{FlexModel, FnHook, Groups};
 use flexmodel::hooks::{Runtime, RuntimeConfig};
+use flexmodel_bench::place::Place;
 use flexmodel_bench::report;
 use flexmodel_bench::worker::{self, Worker};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 struct Args {
     python: PathBuf,
@@ -41,6 +43,7 @@ struct Args {
     reps: usize,
     out: Option<PathBuf>,
     rss_child: bool,
+    place: Place,
 }
 
 fn parse() -> Result<Args> {
@@ -56,6 +59,7 @@ fn parse() -> Result<Args> {
         reps: 7,
         out: None,
         rss_child: false,
+        place: Place::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -70,6 +74,8 @@ fn parse() -> Result<Args> {
             "--reps" => a.reps = v()?.parse()?,
             "--out" => a.out = Some(v()?.into()),
             "--rss-child" => a.rss_child = true,
+            "--device" => a.place.set_device(&v()?)?,
+            "--dtype" => a.place.set_dtype(&v()?)?,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -82,7 +88,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn python(a: &Args, tunables: bool) -> Command {
-    worker::command(&a.python, &a.model_dir, a.batch, a.seq, a.threads, tunables)
+    let mut cmd = worker::command(&a.python, &a.model_dir, a.batch, a.seq, a.threads, tunables);
+    a.place.on(&mut cmd);
+    cmd
 }
 
 /// This process's peak resident set (`VmHWM`: per address space, so not
@@ -108,7 +116,7 @@ fn ids(a: &Args) -> Result<Tensor> {
 /// `--rss-child`: load the model, run one forward, print the peak RSS.
 fn rss_child(a: &Args) -> Result<()> {
     tch::set_num_threads(a.threads);
-    let mut fm = FlexModel::load(&a.model_dir, Kind::Float, Device::Cpu)?;
+    let mut fm = FlexModel::load(&a.model_dir, a.place.kind, a.place.device)?;
     fm.forward(&ids(a)?, &Groups::All)?;
     let peak = peak_rss_bytes()?;
     println!("{}", serde_json::json!({ "peak_rss_bytes": peak }));
@@ -189,7 +197,7 @@ fn main() -> Result<()> {
     };
     tch::set_num_threads(a.threads);
     let ids = ids(&a)?;
-    let mut fm = FlexModel::load(&a.model_dir, Kind::Float, Device::Cpu)?;
+    let mut fm = FlexModel::load(&a.model_dir, a.place.kind, a.place.device)?;
     let rt = Runtime::new(RuntimeConfig::default())?;
     let bench = rt.load_file(a.artifacts.join("bench.wasm"))?;
     let retrieve = rt.load_file(a.artifacts.join("retrieve.wasm"))?;
@@ -202,11 +210,17 @@ fn main() -> Result<()> {
     drop(py);
     drop(py_same);
     eprintln!("peak RSS...");
-    let rss = peak_rss(&a)?;
+    // Host memory is not what a GPU run is about (and each fresh process
+    // would load the model again): on CUDA, no RSS row.
+    let rss = if a.place.device.is_cuda() {
+        Pairs::default()
+    } else {
+        peak_rss(&a)?
+    };
     let md = render(&a, tuned, &r, &rss);
     print!("{md}");
     if let Some(path) = &a.out {
-        report::write_section(path, &section(&a.model_dir), &md)?;
+        report::write_section(path, &section(&a.model_dir, &a.place), &md)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -244,7 +258,11 @@ fn measure(
 ) -> Result<Measured> {
     let mut m = Measured::default();
     let fwd = |fm: &mut FlexModel, g: &Groups| {
-        secs(|| fm.forward(ids, g).map(|_| ()).map_err(|e| anyhow!("{e}")))
+        secs(|| {
+            fm.forward(ids, g).map_err(|e| anyhow!("{e}"))?;
+            a.place.sync();
+            Ok(())
+        })
     };
     let pyrun = |w: &mut Worker, c: &str| w.run(c)?.map_err(|e| anyhow!("{c}: {e}"));
     for round in 0..=a.reps {
@@ -265,8 +283,9 @@ fn measure(
         };
         let until = secs(|| {
             fm.forward_until(ids, &Groups::only(["retrieve"]), "blocks.*.hook_resid_post")
-                .map(|_| ())
-                .map_err(|e| anyhow!("{e}"))
+                .map_err(|e| anyhow!("{e}"))?;
+            a.place.sync();
+            Ok(())
         })?;
         let hooks = pyrun(py, "identity")?;
         let nnsight = py.run("nnsight")?;
@@ -397,17 +416,41 @@ fn describe_model(dir: &std::path::Path) -> String {
 
 /// The BENCHMARKS.md section of a run on `dir`: `model-bench` for the
 /// default GPT-2-small folder, `model-bench-NAME` for another.
-fn section(dir: &std::path::Path) -> String {
-    match dir.file_name().and_then(|n| n.to_str()) {
+fn section(dir: &std::path::Path, place: &Place) -> String {
+    let base = match dir.file_name().and_then(|n| n.to_str()) {
         Some("gpt2-small") | None => "model-bench".to_string(),
         Some(name) => format!("model-bench-{name}"),
+    };
+    if place.device.is_cuda() || place.kind != tch::Kind::Float {
+        format!(
+            "{base}-{}-{}",
+            place.device_name.replace(':', ""),
+            place.dtype_name
+        )
+    } else {
+        base
     }
+}
+
+/// ", GPU: NVIDIA H200" on CUDA (from `nvidia-smi`, when there is one).
+fn gpu_name(place: &Place) -> String {
+    if !place.device.is_cuda() {
+        return String::new();
+    }
+    let name = Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "a CUDA GPU".into());
+    format!("; GPU: {name}")
 }
 
 fn render(a: &Args, tuned: bool, m: &Measured, rss: &Pairs) -> String {
     let mut md = format!(
-        "## Model host (issue 3) — `model-bench` on `{}`\n\nMachine: {}. {}, random weights, \
-         f32, batch {} × {} tokens, {} threads on both sides. Our runs \
+        "## Model host (issue 3) — `model-bench` on `{}`{}\n\nMachine: {}{}. {}, random weights, \
+         {}, batch {} × {} tokens, {} threads on both sides. Our runs \
          and PyTorch's alternate in one session (a persistent PyTorch worker runs each configuration \
          right after ours); each ratio is the median of {} per-pair ratios, times are medians. \
          Reproduce: `scripts/bench.sh`.\n\n",
@@ -415,8 +458,15 @@ fn render(a: &Args, tuned: bool, m: &Measured, rss: &Pairs) -> String {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("?"),
+        if a.place.device.is_cuda() {
+            format!(", {}", a.place.label())
+        } else {
+            String::new()
+        },
         report::machine(),
+        gpu_name(&a.place),
         describe_model(&a.model_dir),
+        a.place.label(),
         a.batch,
         a.seq,
         a.threads,
@@ -432,6 +482,10 @@ fn render(a: &Args, tuned: bool, m: &Measured, rss: &Pairs) -> String {
         "glibc allocator: defaults on both sides (`FLEXMODEL_NO_MALLOPT` set).\n\n"
     });
     rows(&mut md, m);
+    if rss.ratios.is_empty() {
+        md.push('\n');
+        return md;
+    }
     let mib = |v: &[f64]| format!("{:.0} MiB", median(v.to_vec()) / (1u64 << 20) as f64);
     md.push_str(&format!(
         "| peak RSS (VmHWM) of one load + forward, {RSS_PAIRS} fresh processes each, alternating (vs transformers eager, default allocator) | {} | {} | {:.2}× | ≤ 1.05× |\n\n",
