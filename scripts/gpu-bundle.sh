@@ -17,19 +17,27 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 source scripts/env.sh
 limit=$((64 * 1024 * 1024))
-cargo build --release --quiet -p flexmodel -p flexmodel-compile --bins --features flexmodel/nccl
-cargo build --release --quiet -p flexmodel-bench --bin model-bench --bin gen-bench --features flexmodel/nccl
+# The guest plugins first: packing them runs the project's `flexmodel`,
+# which the builds below replace with one that needs the CUDA libraries.
+cargo build --release --quiet -p flexmodel --bins --features "flexmodel/$FLEXMODEL_FEATURES"
 scripts/build-guests.sh >/dev/null
+# Linking libtorch_cuda (FLEXMODEL_LINK_CUDA: host/build.rs, bench/build.rs):
+# these binaries load only where CUDA's libraries are (run.sh's loader path).
+FLEXMODEL_LINK_CUDA=1 cargo build --release --quiet -p flexmodel -p flexmodel-compile --bins --features flexmodel/nccl
+FLEXMODEL_LINK_CUDA=1 cargo build --release --quiet -p flexmodel-bench --bin model-bench --bin gen-bench --features flexmodel/nccl
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$stage/wasm" "$stage/reference"
 for b in flexmodel flexmodel-compile model-bench gen-bench; do
   strip -o "$stage/bin/$b" "$CARGO_TARGET_DIR/release/$b"
 done
-# The NCCL build's flexmodel links no MPI (checked: the image has no libmpi).
-if readelf -d "$stage/bin/flexmodel" | grep -q 'libmpi'; then
-  echo "the bundle's flexmodel links MPI" >&2; exit 1
-fi
+# The bundle's binaries link libtorch_cuda and no MPI (the image has none).
+for b in flexmodel model-bench gen-bench; do
+  if readelf -d "$stage/bin/$b" | grep -q 'libmpi'; then
+    echo "the bundle's $b links MPI" >&2; exit 1
+  fi
+  readelf -d "$stage/bin/$b" | grep -q 'libtorch_cuda.so' || { echo "the bundle's $b does not link libtorch_cuda" >&2; exit 1; }
+done
 # The Rust guest plugins (other languages' builds stay here).
 for w in retrieve scale steer ablate patch probe hostile conform bench; do
   cp "artifacts/wasm/$w.wasm" "$stage/wasm/"

@@ -167,7 +167,7 @@ def main():
     r = statistics.median(ratios)
     md = (
         "## Python package (issue 15) — `python/bench/p3.py`\n\n"
-        f"Machine: {cpu_name()}, 2 torch threads on both sides. Model: `{Path(a.model).name}` f32, "
+        f"Machine: {cpu_name()}, torch {torch.__version__}, 2 torch threads on both sides. Model: `{Path(a.model).name}` f32, "
         f"1 × {a.seq} tokens, every block's residual stream ({n} points). {a.rounds} interleaved rounds; "
         "ratios are medians of per-round ratios. Peak memory: see its row. "
         "Reproduce: `python python/bench/p3.py --out BENCHMARKS.md` (the venv's python).\n\n"

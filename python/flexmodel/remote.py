@@ -198,7 +198,9 @@ class RemoteModel:
 
     def run_with_cache(self, inputs, names_filter=None, stop_at=None, padding="right"):
         """As ``flexmodel.Model.run_with_cache``, on the server (the
-        ``retrieve`` plugin at every point ``names_filter`` selects)."""
+        ``retrieve`` plugin at every point ``names_filter`` selects). The
+        server returns each prompt's own rows: for prompts of different
+        lengths the logits, too, hold the real tokens one after another."""
         names = [names_filter] if isinstance(names_filter, str) else list(names_filter or ["**"])
         r = self._s.retrieve()
         hooks = [self._s.hook(p, r) for p in names]
