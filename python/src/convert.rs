@@ -16,13 +16,22 @@ pyo3::create_exception!(_native, FlexModelError, pyo3::exceptions::PyException);
 /// pass (a `KeyboardInterrupt` for Ctrl-C), raised again when it ends.
 static PENDING: Mutex<Option<PyErr>> = Mutex::new(None);
 
+/// Keep `e` (a signal handler's exception) to raise when the pass ends.
+pub fn pend(e: PyErr) {
+    if let Ok(mut p) = PENDING.lock() {
+        *p = Some(e);
+    }
+}
+
+/// The Python exception of `e`: the pending signal handler's exception if
+/// one interrupted the pass (at a hook point, or inside a Python hook),
+/// else `FlexModelError` with the host's message.
 pub fn err(e: FlexError) -> PyErr {
+    if let Some(p) = PENDING.lock().ok().and_then(|mut p| p.take()) {
+        return p;
+    }
     match e {
-        FlexError::Interrupted => PENDING
-            .lock()
-            .ok()
-            .and_then(|mut p| p.take())
-            .unwrap_or_else(|| PyKeyboardInterrupt::new_err("")),
+        FlexError::Interrupted => PyKeyboardInterrupt::new_err(""),
         e => FlexModelError::new_err(e.to_string()),
     }
 }
@@ -42,9 +51,7 @@ pub fn interrupt() -> Interrupt {
         Python::with_gil(|py| match py.check_signals() {
             Ok(()) => false,
             Err(e) => {
-                if let Ok(mut p) = PENDING.lock() {
-                    *p = Some(e);
-                }
+                pend(e);
                 true
             }
         })

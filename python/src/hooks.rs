@@ -7,7 +7,7 @@ use std::sync::Arc;
 use flexmodel::api::{FlexModel, FnHook, HookHandle};
 use flexmodel::hooks::{Hook, Runtime, RuntimeConfig};
 use flexmodel::models::PointPattern;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 use pyo3_tch::PyTensor;
@@ -99,9 +99,15 @@ fn python_hook(f: Py<PyAny>, label: String) -> FnHook {
     FnHook::editing(&label, move |ctx, t, _| {
         Python::with_gil(|py| {
             let arg = PyTensor(t.shallow_clone());
-            let r = f
-                .call1(py, (arg, ctx.hook_point.clone()))
-                .map_err(|e| format!("{e}"))?;
+            let r = f.call1(py, (arg, ctx.hook_point.clone())).map_err(|e| {
+                let msg = format!("{e}");
+                // Ctrl-C while the hook ran: the pass fails here, and the
+                // caller raises the KeyboardInterrupt itself (not a hook error).
+                if e.is_instance_of::<PyKeyboardInterrupt>(py) {
+                    crate::convert::pend(e);
+                }
+                msg
+            })?;
             if r.is_none(py) {
                 return Ok(());
             }

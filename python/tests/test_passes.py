@@ -182,3 +182,15 @@ def test_ctrl_c_interrupts_a_long_forward_and_the_model_stays_usable(smollm2, la
     took = time.monotonic() - t0
     assert took < 0.6 * whole, (took, whole)
     assert torch.equal(model.run_with_hooks(small), before)
+
+
+def test_ctrl_c_inside_a_python_hook_is_a_keyboard_interrupt(models):
+    model = flexmodel.load(models / "gpt2-tiny")
+    clean = model.run_with_hooks(IDS)
+
+    def pressed(t, hook):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        model.run_with_hooks(IDS, fwd_hooks=[("blocks.0.hook_resid_post", pressed)])
+    assert torch.equal(model.run_with_hooks(IDS), clean)
