@@ -191,8 +191,7 @@ class RemoteModel:
         ]
 
     def _run(self, inputs, hooks, padding, **extra):
-        body = _token_body(inputs)
-        body.update(hooks=hooks, padding=padding, **extra)
+        body = dict(_token_body(inputs), hooks=hooks, padding=padding, **extra)
         n = len(body.get("prompts") or body.get("token_ids"))
         return _rows(self._s.run(body), n)
 
@@ -235,8 +234,7 @@ class RemoteModel:
         body_hooks = [self._s.hook(p, h) for p, h in hooks]
         rows = self._run(inputs, body_hooks, "left", max_new_tokens=max_new_tokens, ignore_eos=ignore_eos)
         tokens = [row.pop("tokens") for row in rows]
-        body = _token_body(inputs)
-        prompts = body.get("token_ids")
+        prompts = _token_body(inputs).get("token_ids")
         new = []
         for i, t in enumerate(tokens):
             t = t.reshape(-1).tolist()
